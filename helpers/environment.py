@@ -1,0 +1,146 @@
+"""Where we run: Colab or not, the GPUs and their memory, the RAM, and which OPT sizes fit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+
+import psutil
+import torch
+
+from .models import SIZES, OPTSize, human_bytes, human_count
+
+# Room kept free beside the weights for activations, the CUDA context and the allocator's slack.
+GPU_HEADROOM_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    capability: tuple[int, int]
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.capability >= (8, 0)
+
+
+@dataclass(frozen=True)
+class Environment:
+    on_colab: bool
+    python: str
+    torch: str
+    transformers: str
+    cuda: str | None
+    cpu_count: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    gpus: tuple[GPU, ...] = field(default_factory=tuple)
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def on_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def detect_gpus() -> tuple[GPU, ...]:
+    if not torch.cuda.is_available():
+        return ()
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        free, total = torch.cuda.mem_get_info(i)
+        gpus.append(GPU(i, props.name, total, free, (props.major, props.minor)))
+    return tuple(gpus)
+
+
+def detect() -> Environment:
+    """A snapshot of this machine."""
+    import transformers
+
+    mem = psutil.virtual_memory()
+    return Environment(
+        on_colab=on_colab(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        cuda=torch.version.cuda if torch.cuda.is_available() else None,
+        cpu_count=os.cpu_count() or 1,
+        ram_total_bytes=mem.total,
+        ram_available_bytes=mem.available,
+        gpus=detect_gpus(),
+    )
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resident_memory_bytes() -> int:
+    """This process's resident set size."""
+    return psutil.Process().memory_info().rss
+
+
+def fits_fp16(size: OPTSize, memory_bytes: int, context: int = 2048, headroom: int = GPU_HEADROOM_BYTES) -> bool:
+    """Whether a size's fp16 weights plus a full-context KV cache fit in `memory_bytes`."""
+    need = size.weight_bytes("float16") + size.kv_cache_bytes_per_token("float16") * context + headroom
+    return need <= memory_bytes
+
+
+def fit_table(env: Environment | None = None, context: int = 2048) -> list[dict]:
+    """One row per OPT size: what fp16 weights and a `context`-token KV cache need, whether that fits this
+    machine's first GPU, and whether the fp32 model fits the available RAM (for running on the CPU)."""
+    env = env or detect()
+    gpu = env.gpus[0] if env.gpus else None
+    rows = []
+    for size in SIZES.values():
+        weights = size.weight_bytes("float16")
+        cache = size.kv_cache_bytes_per_token("float16") * context
+        need = weights + cache + GPU_HEADROOM_BYTES
+        cpu_need = size.weight_bytes("float32") + 2 * cache + GPU_HEADROOM_BYTES
+        rows.append(
+            {
+                "model": size.name,
+                "parameters": human_count(size.parameter_count()),
+                "fp16 weights": human_bytes(weights),
+                f"KV cache @ {context}": human_bytes(cache),
+                "fp16 needs": human_bytes(need),
+                f"fits {gpu.name if gpu else 'a GPU'}": (need <= gpu.total_bytes) if gpu else "no GPU",
+                "fits RAM in fp32 (CPU)": cpu_need <= env.ram_available_bytes,
+            }
+        )
+    return rows
+
+
+def report(env: Environment | None = None) -> str:
+    """A short human-readable report of this machine."""
+    env = env or detect()
+    lines = [
+        f"Running on: {'Google Colab' if env.on_colab else platform.node() or 'this machine'}",
+        f"Python {env.python}, torch {env.torch}, transformers {env.transformers}",
+        f"CPU: {env.cpu_count} cores, RAM: {human_bytes(env.ram_total_bytes)} "
+        f"({human_bytes(env.ram_available_bytes)} available)",
+    ]
+    if env.gpus:
+        for gpu in env.gpus:
+            lines.append(
+                f"GPU {gpu.index}: {gpu.name}, {human_bytes(gpu.total_bytes)} "
+                f"({human_bytes(gpu.free_bytes)} free), compute capability {gpu.capability[0]}.{gpu.capability[1]}"
+            )
+    else:
+        lines.append("GPU: none (models run on the CPU in float32; only the small sizes are practical)")
+    return "\n".join(lines)

@@ -1,0 +1,376 @@
+"""`load_model` from a short name, a hub id or a local folder; `unload` that really frees the memory."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoTokenizer, GPT2Tokenizer, OPTForCausalLM, PreTrainedTokenizerBase
+
+from .environment import default_device, resident_memory_bytes
+from .errors import ModelLoadError, ModelUnloadedError, UnknownModelError
+from .models import BOS_TOKEN_ID, MAX_POSITIONS, SIZES, OPTSize, find_size, human_bytes, size_from_config
+
+TOKENIZER_DIR = Path(__file__).parent / "data" / "opt-tokenizer"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_UNLOADED = "_helpers_unloaded"
+
+
+@dataclass
+class ModelInfo:
+    """Facts about a loaded model."""
+
+    name: str  # what was asked for
+    source: str  # the hub id or the absolute folder it came from
+    size: OPTSize  # the architecture (a known OPT size, or one described from the config)
+    parameters: int
+    dtype: str
+    device: str
+    weight_bytes: int  # bytes the weights take, counted from the tensors
+    memory_used_bytes: int  # growth of GPU memory allocated (CUDA) or of resident memory (CPU) during the load
+    load_seconds: float
+    quantization: str | None = None
+
+    def summary(self) -> str:
+        return (
+            f"{self.size.name} from {self.source}: {self.parameters / 1e6:.1f}M parameters, {self.dtype} on "
+            f"{self.device}, weights {human_bytes(self.weight_bytes)}, loaded in {self.load_seconds:.1f} s"
+        )
+
+
+class LoadedModel:
+    """The model, its tokenizer and facts about them. Unpacks as `model, tokenizer, info = load_model(...)`."""
+
+    def __init__(self, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, info: ModelInfo):
+        self.model: OPTForCausalLM | None = model
+        self.tokenizer = tokenizer
+        self.info = info
+
+    def __iter__(self):
+        return iter((self.model, self.tokenizer, self.info))
+
+    def __repr__(self) -> str:
+        state = "unloaded" if self.model is None else self.info.summary()
+        return f"LoadedModel({state})"
+
+    def _require_model(self) -> OPTForCausalLM:
+        if self.model is None:
+            raise ModelUnloadedError("This model was unloaded to free its memory. Load it again with load_model(...).")
+        return self.model
+
+    def generate(self, prompt, settings=None, **kwargs):
+        """`helpers.generation.generate` with this model and tokenizer."""
+        from .generation import generate
+
+        return generate(self._require_model(), self.tokenizer, prompt, settings, **kwargs)
+
+    def stream(self, prompt, settings=None, **kwargs):
+        """`helpers.generation.stream` with this model and tokenizer."""
+        from .generation import stream
+
+        return stream(self._require_model(), self.tokenizer, prompt, settings, **kwargs)
+
+    def unload(self) -> None:
+        """Free the model's memory (see `unload`)."""
+        if self.model is not None:
+            unload(self.model)
+            self.model = None
+
+
+def opt_tokenizer(path: str | Path = TOKENIZER_DIR) -> GPT2Tokenizer:
+    """OPT's tokenizer from a folder holding vocab.json and merges.txt (default: the copy shipped with
+    `helpers`), set up as OPT expects: `</s>` (id 2) prepended once, `<pad>` (id 1), left padding."""
+    tokenizer = GPT2Tokenizer.from_pretrained(
+        str(path), bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        add_bos_token=True, model_max_length=MAX_POSITIONS,
+    )
+    return ensure_bos(tokenizer)
+
+
+def ensure_bos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Make `tokenizer(text)` start with OPT's BOS exactly once, pad on the left, and know the context.
+    The seed used bart-large's tokenizer, which adds no BOS; hub OPT tokenizers add it themselves."""
+    if tokenizer.bos_token_id != BOS_TOKEN_ID:
+        raise ModelLoadError(
+            f"This tokenizer's BOS token is {tokenizer.bos_token!r} (id {tokenizer.bos_token_id}), not OPT's "
+            f"'</s>' (id {BOS_TOKEN_ID}): it is not an OPT tokenizer. Use the model's own tokenizer or "
+            "helpers.loading.opt_tokenizer()."
+        )
+    ids = tokenizer("a").input_ids
+    if ids[:1] != [BOS_TOKEN_ID]:
+        tokenizer.add_bos_token = True
+        ids = tokenizer("a").input_ids
+    if ids[:1] != [BOS_TOKEN_ID] or ids[1:2] == [BOS_TOKEN_ID]:
+        raise ModelLoadError(f"Could not make this tokenizer prepend '</s>' exactly once (it gives {ids}).")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = "<pad>"
+    tokenizer.padding_side = "left"
+    if tokenizer.model_max_length > MAX_POSITIONS:
+        tokenizer.model_max_length = MAX_POSITIONS
+    return tokenizer
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    """'auto' is fp16 on a GPU and fp32 on the CPU (CPU fp16 matrix products are slow and lossy)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.float16
+    if dtype not in names:
+        raise ValueError(f"Unknown dtype '{dtype}'. Use 'auto', 'float32', 'float16' or 'bfloat16'.")
+    return names[dtype]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"Device '{device}' was asked for, but this machine has no CUDA GPU that torch can see "
+            f"(torch {torch.__version__}). Use device='cpu', or on Colab pick Runtime > Change runtime type > GPU."
+        )
+    return device
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def resolve_source(name: str) -> tuple[str, bool]:
+    """(where to load from, whether it is a local folder) for a short name, hub id or folder.
+
+    Raises:
+        ModelLoadError: a path that does not exist, or a folder that is not a model folder.
+        UnknownModelError: a name that is none of the above.
+    """
+    name = name.strip()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            checkpoints = sorted(p.name for p in path.glob("**/*.pt"))[:3]
+            hint = (
+                f" It holds metaseq checkpoint files ({', '.join(checkpoints)}): convert them first with "
+                f"`python -m helpers convert-metaseq {name} OUT_FOLDER`, then load OUT_FOLDER."
+                if checkpoints else " Pass a folder made by `save_pretrained` (config.json plus weights)."
+            )
+            raise ModelLoadError(f"The folder '{name}' has no config.json, so it is not a Hugging Face model folder.{hint}")
+        return str(path.resolve()), True
+    if _looks_like_path(name) or path.suffix in (".pt", ".bin", ".safetensors"):
+        raise ModelLoadError(
+            f"The folder '{name}' does not exist. Check the path (relative paths start from "
+            f"{os.getcwd()}), or pass a short name such as 'opt-350m' to download from the Hugging Face Hub."
+        )
+    size = find_size(name)
+    if size is not None and "/" not in name:
+        return size.hub_id, False
+    if _HUB_ID.match(name):
+        return name, False
+    raise UnknownModelError(
+        f"'{name}' is not a model this can load. Pass a short name ({', '.join(SIZES)}), a Hugging Face hub "
+        "id such as 'facebook/opt-350m', or a local folder holding config.json and the weights."
+    )
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within `timeout` seconds (not a full request): a quick
+    check that spares the user the hub client's minute of retries when there is no network."""
+    url = urlparse(_hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _offline_message(repo_id: str, why: str) -> str:
+    return (
+        f"Could not get '{repo_id}' from the Hugging Face Hub: {why}, and it is not in the local cache. "
+        "To use a model without the hub, download its folder on a machine with a connection "
+        f"(`hf download {repo_id} --local-dir opt-folder`, or `git lfs install && git clone "
+        f"https://huggingface.co/{repo_id} opt-folder`), copy it here and pass the folder: "
+        "load_model('path/to/opt-folder'), or `python -m helpers generate --model path/to/opt-folder ...`."
+    )
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
+    """The local snapshot folder of a hub model if its config and weights are already cached."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, revision=revision, local_files_only=True)
+    except Exception:  # not cached (the exception type varies between huggingface_hub versions)
+        return None
+    has_weights = any(Path(folder).glob("*.safetensors")) or any(Path(folder).glob("*.bin"))
+    return folder if has_weights and (Path(folder) / "config.json").is_file() else None
+
+
+def _check_opt_folder(folder: str) -> None:
+    config_path = Path(folder) / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_path} cannot be read ({exc}). Re-download or re-convert the model.") from None
+    if config.get("model_type") != "opt":
+        raise ModelLoadError(
+            f"{folder} holds a '{config.get('model_type')}' model, not OPT. This project loads OPT models only."
+        )
+    weights = [p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise ModelLoadError(
+            f"{folder} has a config.json but no weights (*.safetensors or *.bin). If it is a git clone, run "
+            f"`git lfs install && git lfs pull` in {folder}; otherwise copy the weight files into it."
+        )
+    for weight in weights:
+        with open(weight, "rb") as handle:
+            if handle.read(len(b"version https://git-lfs")) == b"version https://git-lfs":
+                raise ModelLoadError(
+                    f"{weight} is a Git LFS pointer, not the weights: the clone did not fetch large files. "
+                    f"Run `git lfs install && git lfs pull` in {folder}."
+                )
+
+
+def load_tokenizer(source: str, local: bool) -> PreTrainedTokenizerBase:
+    """The model's own tokenizer, or OPT's shipped one for a local folder that has none."""
+    folder = Path(source)
+    if local and not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        return opt_tokenizer()
+    return ensure_bos(AutoTokenizer.from_pretrained(source, local_files_only=local))
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _memory_now(device: str) -> int:
+    return torch.cuda.memory_allocated() if device.startswith("cuda") else resident_memory_bytes()
+
+
+def load_model(
+    name_or_path: str,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    *,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load an OPT model and its tokenizer.
+
+    Args:
+        name_or_path: a short name ('opt-350m'), a hub id ('facebook/opt-350m') or a local folder.
+        device: 'auto' (the GPU if there is one), 'cpu', 'cuda', 'cuda:1', 'mps'.
+        dtype: 'auto' (fp16 on a GPU, fp32 on the CPU), 'float32', 'float16' or 'bfloat16'.
+        revision: a hub branch, tag or commit.
+
+    Returns:
+        A `LoadedModel`: `model, tokenizer, info = load_model("opt-350m")`.
+
+    Raises:
+        UnknownModelError: the name is not a size, a hub id or a folder.
+        ModelLoadError: the hub cannot be reached, the folder is missing or incomplete, or it is not OPT.
+    """
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    source, local = resolve_source(name_or_path)
+    if not local:
+        cached = _cached_snapshot(source, revision)
+        if cached is not None:
+            source, local = cached, True
+        elif hub_offline():
+            raise ModelLoadError(_offline_message(source, "the hub is switched off here (HF_HUB_OFFLINE is set)"))
+        elif not hub_reachable():
+            raise ModelLoadError(_offline_message(source, f"{_hub_endpoint()} cannot be reached (no network?)"))
+    if local:
+        _check_opt_folder(source)
+
+    start, before = time.perf_counter(), _memory_now(device)
+    try:
+        tokenizer = load_tokenizer(source, local)
+        model = OPTForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, revision=revision, local_files_only=local,
+            device_map={"": device} if device != "cpu" else None,
+        )
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:  # safetensors, pickle and hub clients each raise their own types
+        if local:
+            raise ModelLoadError(
+                f"Could not load the model in {source}: {exc}. The folder may be incomplete or damaged; "
+                "re-download or re-convert it."
+            ) from None
+        raise ModelLoadError(_offline_message(source, f"the download failed ({exc})")) from None
+    model.eval()
+    seconds = time.perf_counter() - start
+    size = find_size(name_or_path) or size_from_config(model.config, name=Path(source).name)
+    info = ModelInfo(
+        name=name_or_path,
+        source=source,
+        size=size,
+        parameters=sum(p.numel() for p in model.parameters()),
+        dtype=str(model.dtype).removeprefix("torch."),
+        device=str(next(model.parameters()).device),
+        weight_bytes=_weight_bytes(model),
+        memory_used_bytes=max(0, _memory_now(device) - before),
+        load_seconds=seconds,
+    )
+    return LoadedModel(model, tokenizer, info)
+
+
+def _release_freed_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:  # glibc keeps freed small blocks in its arenas; hand them back to the OS
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def unload(model: torch.nn.Module | LoadedModel | None) -> None:
+    """Free a model's memory, even where other names still refer to it (a notebook's `model`
+    variable, a widget): every tensor is moved to the meta device, which holds no data, and the
+    model is marked so that a later use says it was unloaded instead of failing obscurely."""
+    if isinstance(model, LoadedModel):
+        model.unload()
+        return
+    if model is None or getattr(model, _UNLOADED, False):
+        return
+    try:
+        model.to("meta")
+    except (ValueError, RuntimeError, TypeError):  # quantized or offloaded models refuse .to(): drop tensors one by one
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for key, tensor in store.items():
+                    if tensor is not None:
+                        store[key] = torch.empty(0, device="meta")
+    setattr(model, _UNLOADED, True)
+    _release_freed_memory()
+
+
+def check_loaded(model: torch.nn.Module) -> None:
+    """Raise a clear error for a model that was unloaded."""
+    if getattr(model, _UNLOADED, False):
+        raise ModelUnloadedError("This model was unloaded to free its memory. Load it again with load_model(...).")
