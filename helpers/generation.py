@@ -1,0 +1,487 @@
+"""Generating text: `generate()` for a prompt or a batch, `stream()` as it is produced; results carry
+the text, the token ids, optional per-token log-probabilities and timings."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import OPTForCausalLM, PreTrainedTokenizerBase
+
+from .decoding import decode, model_device, seed_greedy
+from .errors import PromptError, SettingsError
+from .loading import check_loaded
+from .models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
+from .settings import PRESETS, GenerationSettings
+
+__all__ = [
+    "GenerationResult", "GenerationSettings", "PRESETS", "TextStream", "Timings", "TokenInfo",
+    "encode_prompt", "generate", "stream",
+]
+
+METHODS = ("auto", "cached", "hf", "seed")
+
+
+@dataclass
+class TokenInfo:
+    """One generated token, with the model's log-probability of it and its most likely alternatives."""
+
+    id: int
+    text: str
+    logprob: float | None = None
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # (id, text, logprob), most likely first
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds. Time to first token covers tokenization, the prompt's forward pass and the
+    first pick; tokens per second counts every new token over the whole time."""
+
+    total_seconds: float
+    new_tokens: int
+    time_to_first_token: float | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.total_seconds if self.total_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """Tokens per second after the first one: the steady decoding speed."""
+        if self.time_to_first_token is None or self.new_tokens < 2:
+            return None
+        decode_seconds = self.total_seconds - self.time_to_first_token
+        return (self.new_tokens - 1) / decode_seconds if decode_seconds > 0 else None
+
+    def as_dict(self) -> dict:
+        return {
+            "total_seconds": self.total_seconds,
+            "time_to_first_token": self.time_to_first_token,
+            "new_tokens": self.new_tokens,
+            "tokens_per_second": self.tokens_per_second,
+            "decode_tokens_per_second": self.decode_tokens_per_second,
+        }
+
+
+@dataclass
+class GenerationResult:
+    """What one prompt produced. `text` is the continuation only (it stops before a stop string);
+    `token_ids` are the new tokens (EOS excluded; a stop string's tokens included)."""
+
+    prompt: str
+    text: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    finish_reason: str  # 'length', 'eos', 'stop' (a stop string), 'stopped' (by the user), 'context' (2048 reached)
+    timings: Timings
+    settings: GenerationSettings
+    method: str
+    tokens: list[TokenInfo] | None = None  # with logprobs=True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def full_text(self) -> str:
+        return self.prompt + self.text
+
+    def as_dict(self) -> dict:
+        data = {
+            "prompt": self.prompt,
+            "text": self.text,
+            "prompt_token_ids": self.prompt_token_ids,
+            "token_ids": self.token_ids,
+            "finish_reason": self.finish_reason,
+            "method": self.method,
+            "settings": self.settings.as_dict(),
+            "notes": self.notes,
+            **self.timings.as_dict(),
+        }
+        if self.tokens is not None:
+            data["logprobs"] = [t.logprob for t in self.tokens]
+            data["top_logprobs"] = [[{"id": i, "text": s, "logprob": lp} for i, s, lp in t.top] for t in self.tokens]
+        return data
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Token ids of a prompt, starting with OPT's BOS (`</s>`, id 2) exactly once, also when the
+    tokenizer adds none (the seed's bart-large tokenizer) or the text itself starts with '</s>'."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"A prompt must be text (str), got {type(prompt).__name__}.")
+    ids = list(tokenizer(prompt).input_ids)
+    if ids[:1] != [BOS_TOKEN_ID]:
+        ids = [BOS_TOKEN_ID] + ids
+    while ids[1:2] == [BOS_TOKEN_ID]:
+        ids.pop(1)
+    return ids
+
+
+def _fit_context(ids: list[int], limit: int, truncate: bool) -> tuple[list[int], str | None]:
+    """Keep a prompt inside the model's positions, leaving room for at least one new token."""
+    room = limit - 1
+    if len(ids) <= room:
+        return ids, None
+    if not truncate:
+        raise PromptError(
+            f"The prompt is {len(ids)} tokens long, but OPT sees at most {limit} positions, and at least one "
+            f"is needed for the answer. Shorten the prompt to {room} tokens or fewer, or pass truncate=True "
+            "(--truncate) to keep its last part."
+        )
+    kept = [BOS_TOKEN_ID] + ids[len(ids) - room + 1:]
+    return kept, f"The prompt was {len(ids)} tokens; its first {len(ids) - len(kept)} tokens were dropped to fit {limit} positions."
+
+
+def _pad_left(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD_TOKEN_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+class _RowText:
+    """The text of one sequence as tokens arrive: decoded incrementally, cut at a stop string, and
+    holding back what may still turn into one (or an incomplete UTF-8 character)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.tokens: list[TokenInfo] = []
+        self.text, self.emitted = "", 0
+        self.finish: str | None = None
+
+    def add(self, token_id: int, info: TokenInfo | None) -> str:
+        """Take a token; return the text that became final."""
+        if token_id == EOS_TOKEN_ID:
+            self.finish = "eos"
+            return self.flush()
+        self.ids.append(token_id)
+        if info is not None:
+            self.tokens.append(info)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        cuts = [i for i in (self.text.find(s, max(0, self.emitted - len(s))) for s in self.stop) if i >= 0]
+        if cuts:
+            self.text, self.finish = self.text[: min(cuts)], "stop"
+            return self.flush()
+        safe = len(self.text.rstrip("\ufffd"))
+        for s in self.stop:
+            for n in range(min(len(s) - 1, safe), 0, -1):
+                if self.text[:safe].endswith(s[:n]):
+                    safe = min(safe, len(self.text[:safe]) - n)
+                    break
+        return self._emit(safe)
+
+    def _emit(self, upto: int) -> str:
+        if upto <= self.emitted:
+            return ""
+        piece, self.emitted = self.text[self.emitted:upto], upto
+        return piece
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+
+class _Run:
+    """One call of generate()/stream(): prompts encoded, the method chosen, tokens turned into text."""
+
+    def __init__(self, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                 settings: GenerationSettings, logprobs: bool, top_logprobs: int, truncate: bool, method: str):
+        check_loaded(model)
+        if method not in METHODS:
+            raise SettingsError(f"Unknown method '{method}'. Use one of: {', '.join(METHODS)}.")
+        if not prompts:
+            raise PromptError("No prompt was given: pass a string or a non-empty list of strings.")
+        if not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool) or not 0 <= top_logprobs <= 20:
+            raise SettingsError(f"top_logprobs must be a whole number from 0 to 20 (got {top_logprobs!r}).")
+        self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
+        self.logprobs = logprobs or top_logprobs > 0
+        self.top_logprobs = top_logprobs
+        self.notes: list[str] = []
+        limit = model.config.max_position_embeddings
+        self.prompt_ids = []
+        for prompt in prompts:
+            ids, note = _fit_context(encode_prompt(tokenizer, prompt), limit, truncate)
+            self.prompt_ids.append(ids)
+            if note:
+                self.notes.append(note)
+                warnings.warn(note, stacklevel=3)
+        self.max_new = min(settings.max_new_tokens, limit - max(len(ids) for ids in self.prompt_ids))
+        if self.max_new < settings.max_new_tokens:
+            self.notes.append(
+                f"Only {self.max_new} new tokens fit after this prompt in OPT's {limit} positions "
+                f"(asked for {settings.max_new_tokens}); generation stops there."
+            )
+        if settings.mode in ("sample", "beam-sample") and settings.seed is None:
+            settings = settings.replace(seed=random.randrange(2**31))  # recorded so the run can be repeated
+        self.settings = settings
+        self.method = self._choose_method(method)
+        self.rows = [_RowText(tokenizer, settings.stop) for _ in prompts]
+        self.stop_event = threading.Event()
+        self.time_to_first_token: float | None = None
+        self.total_seconds = 0.0
+        self.completed = False
+        self._pending_step = None
+
+    def _choose_method(self, method: str) -> str:
+        mode = self.settings.mode
+        if method == "auto":
+            return "hf" if mode.startswith("beam") else "cached"
+        if method == "seed" and mode != "greedy":
+            raise SettingsError("The seed's loop only does greedy decoding: use do_sample=False, or method='auto'.")
+        if method == "cached" and mode.startswith("beam"):
+            raise SettingsError("The cached loop does not do beam search: use method='auto' or 'hf' with num_beams > 1.")
+        if method == "hf" and mode == "contrastive":
+            raise SettingsError(
+                "transformers 5 no longer ships contrastive search (it needs remote hub code); "
+                "use method='auto' or 'cached', which implement it here."
+            )
+        return method
+
+    def _token_ids(self) -> Iterator[list[int]]:
+        """The new token of every row, step by step."""
+        device = model_device(self.model)
+        if self.method == "cached":
+            ids, mask = _pad_left(self.prompt_ids, device)
+            generator = None
+            if self.settings.mode == "sample":
+                generator = torch.Generator(device=device).manual_seed(self.settings.seed)
+            finished = self._finished_rows
+            for step in decode(self.model, ids, mask, self.settings, max_new_tokens=self.max_new,
+                               generator=generator, logprobs=self.logprobs, top_logprobs=self.top_logprobs,
+                               finished=finished):
+                self._pending_step = step
+                yield step.tokens.tolist()
+            return
+        if self.method == "seed":
+            columns = [seed_greedy(self.model, ids, self.max_new, EOS_TOKEN_ID) for ids in self.prompt_ids]
+        else:
+            columns = self._hf_generate(device)
+        self._pending_step = None
+        for step in range(max(len(c) for c in columns)):
+            yield [c[step] if step < len(c) else PAD_TOKEN_ID for c in columns]
+
+    def _hf_generate(self, device: torch.device) -> list[list[int]]:
+        ids, mask = _pad_left(self.prompt_ids, device)
+        config = self.settings.generation_config()
+        config.max_new_tokens = self.max_new
+        if self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                      tokenizer=self.tokenizer if self.settings.stop else None)
+        return out[:, ids.shape[1]:].tolist()
+
+    def _finished_rows(self) -> torch.Tensor | None:
+        if self.stop_event.is_set():
+            return torch.ones(len(self.rows), dtype=torch.bool)
+        if self.settings.stop:
+            return torch.tensor([row.finish is not None for row in self.rows])
+        return None
+
+    def _info(self, row: int, token_id: int) -> TokenInfo | None:
+        step = self._pending_step
+        if not self.logprobs or step is None:
+            return None
+        decode_one = self.tokenizer.decode
+        top = []
+        if step.top_ids is not None:
+            top = [(i, decode_one([i]), lp) for i, lp in zip(step.top_ids[row].tolist(), step.top_logprobs[row].tolist())]
+        return TokenInfo(token_id, decode_one([token_id]), float(step.logprobs[row]), top)
+
+    def pieces(self) -> Iterator[tuple[int, str]]:
+        """(row, text that became final) as tokens arrive; afterwards `results()` holds everything."""
+        start = time.perf_counter()
+        steps = self._token_ids()
+        try:
+            for tokens in steps:
+                if self.time_to_first_token is None:
+                    self.time_to_first_token = time.perf_counter() - start
+                for row, token in enumerate(tokens):
+                    state = self.rows[row]
+                    if state.finish is not None:
+                        continue
+                    piece = state.add(token, self._info(row, token))
+                    if piece:
+                        yield row, piece
+                if self.stop_event.is_set():
+                    break
+        finally:
+            steps.close()
+            self.total_seconds = time.perf_counter() - start
+        for row, state in enumerate(self.rows):
+            if state.finish is None:
+                if self.stop_event.is_set():
+                    state.finish = "stopped"
+                elif self.max_new < self.settings.max_new_tokens and len(state.ids) >= self.max_new:
+                    state.finish = "context"
+                else:
+                    state.finish = "length"
+            piece = state.flush()
+            if piece:
+                yield row, piece
+        if self.logprobs and self.method != "cached":
+            self._score_afterwards()
+        self.completed = True
+
+    def _score_afterwards(self) -> None:
+        """Log-probabilities for methods that do not expose their steps: one teacher-forced pass."""
+        device = model_device(self.model)
+        for row, state in enumerate(self.rows):
+            if not state.ids:
+                continue
+            ids = torch.tensor([self.prompt_ids[row] + state.ids], device=device)
+            with torch.inference_mode():
+                logits = self.model(ids, use_cache=False).logits[0, len(self.prompt_ids[row]) - 1: -1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            chosen = logprobs.gather(1, torch.tensor(state.ids, device=device)[:, None]).squeeze(1).tolist()
+            tops = logprobs.topk(self.top_logprobs, dim=-1) if self.top_logprobs else None
+            state.tokens = []
+            for i, token in enumerate(state.ids):
+                top = []
+                if tops is not None:
+                    top = [(t, self.tokenizer.decode([t]), lp)
+                           for t, lp in zip(tops.indices[i].tolist(), tops.values[i].tolist())]
+                state.tokens.append(TokenInfo(token, self.tokenizer.decode([token]), chosen[i], top))
+
+    def results(self) -> list[GenerationResult]:
+        out = []
+        for row, state in enumerate(self.rows):
+            out.append(
+                GenerationResult(
+                    prompt=self.prompts[row],
+                    text=state.text,
+                    prompt_token_ids=self.prompt_ids[row],
+                    token_ids=list(state.ids),
+                    finish_reason=state.finish or ("stopped" if self.stop_event.is_set() else "length"),
+                    timings=Timings(self.total_seconds, len(state.ids) + (state.finish == "eos"),
+                                    self.time_to_first_token),
+                    settings=self.settings,
+                    method=self.method,
+                    tokens=list(state.tokens) if self.logprobs else None,
+                    notes=list(self.notes),
+                )
+            )
+        return out
+
+
+def _settings(settings: GenerationSettings | None, changes: dict) -> GenerationSettings:
+    settings = settings or GenerationSettings()
+    if not isinstance(settings, GenerationSettings):
+        raise SettingsError(f"settings must be a GenerationSettings, got {type(settings).__name__}.")
+    return settings.replace(**changes) if changes else settings
+
+
+def generate(
+    model: OPTForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | Sequence[str],
+    settings: GenerationSettings | None = None,
+    *,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+    truncate: bool = False,
+    method: str = "auto",
+    **changes,
+) -> GenerationResult | list[GenerationResult]:
+    """Generate a continuation of one prompt, or of a batch of prompts (padded on the left).
+
+    Args:
+        model, tokenizer: from `load_model`.
+        prompt: a string, or a list of strings for a batch.
+        settings: decoding settings (default: `GenerationSettings()`, nucleus sampling);
+            keyword arguments change single fields: `generate(m, t, "Hi", max_new_tokens=20, do_sample=False)`.
+        logprobs: record each new token's log-probability under the model.
+        top_logprobs: also record the k most likely alternatives at each step (implies logprobs).
+        truncate: drop the start of a prompt longer than the context instead of raising.
+        method: 'auto' (the cached loop; `model.generate` for beam search), 'cached', 'hf'
+            (`model.generate`) or 'seed' (the seed's loop, greedy only).
+
+    Returns:
+        A `GenerationResult` for a string prompt; a list of them for a list of prompts.
+
+    Raises:
+        SettingsError: impossible settings.
+        PromptError: no prompt, or one that does not fit the context (without truncate).
+        ModelUnloadedError: the model was unloaded.
+    """
+    single = isinstance(prompt, str)
+    prompts = [prompt] if single else list(prompt)
+    run = _Run(model, tokenizer, prompts, _settings(settings, changes), logprobs, top_logprobs, truncate, method)
+    for _ in run.pieces():
+        pass
+    results = run.results()
+    return results[0] if single else results
+
+
+class TextStream:
+    """Text pieces of one generation as they are produced. Iterate it; `stop()` (from any thread)
+    ends it within one decoding step; afterwards `result` holds the `GenerationResult`.
+
+        s = stream(model, tokenizer, "Once upon a time")
+        for piece in s:
+            print(piece, end="", flush=True)
+        s.result.timings.tokens_per_second
+    """
+
+    def __init__(self, run: _Run):
+        self._run = run
+        self._pieces = run.pieces()
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for _, piece in self._pieces:
+                yield piece
+        finally:
+            if not self._run.completed:  # the consumer left early: that is a stop
+                self._run.stop_event.set()
+            self._pieces.close()
+            self.result = self._run.results()[0]
+
+    def stop(self) -> None:
+        self._run.stop_event.set()
+
+    @property
+    def tokens(self) -> list[TokenInfo]:
+        """The tokens so far, with their log-probabilities when asked for (logprobs=True)."""
+        return self._run.rows[0].tokens
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self._run.rows[0].ids
+
+    @property
+    def settings(self) -> GenerationSettings:
+        return self._run.settings
+
+    def text(self) -> str:
+        """All pieces joined (runs the generation to the end if it has not run)."""
+        if self.result is None:
+            for _ in self:
+                pass
+        return self.result.text
+
+
+def stream(
+    model: OPTForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    settings: GenerationSettings | None = None,
+    *,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+    truncate: bool = False,
+    method: str = "auto",
+    **changes,
+) -> TextStream:
+    """Like `generate` for one prompt, but returns a `TextStream` yielding text as it is produced.
+    Beam search produces its text at the end (beams are only final then)."""
+    if not isinstance(prompt, str):
+        raise PromptError("stream() takes one prompt (a string); use generate() for a batch.")
+    run = _Run(model, tokenizer, [prompt], _settings(settings, changes), logprobs, top_logprobs, truncate, method)
+    return TextStream(run)
