@@ -1,0 +1,195 @@
+"""The command line: `python -m helpers generate|convert-metaseq|plan|bench ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Flags that cannot go together; reported like argparse's own errors."""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _print_json(data: dict) -> None:
+    json.dump(data, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate a continuation of a prompt",
+        description="Generate a continuation of PROMPT with an OPT model, streaming it to the terminal.",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from standard input)")
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH",
+                   help="a size (opt-125m ... opt-66b), a hub id (facebook/opt-350m) or a local model folder")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="new tokens at most (default 64)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (the seed's decoding)")
+    p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (default 0.7)")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: keep the smallest set of tokens with this much probability (default 0.9)")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens (0: off); with --penalty-alpha, the candidates compared")
+    p.add_argument("--typical-p", type=float, metavar="P", help="typical sampling mass (1: off)")
+    p.add_argument("--repetition-penalty", type=float, metavar="R", help="above 1 discourages repeating tokens (1: off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="never repeat an n-gram of this size (0: off)")
+    p.add_argument("--num-beams", type=int, metavar="B", help="beam search with B beams")
+    p.add_argument("--penalty-alpha", type=float, metavar="A", help="contrastive search's degeneration penalty (with --top-k)")
+    p.add_argument("--min-new-tokens", type=int, metavar="N", help="forbid the end of text before N new tokens")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed for sampling (printed when not given)")
+    p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto: float16 on a GPU, float32 on the CPU")
+    p.add_argument("--logprobs", type=int, default=0, metavar="K",
+                   help="with --json: each token's log-probability and its K most likely alternatives")
+    p.add_argument("--truncate", action="store_true", help="drop the start of a prompt longer than the context")
+    p.add_argument("--method", default="auto", choices=["auto", "cached", "hf", "seed"], help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(run=_run_generate)
+
+
+def _settings_from_args(args: argparse.Namespace):
+    from .settings import GenerationSettings
+
+    sampling_flags = {"--temperature": args.temperature, "--top-p": args.top_p, "--typical-p": args.typical_p}
+    if not args.penalty_alpha:
+        sampling_flags["--top-k"] = args.top_k
+    if args.greedy:
+        given = [flag for flag, value in sampling_flags.items() if value is not None]
+        if given:
+            raise UsageError(f"--greedy picks the most likely token, so it cannot be combined with {', '.join(given)}.")
+    changes = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "typical_p": args.typical_p,
+        "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "num_beams": args.num_beams,
+        "penalty_alpha": args.penalty_alpha,
+        "min_new_tokens": args.min_new_tokens,
+        "seed": args.seed,
+        "stop": tuple(args.stop),
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.greedy or args.penalty_alpha or ((args.num_beams or 1) > 1 and args.temperature is None):
+        changes["do_sample"] = False
+    return GenerationSettings().replace(**changes)
+
+
+def _read_prompt(prompt: str) -> str:
+    if prompt != "-":
+        return prompt
+    if sys.stdin is None or sys.stdin.closed:
+        raise UsageError("PROMPT is '-' but there is no standard input to read it from.")
+    return sys.stdin.read()
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    settings = _settings_from_args(args)
+    if args.logprobs and not args.json:
+        raise UsageError("--logprobs lists numbers per token: use it with --json.")
+    prompt = _read_prompt(args.prompt)
+    _quiet_libraries()
+    from .generation import generate, stream
+    from .loading import load_model
+
+    print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer, info = loaded
+    print(info.summary(), file=sys.stderr, flush=True)
+    common = dict(truncate=args.truncate, method=args.method)
+    if args.json:
+        result = generate(model, tokenizer, prompt, settings, logprobs=args.logprobs > 0,
+                          top_logprobs=args.logprobs, **common)
+        _print_json({**result.as_dict(), "model": args.model, "source": info.source, "device": info.device,
+                     "dtype": info.dtype})
+        return 0
+    text_stream = stream(model, tokenizer, prompt, settings, **common)
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    for piece in text_stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    result = text_stream.result
+    seed = f", seed {result.settings.seed}" if result.settings.mode in ("sample", "beam-sample") else ""
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"[{result.timings.new_tokens} tokens in {result.timings.total_seconds:.2f} s, "
+        f"{result.timings.tokens_per_second:.1f} tokens/s, first token after "
+        f"{result.timings.time_to_first_token or 0:.2f} s, {result.settings.mode}{seed}, "
+        f"finished: {result.finish_reason}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers",
+        description="Generate text with Meta's OPT models, convert original metaseq checkpoints, plan memory, benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import HelpersError
+
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HelpersError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the user gets one line, not a traceback from deep inside a library
+        if os.environ.get("HELPERS_DEBUG"):
+            raise
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            print("error: the GPU ran out of memory. Try a smaller model, --dtype float16, fewer "
+                  "--max-new-tokens, or see `python -m helpers plan` for what fits.", file=sys.stderr)
+        else:
+            print(f"error: {type(exc).__name__}: {exc}\n(set HELPERS_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
