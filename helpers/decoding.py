@@ -33,19 +33,25 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-@torch.inference_mode()
-def seed_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
-                eos_token_id: int | None = None) -> list[int]:
+def seed_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
+                      eos_token_id: int | None = None) -> Iterator[int]:
     """The seed's loop, kept as the reference: every step re-runs the WHOLE sequence through the
-    model (no KV cache) and appends the argmax of the last position. Returns the new token ids."""
+    model (no KV cache) and appends the argmax of the last position. Yields each new token id."""
     ids = list(input_ids)
     device = model_device(model)
     for _ in range(max_new_tokens):
-        logits = model(torch.tensor([ids], device=device), use_cache=False).logits
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids], device=device), use_cache=False).logits
         ids.append(int(torch.argmax(logits[0, -1, :])))
+        yield ids[-1]
         if ids[-1] == eos_token_id:
-            break
-    return ids[len(input_ids):]
+            return
+
+
+def seed_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
+                eos_token_id: int | None = None) -> list[int]:
+    """The seed's greedy loop (see `seed_greedy_steps`); returns the new token ids."""
+    return list(seed_greedy_steps(model, input_ids, max_new_tokens, eos_token_id))
 
 
 def prefill(model: OPTForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,

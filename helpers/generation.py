@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
-from .decoding import decode, model_device, seed_greedy
+from .decoding import decode, model_device, seed_greedy_steps
 from .errors import PromptError, SettingsError
 from .loading import check_loaded
 from .models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
@@ -242,8 +242,8 @@ class _Run:
             )
         return method
 
-    def _token_ids(self) -> Iterator[list[int]]:
-        """The new token of every row, step by step."""
+    def _token_ids(self) -> Iterator[list[int | None]]:
+        """The new token of every row, step by step (None: no token for that row at this step)."""
         device = model_device(self.model)
         if self.method == "cached":
             ids, mask = _pad_left(self.prompt_ids, device)
@@ -257,13 +257,15 @@ class _Run:
                 self._pending_step = step
                 yield step.tokens.tolist()
             return
-        if self.method == "seed":
-            columns = [seed_greedy(self.model, ids, self.max_new, EOS_TOKEN_ID) for ids in self.prompt_ids]
-        else:
-            columns = self._hf_generate(device)
         self._pending_step = None
+        if self.method == "seed":  # the seed's loop has no batch: rows one after another, each streamed
+            for row, ids in enumerate(self.prompt_ids):
+                for token in seed_greedy_steps(self.model, ids, self.max_new, EOS_TOKEN_ID):
+                    yield [token if i == row else None for i in range(len(self.prompt_ids))]
+            return
+        columns = self._hf_generate(device)
         for step in range(max(len(c) for c in columns)):
-            yield [c[step] if step < len(c) else PAD_TOKEN_ID for c in columns]
+            yield [c[step] if step < len(c) else None for c in columns]
 
     def _hf_generate(self, device: torch.device) -> list[list[int]]:
         ids, mask = _pad_left(self.prompt_ids, device)
@@ -303,7 +305,7 @@ class _Run:
                     self.time_to_first_token = time.perf_counter() - start
                 for row, token in enumerate(tokens):
                     state = self.rows[row]
-                    if state.finish is not None:
+                    if token is None or state.finish is not None:
                         continue
                     piece = state.add(token, self._info(row, token))
                     if piece:

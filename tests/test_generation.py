@@ -38,6 +38,8 @@ def test_batch_with_left_padding_matches_single_prompts_and_model_generate(tiny,
     results = generate(tiny, tokenizer, PROMPTS, GREEDY)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     hf = tiny.generate(**batch, max_new_tokens=24, do_sample=False)[:, batch.input_ids.shape[1]:]
+    seed_loop = generate(tiny, tokenizer, PROMPTS, GREEDY, method="seed")
+    assert [r.token_ids for r in seed_loop] == [r.token_ids for r in results]
     for prompt, result, row in zip(PROMPTS, results, hf.tolist()):
         single = generate(tiny, tokenizer, prompt, GREEDY)
         assert result.token_ids == single.token_ids == row[: len(result.token_ids)]
