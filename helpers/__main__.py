@@ -145,9 +145,59 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- bench
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .benchmark import METHODS
+
+    p = sub.add_parser(
+        "bench",
+        help="measure decoding speed and memory of each method",
+        description="Time each decoding method on one model (random weights in a real OPT shape, or a folder) "
+                    "in one run: time to first token, tokens/s, peak memory.",
+    )
+    p.add_argument("--model", default="opt-125m", metavar="SIZE_OR_PATH",
+                   help="an OPT size (random weights in its shape; default opt-125m) or a local model folder")
+    p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--batch", type=int, default=1, metavar="B")
+    p.add_argument("--prompt-tokens", type=int, default=10, metavar="N")
+    p.add_argument("--new-tokens", type=int, default=128, metavar="N")
+    p.add_argument("--methods", default=",".join(METHODS), metavar="M1,M2",
+                   help=f"comma-separated, from: {', '.join(METHODS)}")
+    p.add_argument("--repeats", type=int, default=3, metavar="R", help="timed runs per method (the median is kept)")
+    p.add_argument("--json", metavar="FILE", help="write the results with hardware and version facts to FILE")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .benchmark import METHODS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    for flag, value in (("--batch", args.batch), ("--prompt-tokens", args.prompt_tokens),
+                        ("--new-tokens", args.new_tokens), ("--repeats", args.repeats)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    _quiet_libraries()
+    from .benchmark import run_suite
+    from .tables import text_table
+
+    report = run_suite(args.model, methods, device=args.device, dtype=args.dtype, batch=args.batch,
+                       prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
+                       progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(text_table(report.table()))
+    if args.json:
+        report.write(args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

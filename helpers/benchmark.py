@@ -152,3 +152,103 @@ def loop_comparison(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, p
             "text": result.full_text,
         })
     return rows
+
+
+def hardware_facts() -> dict:
+    """What the figures were measured on."""
+    import datetime
+    import platform
+
+    from .environment import detect
+
+    env = detect()
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpu_count": env.cpu_count,
+        "torch_threads": torch.get_num_threads(),
+        "ram_total_bytes": env.ram_total_bytes,
+        "gpus": [{"name": g.name, "total_bytes": g.total_bytes, "capability": list(g.capability)} for g in env.gpus],
+        "cuda": env.cuda,
+        "python": env.python,
+        "torch": env.torch,
+        "transformers": env.transformers,
+        "platform": platform.platform(),
+    }
+
+
+@dataclass
+class Report:
+    """A benchmark run: what was measured, on what, and the figures per method."""
+
+    model: str
+    parameters: int
+    dtype: str
+    device: str
+    facts: dict
+    measurements: list[Measurement]
+
+    def table(self) -> list[dict]:
+        reference = self.measurements[0].token_ids if self.measurements else []
+        rows = []
+        for m in self.measurements:
+            rows.append({
+                "method": m.method,
+                "tokens/s": round(m.tokens_per_second, 2),
+                "decode tokens/s": round(m.decode_tokens_per_second, 2) if m.decode_tokens_per_second else "",
+                "first token s": round(m.time_to_first_token, 4) if m.time_to_first_token is not None else "",
+                "total s": round(m.total_seconds, 3),
+                "peak memory MiB": round(m.peak_memory_bytes / 2**20),
+                "same tokens": m.token_ids == reference,
+            })
+        return rows
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model, "parameters": self.parameters, "dtype": self.dtype, "device": self.device,
+            "hardware": self.facts, "results": [m.as_dict() for m in self.measurements],
+        }
+
+    def write(self, path: str) -> None:
+        import json
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+def benchmark_model(model: str, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer, label): random weights in a real OPT shape for a size name, else a loaded folder."""
+    from .fixtures import random_model
+    from .loading import load_model, opt_tokenizer, resolve_device, resolve_dtype
+    from .models import find_size
+
+    device = resolve_device(device)
+    size = find_size(model)
+    if size is not None:
+        torch_dtype = resolve_dtype(dtype, device)
+        return random_model(size, dtype=torch_dtype, device=device), opt_tokenizer(), f"{size.name} (random weights)"
+    loaded = load_model(model, device=device, dtype=dtype)
+    return loaded.model, loaded.tokenizer, model
+
+
+def run_suite(model: str, methods: list[str], *, device: str = "auto", dtype: str = "auto", batch: int = 1,
+              prompt_tokens: int = 10, new_tokens: int = 128, repeats: int = 3,
+              progress: Callable[[str], None] = lambda line: None) -> Report:
+    """Measure each method in turn on the same model, in one process."""
+    net, tokenizer, label = benchmark_model(model, device, dtype)
+    measurements = []
+    for method in methods:
+        progress(f"{method}: {repeats} runs of {new_tokens} new tokens, batch {batch}, prompt {prompt_tokens} tokens")
+        measurements.append(measure(net, tokenizer, method, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                                    batch=batch, repeats=repeats))
+    return Report(
+        model=label, parameters=sum(p.numel() for p in net.parameters()), dtype=str(net.dtype).removeprefix("torch."),
+        device=str(model_device(net)), facts=hardware_facts(), measurements=measurements,
+    )
