@@ -7,11 +7,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: install lab test test-fast chromium playground bench plan clean help
+.PHONY: install lab test test-fast system-packages clean help
 
 help:
 	@echo "make lab         install what is missing, then start JupyterLab on $(HOST) with the notebooks"
-	@echo "make test        install what is missing (Chromium too, as root), then run every test"
+	@echo "make test        install what is missing (Chromium and git-lfs too, as root), then run every test"
 	@echo "make test-fast   the tests without the browser and notebook layers"
 	@echo "make clean       remove the virtual environment and caches"
 
@@ -27,13 +27,19 @@ install: $(STAMP)
 lab: install
 	$(VENV)/bin/jupyter lab --ip=$(HOST) --port=$(PORT) --no-browser --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# The browser tests drive Debian's Chromium (Playwright's own browser download does not work everywhere).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
-	  else echo "The browser tests need Chromium: run 'sudo apt-get install -y chromium' (Debian/Ubuntu) and retry."; exit 1; fi; }
+# System packages the tests use: Debian's Chromium for the browser tests (Playwright's own browser download
+# does not work everywhere) and git-lfs for the seed's route (cloning metaseq checkpoints).
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	git lfs version >/dev/null 2>&1 || missing="$$missing git-lfs"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q $$missing; \
+	  else echo "The tests need:$$missing. Install with: sudo apt-get install -y$$missing"; exit 1; fi; \
+	fi
 
-test: install chromium
+test: install system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

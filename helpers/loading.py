@@ -7,17 +7,16 @@ import gc
 import json
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from transformers import AutoTokenizer, GPT2Tokenizer, OPTForCausalLM, PreTrainedTokenizerBase
 
 from .environment import default_device, resident_memory_bytes
 from .errors import ModelLoadError, ModelUnloadedError, UnknownModelError
+from .fetch import hub_endpoint, hub_offline, hub_reachable, is_lfs_pointer, lfs_pull_hint, offline_message
 from .models import BOS_TOKEN_ID, MAX_POSITIONS, SIZES, OPTSize, find_size, human_bytes, size_from_config
 
 TOKENIZER_DIR = Path(__file__).parent / "data" / "opt-tokenizer"
@@ -182,36 +181,6 @@ def resolve_source(name: str) -> tuple[str, bool]:
     )
 
 
-def _hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub opens within `timeout` seconds (not a full request): a quick
-    check that spares the user the hub client's minute of retries when there is no network."""
-    url = urlparse(_hub_endpoint())
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def _offline_message(repo_id: str, why: str) -> str:
-    return (
-        f"Could not get '{repo_id}' from the Hugging Face Hub: {why}, and it is not in the local cache. "
-        "To use a model without the hub, download its folder on a machine with a connection "
-        f"(`hf download {repo_id} --local-dir opt-folder`, or `git lfs install && git clone "
-        f"https://huggingface.co/{repo_id} opt-folder`), copy it here and pass the folder: "
-        "load_model('path/to/opt-folder'), or `python -m helpers generate --model path/to/opt-folder ...`."
-    )
-
-
 def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
     """The local snapshot folder of a hub model if its config and weights are already cached."""
     from huggingface_hub import snapshot_download
@@ -241,12 +210,8 @@ def _check_opt_folder(folder: str) -> None:
             f"`git lfs install && git lfs pull` in {folder}; otherwise copy the weight files into it."
         )
     for weight in weights:
-        with open(weight, "rb") as handle:
-            if handle.read(len(b"version https://git-lfs")) == b"version https://git-lfs":
-                raise ModelLoadError(
-                    f"{weight} is a Git LFS pointer, not the weights: the clone did not fetch large files. "
-                    f"Run `git lfs install && git lfs pull` in {folder}."
-                )
+        if is_lfs_pointer(weight):
+            raise ModelLoadError(lfs_pull_hint(weight))
 
 
 def load_tokenizer(source: str, local: bool) -> PreTrainedTokenizerBase:
@@ -300,9 +265,9 @@ def load_model(
         if cached is not None:
             source, local = cached, True
         elif hub_offline():
-            raise ModelLoadError(_offline_message(source, "the hub is switched off here (HF_HUB_OFFLINE is set)"))
+            raise ModelLoadError(offline_message(source, "the hub is switched off here (HF_HUB_OFFLINE is set)"))
         elif not hub_reachable():
-            raise ModelLoadError(_offline_message(source, f"{_hub_endpoint()} cannot be reached (no network?)"))
+            raise ModelLoadError(offline_message(source, f"{hub_endpoint()} cannot be reached (no network?)"))
     if local:
         _check_opt_folder(source)
 
@@ -321,7 +286,7 @@ def load_model(
                 f"Could not load the model in {source}: {exc}. The folder may be incomplete or damaged; "
                 "re-download or re-convert it."
             ) from None
-        raise ModelLoadError(_offline_message(source, f"the download failed ({exc})")) from None
+        raise ModelLoadError(offline_message(source, f"the download failed ({exc})")) from None
     model.eval()
     seconds = time.perf_counter() - start
     size = find_size(name_or_path) or size_from_config(model.config, name=Path(source).name)

@@ -57,3 +57,28 @@ def test_01_generate_runs_the_seed_walkthrough(tiny_pre_folder):
     assert "the seed's loop (no cache)" in text and "cached loop" in text
     assert "Text classification is a machine learning technique" in text
     assert "tokens/s, first token after" in text
+
+
+def test_02_metaseq_clones_converts_and_matches_the_reference(tmp_path):
+    from test_fetch import make_lfs_repo, needs_git_lfs  # noqa: F401
+
+    from helpers.fetch import _git_has_lfs
+    from helpers.fixtures import save_tiny_model, tiny_model
+    from metaseq_writer import write_checkpoint
+
+    if not _git_has_lfs():
+        pytest.skip("git-lfs is not installed (make test installs it as root)")
+    model = tiny_model("post-ln", seed=21)  # the 350M layout, as the notebook's default
+    staging = tmp_path / "staging"
+    write_checkpoint(model, staging / "model", version=False)
+    repo = make_lfs_repo(tmp_path / "opt_metaseq_tiny", {"model/reshard.pt": (staging / "model" / "reshard.pt").read_bytes()})
+    reference = save_tiny_model(tmp_path / "reference", "post-ln", seed=21)
+    nb = run_notebook("02_metaseq_checkpoints.ipynb", {
+        "METASEQ_REPO": f"file://{repo}", "CHECKPOINT": "model/reshard.pt", "SIZE": "",
+        "REFERENCE": str(reference), "WORKDIR": str(tmp_path / "work"), "DEVICE": "cpu",
+    })
+    text = outputs_text(nb)
+    assert "reshard.pt" in text and "unflattened, single file" in text
+    assert "| yes |" in text and "| no |" not in text  # same greedy tokens as the reference for every prompt
+    assert "metaseq and Megatron-LM are not installed" in text
+    assert (tmp_path / "work" / "converted" / "model.safetensors").exists()
