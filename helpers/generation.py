@@ -106,12 +106,28 @@ class GenerationResult:
         return data
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+Prompt = str | list[int]  # text, or token ids (to continue exactly from a point, as branches do)
+
+
+def _is_token_ids(prompt) -> bool:
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
     """Token ids of a prompt, starting with OPT's BOS (`</s>`, id 2) exactly once, also when the
-    tokenizer adds none (the seed's bart-large tokenizer) or the text itself starts with '</s>'."""
-    if not isinstance(prompt, str):
-        raise PromptError(f"A prompt must be text (str), got {type(prompt).__name__}.")
-    ids = list(tokenizer(prompt).input_ids)
+    tokenizer adds none (the seed's bart-large tokenizer) or the text itself starts with '</s>'.
+    A list of token ids is taken as it is (BOS added if missing)."""
+    if _is_token_ids(prompt):
+        vocab = len(tokenizer)
+        bad = [t for t in prompt if not 0 <= t < max(vocab, 50272)]
+        if bad:
+            raise PromptError(f"Token ids must be between 0 and {vocab - 1}; got {bad[:3]}.")
+        ids = list(prompt)
+    elif isinstance(prompt, str):
+        ids = list(tokenizer(prompt).input_ids)
+    else:
+        raise PromptError(f"A prompt must be text (str) or a list of token ids, got {type(prompt).__name__}.")
     if ids[:1] != [BOS_TOKEN_ID]:
         ids = [BOS_TOKEN_ID] + ids
     while ids[1:2] == [BOS_TOKEN_ID]:
@@ -350,12 +366,18 @@ class _Run:
                            for t, lp in zip(tops.indices[i].tolist(), tops.values[i].tolist())]
                 state.tokens.append(TokenInfo(token, self.tokenizer.decode([token]), chosen[i], top))
 
+    def _prompt_text(self, row: int) -> str:
+        prompt = self.prompts[row]
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.decode(self.prompt_ids[row], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
     def results(self) -> list[GenerationResult]:
         out = []
         for row, state in enumerate(self.rows):
             out.append(
                 GenerationResult(
-                    prompt=self.prompts[row],
+                    prompt=self._prompt_text(row),
                     text=state.text,
                     prompt_token_ids=self.prompt_ids[row],
                     token_ids=list(state.ids),
@@ -381,7 +403,7 @@ def _settings(settings: GenerationSettings | None, changes: dict) -> GenerationS
 def generate(
     model: OPTForCausalLM,
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str | Sequence[str],
+    prompt: Prompt | Sequence[Prompt],
     settings: GenerationSettings | None = None,
     *,
     logprobs: bool = False,
@@ -394,7 +416,7 @@ def generate(
 
     Args:
         model, tokenizer: from `load_model`.
-        prompt: a string, or a list of strings for a batch.
+        prompt: a string (or a list of token ids), or a list of them for a batch.
         settings: decoding settings (default: `GenerationSettings()`, nucleus sampling);
             keyword arguments change single fields: `generate(m, t, "Hi", max_new_tokens=20, do_sample=False)`.
         logprobs: record each new token's log-probability under the model.
@@ -411,7 +433,7 @@ def generate(
         PromptError: no prompt, or one that does not fit the context (without truncate).
         ModelUnloadedError: the model was unloaded.
     """
-    single = isinstance(prompt, str)
+    single = isinstance(prompt, str) or _is_token_ids(prompt)
     prompts = [prompt] if single else list(prompt)
     run = _Run(model, tokenizer, prompts, _settings(settings, changes), logprobs, top_logprobs, truncate, method)
     for _ in run.pieces():
@@ -472,7 +494,7 @@ class TextStream:
 def stream(
     model: OPTForCausalLM,
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
+    prompt: Prompt,
     settings: GenerationSettings | None = None,
     *,
     logprobs: bool = False,
@@ -483,7 +505,7 @@ def stream(
 ) -> TextStream:
     """Like `generate` for one prompt, but returns a `TextStream` yielding text as it is produced.
     Beam search produces its text at the end (beams are only final then)."""
-    if not isinstance(prompt, str):
-        raise PromptError("stream() takes one prompt (a string); use generate() for a batch.")
+    if not (isinstance(prompt, str) or _is_token_ids(prompt)):
+        raise PromptError("stream() takes one prompt (a string or a list of token ids); use generate() for a batch.")
     run = _Run(model, tokenizer, [prompt], _settings(settings, changes), logprobs, top_logprobs, truncate, method)
     return TextStream(run)

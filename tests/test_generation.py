@@ -211,3 +211,16 @@ def test_impossible_requests_are_settings_errors(tiny, tokenizer):
         generate(tiny, tokenizer, "Hi", method="fast")
     with pytest.raises(SettingsError, match="Unknown setting"):
         generate(tiny, tokenizer, "Hi", temprature=0.5)
+
+
+def test_a_prompt_of_token_ids_continues_exactly_from_there(tiny, tokenizer):
+    full = generate(tiny, tokenizer, "Hello", GREEDY)
+    ids = full.prompt_token_ids + full.token_ids[:5]
+    resumed = generate(tiny, tokenizer, ids, GREEDY.replace(max_new_tokens=10))
+    assert resumed.prompt_token_ids == ids and resumed.token_ids == full.token_ids[5:15]
+    assert resumed.prompt == tokenizer.decode(ids, skip_special_tokens=True)
+    assert generate(tiny, tokenizer, [ids, ids[:-1]], GREEDY.replace(max_new_tokens=3))[0].token_ids == full.token_ids[5:8]
+    streamed = "".join(stream(tiny, tokenizer, ids[1:], GREEDY.replace(max_new_tokens=4)))  # BOS added when missing
+    assert streamed == generate(tiny, tokenizer, ids, GREEDY.replace(max_new_tokens=4)).text
+    with pytest.raises(PromptError, match="between 0 and"):
+        generate(tiny, tokenizer, [2, 10**9], GREEDY)
