@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8888
 PYTEST_ARGS ?=
+MODEL ?= opt-350m
+VOILA_PORT ?= 8866
 
-.PHONY: install lab test test-fast system-packages clean help
+.PHONY: install lab playground test test-fast system-packages clean help
 
 help:
+	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m)"
 	@echo "make lab         install what is missing, then start JupyterLab on $(HOST) with the notebooks"
 	@echo "make test        install what is missing (Chromium and git-lfs too, as root), then run every test"
 	@echo "make test-fast   the tests without the browser and notebook layers"
@@ -38,6 +41,11 @@ system-packages:
 	    export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q $$missing; \
 	  else echo "The tests need:$$missing. Install with: sudo apt-get install -y$$missing"; exit 1; fi; \
 	fi
+
+# The playground as an app (Voila). MODEL is a size, a hub id or a local folder: make playground MODEL=./opt-350m
+playground: install
+	OPT_MODEL=$(MODEL) $(VENV)/bin/voila notebooks/05_playground.ipynb --no-browser --port=$(VOILA_PORT) \
+	  --Voila.ip=$(HOST) --ServerApp.allow_root=True
 
 test: install system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import OPTForCausalLM, PreTrainedTokenizerBase
+from transformers import OPTForCausalLM, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from .decoding import decode, model_device, seed_greedy_steps
 from .errors import PromptError, SettingsError
@@ -160,6 +160,16 @@ def _pad_left(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor
     return ids.to(device), mask.to(device)
 
 
+class _StopWhenSet(StoppingCriteria):
+    """Ends `model.generate` (beam search included) within one step once the event is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class _RowText:
     """The text of one sequence as tokens arrive: decoded incrementally, cut at a stop string, and
     holding back what may still turn into one (or an incomplete UTF-8 character)."""
@@ -291,7 +301,8 @@ class _Run:
             torch.manual_seed(self.settings.seed)
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                      tokenizer=self.tokenizer if self.settings.stop else None)
+                                      tokenizer=self.tokenizer if self.settings.stop else None,
+                                      stopping_criteria=StoppingCriteriaList([_StopWhenSet(self.stop_event)]))
         return out[:, ids.shape[1]:].tolist()
 
     def _finished_rows(self) -> torch.Tensor | None:

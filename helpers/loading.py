@@ -8,6 +8,8 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,12 +237,56 @@ def _memory_now(device: str) -> int:
     return torch.cuda.memory_allocated() if device.startswith("cuda") else resident_memory_bytes()
 
 
+class _ProgressBar:
+    """A tqdm look-alike that reports (description, done, total) to a callback."""
+
+    def __init__(self, report: Callable[[str, int, int | None], None], iterable=None, *args, total=None,
+                 desc: str = "", **kwargs):
+        self.report, self.iterable, self.desc, self.n = report, iterable, desc or "loading", 0
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.report(self.desc, self.n, self.total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __getattr__(self, name):  # close, refresh, set_postfix ...: nothing to do
+        return lambda *args, **kwargs: None
+
+
+@contextmanager
+def _reporting_progress(report: Callable[[str, int, int | None], None] | None):
+    """Route transformers' loading progress bars to `report` (where this transformers can)."""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if report is None or set_hook is None:
+        yield
+        return
+    previous = set_hook(lambda factory, args, kwargs: _ProgressBar(report, *args, **kwargs))
+    try:
+        yield
+    finally:
+        set_hook(previous)
+
+
 def load_model(
     name_or_path: str,
     device: str = "auto",
     dtype: str | torch.dtype = "auto",
     *,
     revision: str | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
 ) -> LoadedModel:
     """Load an OPT model and its tokenizer.
 
@@ -249,6 +295,7 @@ def load_model(
         device: 'auto' (the GPU if there is one), 'cpu', 'cuda', 'cuda:1', 'mps'.
         dtype: 'auto' (fp16 on a GPU, fp32 on the CPU), 'float32', 'float16' or 'bfloat16'.
         revision: a hub branch, tag or commit.
+        progress: called as progress(stage, done, total) while weights load (a widget's progress bar).
 
     Returns:
         A `LoadedModel`: `model, tokenizer, info = load_model("opt-350m")`.
@@ -274,10 +321,11 @@ def load_model(
     start, before = time.perf_counter(), _memory_now(device)
     try:
         tokenizer = load_tokenizer(source, local)
-        model = OPTForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, revision=revision, local_files_only=local,
-            device_map={"": device} if device != "cpu" else None,
-        )
+        with _reporting_progress(progress):
+            model = OPTForCausalLM.from_pretrained(
+                source, dtype=torch_dtype, revision=revision, local_files_only=local,
+                device_map={"": device} if device != "cpu" else None,
+            )
     except (torch.cuda.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:  # safetensors, pickle and hub clients each raise their own types

@@ -224,3 +224,9 @@ def test_a_prompt_of_token_ids_continues_exactly_from_there(tiny, tokenizer):
     assert streamed == generate(tiny, tokenizer, ids, GREEDY.replace(max_new_tokens=4)).text
     with pytest.raises(PromptError, match="between 0 and"):
         generate(tiny, tokenizer, [2, 10**9], GREEDY)
+
+
+def test_stop_also_ends_beam_search(tiny, tokenizer):
+    s = stream(tiny, tokenizer, "Hello", GenerationSettings.greedy(max_new_tokens=300, num_beams=2))
+    s.stop()  # pressed before the first step: model.generate must end at once
+    assert "".join(s) == s.result.text and len(s.result.token_ids) <= 1 and s.result.finish_reason == "stopped"

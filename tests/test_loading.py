@@ -144,3 +144,9 @@ def test_five_load_unload_cycles_return_the_memory(tmp_path):
         cycle()
     growth = resident_memory_bytes() - baseline
     assert growth < 0.5 * weights, f"resident memory grew {growth / 1e6:.0f} MB over five cycles"
+
+
+def test_loading_reports_progress(tiny_pre_folder):
+    seen = []
+    load_model(str(tiny_pre_folder), progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert seen and seen[-1][1] == seen[-1][2] and all(done <= total for _, done, total in seen)

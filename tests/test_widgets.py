@@ -1,0 +1,241 @@
+"""The playground driven programmatically: generate, stream, stop, switch models, branch, compare, export."""
+
+import csv
+import io
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+import helpers.widgets as widgets
+from helpers.environment import resident_memory_bytes
+from helpers.fixtures import save_tiny_model
+from helpers.settings import PRESETS
+from helpers.widgets import Playground, model_choices, probability_color
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    base = tmp_path_factory.mktemp("playground")
+    return {
+        "pre": str(save_tiny_model(base / "pre", "pre-ln", seed=1)),
+        "post": str(save_tiny_model(base / "post", "post-ln", seed=2)),
+        # slow enough on a CPU to stop mid-stream, big enough to see its memory come back
+        "mid": str(save_tiny_model(base / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048,
+                                   num_hidden_layers=6, word_embed_proj_dim=512)),
+    }
+
+
+@pytest.fixture
+def app(folders):
+    pg = Playground(model=folders["pre"], extra_models=[folders["post"], folders["mid"]], device="cpu")
+    pg.refresh_seconds = 0  # every piece reaches the output at once (the app batches them for browsers)
+    pg.wait()
+    yield pg
+    pg.stop()
+    pg.wait()
+    if pg.loaded is not None:
+        pg.loaded.unload()
+
+
+def printed(pg) -> str:
+    return "".join(o.get("text", "") for o in pg.output.outputs)
+
+
+def test_generate_streams_text_and_reports_the_run(app):
+    app.prompt.value = "Natural language processing is a subfield of"
+    app.preset.value = "the seed's greedy"
+    app.max_new_tokens.value = 16
+    assert app.generate_button.disabled is False
+    app.generate_button.click()
+    app.wait()
+    run = app.runs[-1]
+    assert printed(app) == run.prompt + run.text and run.text == run.result.text
+    assert len(app.output.outputs) > 4  # appended piece by piece, not at the end
+    assert "tokens/s" in app.status.value and "first token" in app.status.value and "RAM" in app.status.value
+    assert app.history[-1]["output"] == run.text and app.history[-1]["settings"]["do_sample"] is False
+    assert not app.last_error and not app.generate_button.disabled and app.stop_button.disabled
+
+
+def test_stop_ends_the_generation_mid_stream(app, folders):
+    app.model_picker.value = folders["mid"]
+    app.wait()
+    app.preset.value = "the seed's greedy"
+    app.max_new_tokens.value = 512
+    app.generate()
+    deadline = time.time() + 60
+    while (app._stream is None or len(app._stream.token_ids) < 3) and time.time() < deadline:
+        time.sleep(0.01)
+    app.stop_button.click()
+    app.wait()
+    result = app.runs[-1].result
+    assert result.finish_reason == "stopped" and 3 <= len(result.token_ids) < 512
+    assert "finished: stopped" in app.status.value
+
+
+def test_a_second_click_does_not_start_a_second_generation(app, folders):
+    app.model_picker.value = folders["mid"]
+    app.wait()
+    app.max_new_tokens.value = 200
+    assert app.generate() is True
+    assert app.generate_button.disabled
+    assert app.generate() is False  # what a second click does while the first runs
+    assert "Already generating" in app.message.value
+    app.stop()
+    app.wait()
+    assert len(app.runs) == 1 and len(app.history) == 1
+
+
+def test_switching_models_unloads_the_previous_one_and_returns_its_memory(app, folders):
+    app.model_picker.value = folders["mid"]
+    app.wait()
+    app.max_new_tokens.value = 4
+    app.generate()
+    app.wait()
+    mid = app.loaded.model
+    held = resident_memory_bytes()
+    app.model_picker.value = folders["pre"]
+    app.wait()
+    assert app.loaded_name == folders["pre"] and all(p.device.type == "meta" for p in mid.parameters())
+    weights = sum(p.numel() for p in app.loaded.model.parameters())  # the tiny one
+    assert held - resident_memory_bytes() > 50e6 and weights < 5e6
+    assert folders["pre"] in app.model_status.value and "loaded in" in app.model_status.value
+
+
+def test_probabilities_view_shades_tokens_and_lists_alternatives(app):
+    app.preset.value = "the seed's greedy"
+    app.max_new_tokens.value = 10
+    app.generate()
+    app.wait()
+    run = app.current
+    buttons = app.tokens_box.children[1:]
+    assert len(buttons) == len(run.tokens) == len(run.result.token_ids)
+    for button, token in zip(buttons, run.tokens):
+        assert button.style.button_color == probability_color(torch.tensor(token.logprob).exp().item())
+        assert button.tooltip.count("\n") == 5 and "%" in button.tooltip  # the token, then its 5 alternatives
+        assert token.top[0][0] == token.id  # greedy picked the most likely
+    buttons[2].click()
+    assert app.selected_token == 2
+    alternatives = app.alternatives.children[1].children
+    assert len(alternatives) == 5
+
+
+def test_choosing_an_alternative_branches_and_branches_compare(app):
+    app.preset.value = "the seed's greedy"
+    app.max_new_tokens.value = 12
+    app.generate()
+    app.wait()
+    parent = app.current
+    app.select_token(4)
+    alternative = parent.tokens[4].top[2]
+    app.alternatives.children[1].children[2].click()
+    app.wait()
+    branch = app.current
+    assert branch.parent == parent.label and branch.branched_at == 4
+    assert [t.id for t in branch.tokens[:4]] == [t.id for t in parent.tokens[:4]]
+    assert branch.tokens[4].id == alternative[0] and len(branch.tokens) == 12
+    assert branch.text.startswith(app.loaded.tokenizer.decode([t.id for t in parent.tokens[:4]]))
+    assert "branch 1" in app.branches_view.value and parent.label in app.branches_view.value
+    app.select_token(7)  # a branch of the branch
+    app.branch(7, branch.tokens[7].top[1][0])
+    app.wait()
+    assert app.current.parent == "branch 1" and "branch 2" in app.branches_view.value
+
+
+def test_side_by_side_runs_each_model_with_the_same_seed(app, folders):
+    app.preset.value = "balanced sampling"
+    app.max_new_tokens.value = 8
+    app.compare_picker.value = (folders["pre"], folders["post"])
+    app.compare_button.click()
+    app.wait()
+    columns = app.compare_columns.children
+    assert len(columns) == 2 and all("tokens/s" in c.children[0].value for c in columns)
+    entries = [h for h in app.history if h["run"].startswith("side by side")]
+    assert [h["model"] for h in entries] == [folders["pre"], folders["post"]]
+    assert entries[0]["settings"]["seed"] == entries[1]["settings"]["seed"] is not None
+    assert app.loaded is not None and app.loaded.model is not None
+
+
+def test_history_exports_json_and_csv(app):
+    app.max_new_tokens.value = 5
+    for _ in range(2):
+        app.generate()
+        app.wait()
+    data = json.loads(app.export_history("json"))
+    assert len(data) == 2 and {"prompt", "output", "settings", "tokens_per_second", "model"} <= set(data[0])
+    assert "opt-history.json" in app.export_link.value and "base64," in app.export_link.value
+    rows = list(csv.DictReader(io.StringIO(app.export_history("csv"))))
+    assert [r["output"] for r in rows] == [d["output"] for d in data]
+    assert json.loads(rows[0]["settings"])["max_new_tokens"] == 5
+
+
+def test_presets_set_the_controls_and_edits_make_it_custom(app):
+    app.preset.value = "the seed's greedy"
+    assert app.do_sample.value is False and app.max_new_tokens.value == 30
+    assert app.settings() == PRESETS["the seed's greedy"]
+    app.preset.value = "contrastive"
+    assert app.settings().mode == "contrastive"
+    app.temperature.value = 1.3
+    assert app.preset.value == "custom"
+
+
+@pytest.mark.parametrize("setup, expected", [
+    (lambda pg: setattr(pg.prompt, "value", "   "), "prompt is empty"),
+    (lambda pg: setattr(pg.prompt, "value", "hello " * 2100), "2048 positions"),
+    (lambda pg: (setattr(pg.penalty_alpha, "value", 0.5), setattr(pg.top_k, "value", 0)), "Contrastive search"),
+])
+def test_bad_input_gets_a_message_and_the_app_stays_usable(app, setup, expected):
+    setup(app)
+    app.generate()
+    app.wait()
+    assert expected in app.message.value and not app.generate_button.disabled
+    app.prompt.value, app.penalty_alpha.value, app.max_new_tokens.value = "Hello", 0.0, 3
+    app.generate()
+    app.wait()
+    assert app.runs and app.runs[-1].result.finish_reason in ("length", "eos") and not app.last_error
+
+
+@pytest.mark.parametrize("error, expected", [
+    (RuntimeError("boom inside a library"), "Something failed: RuntimeError: boom inside a library"),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory"), "ran out of memory"),
+])
+def test_an_exception_inside_generation_is_shown_and_nothing_is_left_running(app, monkeypatch, error, expected):
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(widgets, "stream", broken)
+    threads = threading.active_count()
+    app.generate()
+    app.wait()
+    assert expected in app.message.value and not app.busy and threading.active_count() <= threads
+    monkeypatch.undo()
+    app.max_new_tokens.value = 3
+    app.generate()
+    app.wait()
+    assert app.runs[-1].result.token_ids
+
+
+def test_a_model_that_cannot_load_is_a_message(folders, tmp_path):
+    pg = Playground(model=str(tmp_path / "nowhere"), extra_models=[folders["pre"]], device="cpu")
+    pg.wait()
+    assert "does not exist" in pg.message.value and pg.loaded is None
+    pg.model_picker.value = folders["pre"]
+    pg.wait()
+    pg.max_new_tokens.value = 3
+    pg.generate()
+    pg.wait()
+    assert pg.runs[-1].result.token_ids
+    pg.loaded.unload()
+
+
+def test_model_picker_marks_sizes_that_do_not_fit():
+    from dataclasses import replace
+
+    from helpers import environment
+
+    small = replace(environment.detect(), gpus=(), ram_available_bytes=3 * 1024**3)
+    choices = {c.name: c for c in model_choices(["./my-folder"], small)}
+    assert choices["opt-125m"].fits and not choices["opt-1.3b"].fits
+    assert "too big here" in choices["opt-1.3b"].label and choices["./my-folder"].fits is None
