@@ -9,11 +9,12 @@ PYTEST_ARGS ?=
 MODEL ?= opt-350m
 VOILA_PORT ?= 8866
 
-.PHONY: install lab playground test test-fast system-packages clean help
+.PHONY: install lab playground bench bench-gpu test test-fast system-packages clean help
 
 help:
 	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m)"
 	@echo "make lab         install what is missing, then start JupyterLab on $(HOST) with the notebooks"
+	@echo "make bench       CPU benchmark into benchmarks/ (make bench-gpu on a GPU machine)"
 	@echo "make test        install what is missing (Chromium and git-lfs too, as root), then run every test"
 	@echo "make test-fast   the tests without the browser and notebook layers"
 	@echo "make clean       remove the virtual environment and caches"
@@ -41,6 +42,21 @@ system-packages:
 	    export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q $$missing; \
 	  else echo "The tests need:$$missing. Install with: sudo apt-get install -y$$missing"; exit 1; fi; \
 	fi
+
+# CPU benchmark of the committed results (about 3 minutes); on a GPU machine, make bench-gpu.
+bench: install
+	$(PY) -m helpers bench --model opt-125m --device cpu --dtype float32 --new-tokens 128 \
+	  --json benchmarks/cpu-opt-125m.json --plot benchmarks/cpu-opt-125m.png
+	$(PY) -m helpers bench --model opt-350m --device cpu --dtype float32 --new-tokens 128 \
+	  --methods hf-generate,generate,int8-dynamic --json benchmarks/cpu-opt-350m.json --plot benchmarks/cpu-opt-350m.png
+
+bench-gpu: install
+	$(PY) -m helpers bench --model opt-1.3b --device cuda --dtype float16 --new-tokens 128 \
+	  --json benchmarks/gpu-opt-1.3b.json --plot benchmarks/gpu-opt-1.3b.png
+	$(PY) -m helpers bench --model opt-6.7b --device cuda --dtype float16 --new-tokens 128 --batch 1,2,4,8,16,32,64 \
+	  --methods hf-generate,static-cache,generate --json benchmarks/gpu-opt-6.7b.json --plot benchmarks/gpu-opt-6.7b.png
+	$(PY) -m helpers bench --model opt-66b --device cuda --dtype float16 --new-tokens 32 --repeats 1 \
+	  --methods generate --json benchmarks/gpu-opt-66b.json
 
 # The playground as an app (Voila). MODEL is a size, a hub id or a local folder: make playground MODEL=./opt-350m
 playground: install

@@ -190,32 +190,40 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "bench",
-        help="measure decoding speed and memory of each method",
+        help="measure decoding speed, memory and roofline fraction of each method",
         description="Time each decoding method on one model (random weights in a real OPT shape, or a folder) "
-                    "in one run: time to first token, tokens/s, peak memory.",
+                    "in one run: time to first token, decode tokens/s, peak memory, and the fraction of the "
+                    "memory-bandwidth roofline (the bandwidth is measured in the same run). Quantized methods "
+                    "also report their quality cost against the unquantized model.",
     )
     p.add_argument("--model", default="opt-125m", metavar="SIZE_OR_PATH",
                    help="an OPT size (random weights in its shape; default opt-125m) or a local model folder")
     p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--batch", type=int, default=1, metavar="B")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto: float16 on a GPU, float32 on the CPU")
+    p.add_argument("--batch", default="1", metavar="B[,B...]", help="batch size(s), e.g. 1,2,4,8 for a sweep")
     p.add_argument("--prompt-tokens", type=int, default=10, metavar="N")
     p.add_argument("--new-tokens", type=int, default=128, metavar="N")
-    p.add_argument("--methods", default=",".join(METHODS), metavar="M1,M2",
-                   help=f"comma-separated, from: {', '.join(METHODS)}")
+    p.add_argument("--methods", metavar="M1,M2",
+                   help=f"comma-separated, from: {', '.join(METHODS)} (default: all that run on the device)")
     p.add_argument("--repeats", type=int, default=3, metavar="R", help="timed runs per method (the median is kept)")
     p.add_argument("--json", metavar="FILE", help="write the results with hardware and version facts to FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the results to FILE.png")
     p.set_defaults(run=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from .benchmark import METHODS
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    unknown = [m for m in methods or [] if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    for flag, value in (("--batch", args.batch), ("--prompt-tokens", args.prompt_tokens),
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise UsageError(f"--batch takes whole numbers separated by commas, not {args.batch!r}") from None
+    for flag, value in (("--batch", min(batches)), ("--prompt-tokens", args.prompt_tokens),
                         ("--new-tokens", args.new_tokens), ("--repeats", args.repeats)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
@@ -223,13 +231,21 @@ def _run_bench(args: argparse.Namespace) -> int:
     from .benchmark import run_suite
     from .tables import text_table
 
-    report = run_suite(args.model, methods, device=args.device, dtype=args.dtype, batch=args.batch,
+    report = run_suite(args.model, methods, device=args.device, dtype=args.dtype, batches=batches,
                        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    bw = report.bandwidth
+    print(f"{report.model}: {report.parameters / 1e6:.1f}M parameters, {report.dtype} on {report.device}; "
+          f"measured bandwidth {bw['bytes_per_second'] / 1e9:.1f} GB/s ({bw['used']})")
     print(text_table(report.table()))
     if args.json:
         report.write(args.json)
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        from .plots import benchmark_figure
+
+        benchmark_figure(report.as_dict()).savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 

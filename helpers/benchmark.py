@@ -1,60 +1,129 @@
-"""Timing harness: tokens/s, time to first token and peak memory of each decoding method, in one run."""
+"""Timing harness: time to first token, decode tokens/s, peak memory and the fraction of the memory-bandwidth
+roofline for each decoding method, measured side by side in one run, with the quality cost of quantization."""
 
 from __future__ import annotations
 
+import datetime
 import gc
+import json
+import platform
 import statistics
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from .decoding import model_device
-from .environment import resident_memory_bytes
-from .generation import GenerationSettings, generate
+from .environment import detect, resident_memory_bytes
+from .generation import GenerationSettings, encode_prompt, generate
+from .models import size_from_config
+
+SCHEMA = "opt-notebooks/bench/v1"
 
 
-@dataclass
-class Measurement:
-    """One method's figures: medians over `repeats` timed runs after a warm-up."""
+# ------------------------------------------------------------------------------------------ bandwidth
 
-    method: str
-    batch: int
-    prompt_tokens: int
-    new_tokens: int
-    total_seconds: float
-    time_to_first_token: float | None
-    tokens_per_second: float  # all new tokens (every row) over the whole time
-    decode_tokens_per_second: float | None  # per sequence, after the first token
-    peak_memory_bytes: int
-    repeats: int
-    runs_seconds: list[float] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)  # first row, to check methods agree
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
+    """The median, like the decode timings it is compared with: a shared machine's occasional fast or
+    slow pass moves neither."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_bandwidth(device: str | torch.device = "cpu", buffer_bytes: int = 1 << 30,
+                      tensors: list[torch.Tensor] | None = None) -> dict:
+    """Memory bandwidth, measured now. On a GPU: a device-to-device copy of `buffer_bytes` (reads and
+    writes counted). On the CPU: reading `tensors` once (a model's weights: the very bytes a decode step
+    reads, where they live) or a fresh buffer, with torch's sum and with numpy's matrix-vector product;
+    the faster is the roofline's bandwidth (a shared machine's bandwidth to a fresh buffer drifts by tens
+    of percent, and caches may flatter it, so the weights themselves make the steadier yardstick)."""
+    device = torch.device(device)
+    if device.type != "cpu" or tensors is None:
+        n = buffer_bytes // 4
+        src = torch.rand(n, dtype=torch.float32, device=device)  # random: no page can be deduplicated
+        dst = torch.empty_like(src)
+        out = {"buffer_bytes": n * 4, "copy": 2 * n * 4 / _median_seconds(lambda: dst.copy_(src), device)}
+        del dst
+        tensors = [src.view(-1, 4096)] if device.type == "cpu" else []
+    else:
+        out = {"buffer_bytes": sum(t.numel() * t.element_size() for t in tensors)}
+    if device.type == "cpu":
+        read = sum(t.numel() * t.element_size() for t in tensors)
+        out["read_sum"] = read / _median_seconds(lambda: [t.sum() for t in tensors], device)
+        matrices = [t.detach().numpy() for t in tensors if t.dim() == 2 and t.dtype == torch.float32]
+        vectors = {m.shape[1]: np.ones(m.shape[1], dtype=np.float32) for m in matrices}
+        if matrices:
+            gemv_bytes = sum(m.nbytes for m in matrices)
+            out["read_gemv"] = gemv_bytes / _median_seconds(lambda: [m @ vectors[m.shape[1]] for m in matrices],
+                                                            device)
+    out["bytes_per_second"] = max(v for k, v in out.items() if k != "buffer_bytes")
+    out["used"] = max((k for k in out if k not in ("buffer_bytes", "bytes_per_second")), key=out.get)
+    gc.collect()
+    return out
+
+
+def weight_tensors(model: OPTForCausalLM) -> list[torch.Tensor]:
+    """The tensors a decode step reads whole (tied ones once; not the position table)."""
+    positions = model.model.decoder.embed_positions.weight
+    seen, out = set(), []
+    for tensor in model.parameters():
+        if tensor.data_ptr() not in seen and tensor is not positions:
+            seen.add(tensor.data_ptr())
+            out.append(tensor.detach())
+    return out
+
+
+def _weight_bytes_read(model: OPTForCausalLM) -> int:
+    """Bytes of weights one decode step reads: every tensor once (tied ones once); of the position table
+    and of an untied token table only one row; torch's packed int8 weights (not parameters) included."""
+    positions = model.model.decoder.embed_positions.weight
+    tokens = model.get_input_embeddings().weight
+    tied = getattr(model.lm_head, "weight", None) is tokens  # then the table is read whole, as lm_head
+    lookups = [positions] + ([] if tied else [tokens])
+    seen = set()
+    total = sum(t.shape[1] * t.element_size() for t in lookups)
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() not in seen and not any(tensor is t for t in lookups):
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    for module in model.modules():
+        if isinstance(module, DynamicInt8Linear):
+            weight, bias = module.weight(), module.bias()
+            total += weight.numel() * weight.element_size()
+            total += 0 if bias is None else bias.numel() * bias.element_size()
+    return total
+
+
+def bytes_per_decode_step(model: OPTForCausalLM, context: float, batch: int) -> int:
+    """What one decode step reads: the weights once, plus the key/value cache of `context` tokens for each
+    of the `batch` sequences."""
+    cache_dtype = "float32" if model.dtype == torch.float32 else "float16"
+    size = size_from_config(model.config)
+    return int(_weight_bytes_read(model) + size.kv_cache_bytes_per_token(cache_dtype) * context * batch)
+
+
+# ------------------------------------------------------------------------------------------ methods
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> int:
-    """Reset the peak counter; return the memory in use now (the baseline)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    return resident_memory_bytes()
-
-
-def _peak(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resident_memory_bytes()
 
 
 def _via_generate(method: str) -> Callable:
@@ -65,20 +134,153 @@ def _via_generate(method: str) -> Callable:
     return run
 
 
-def _plain_model_generate(model, tokenizer, prompts, new_tokens):
+def _plain_model_generate(model, tokenizer, prompts, new_tokens, **extra):
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model_device(model))
     with torch.inference_mode():
-        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **extra)
     return out[:, batch.input_ids.shape[1]:].tolist(), None
 
 
-# name -> run(model, tokenizer, prompts, new_tokens) -> (token ids per row, time to first token or None)
-METHODS: dict[str, Callable] = {
-    "seed-loop": _via_generate("seed"),
-    "cached-loop": _via_generate("cached"),
-    "generate": _via_generate("auto"),
-    "hf-generate": _plain_model_generate,
-}
+def _int8_dynamic(context: BenchContext) -> OPTForCausalLM:
+    """torch's dynamic int8 quantization of every nn.Linear, lm_head included (its tie to the token table
+    is broken: the table stays fp32 for the lookup, lm_head becomes int8)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao is next)
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(context.model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _bitsandbytes(kind: str) -> Callable[[BenchContext], OPTForCausalLM]:
+    def prepare(context: BenchContext) -> OPTForCausalLM:
+        from transformers import BitsAndBytesConfig
+
+        if kind == "int8":
+            config = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                        bnb_4bit_compute_dtype=context.model.dtype)
+        folder = context.folder()
+        device = model_device(context.model)
+        return OPTForCausalLM.from_pretrained(folder, quantization_config=config, dtype=context.model.dtype,
+                                              device_map={"": str(device)}).eval()
+    return prepare
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    run: Callable
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    prepare: Callable[[BenchContext], OPTForCausalLM] | None = None  # a quantized copy, say
+    default: bool = True  # in the default list on its devices
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("seed-loop", "the seed's loop: the whole sequence re-run each step", _via_generate("seed")),
+    Method("cached-loop", "the explicit cached loop: prefill, then one token a step", _via_generate("cached")),
+    Method("hf-generate", "plain model.generate, its defaults (dynamic cache)", _plain_model_generate),
+    Method("static-cache", "model.generate with a static cache (compiled on CUDA)", _via_generate("static")),
+    Method("generate", "helpers' generate(): the fastest correct method for the device", _via_generate("auto")),
+    Method("int8-dynamic", "torch dynamic int8 quantization of every Linear, lm_head included",
+           _via_generate("auto"), devices=("cpu",), prepare=_int8_dynamic),
+    Method("bnb-int8", "bitsandbytes LLM.int8()", _via_generate("auto"), devices=("cuda",),
+           prepare=_bitsandbytes("int8")),
+    Method("bnb-nf4", "bitsandbytes 4-bit NF4", _via_generate("auto"), devices=("cuda",), prepare=_bitsandbytes("nf4")),
+]}
+
+
+def default_methods(device: str) -> list[str]:
+    return [m.name for m in METHODS.values() if m.default and device in m.devices]
+
+
+# ------------------------------------------------------------------------------------------ context
+
+
+class BenchContext:
+    """The model under test and what methods need from it (a folder of its weights for quantized loads)."""
+
+    def __init__(self, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, label: str,
+                 source_folder: str | None = None):
+        self.model, self.tokenizer, self.label = model, tokenizer, label
+        self._folder, self._tmp = source_folder, None
+
+    def folder(self) -> str:
+        """A folder holding the model's weights (written once, for random-weight models)."""
+        if self._folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="opt-bench-")
+            self.model.save_pretrained(self._tmp.name)
+            self._folder = self._tmp.name
+        return self._folder
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+@dataclass
+class Quality:
+    """How far a quantized model is from the reference, on the benchmark's prompt and continuation."""
+
+    reference_dtype: str
+    max_logit_error: float
+    greedy_agreement: float  # share of positions where both pick the same next token (teacher-forced)
+    same_greedy_tokens: bool  # the free-running greedy continuations are identical
+
+
+@dataclass
+class Measurement:
+    """One method at one batch size: medians over `repeats` timed runs after a warm-up."""
+
+    method: str
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    total_seconds: float = 0.0
+    time_to_first_token: float | None = None
+    tokens_per_second: float = 0.0  # all new tokens (every row) over the whole time
+    decode_tokens_per_second: float | None = None  # per sequence, after the first token
+    peak_memory_bytes: int = 0  # resident memory (CPU) or max allocated (CUDA) while running
+    weight_bytes: int = 0
+    bytes_per_step: int = 0
+    roofline_fraction: float | None = None
+    bandwidth_bytes_per_second: float | None = None  # median of `bandwidths`, what the fraction is measured against
+    bandwidths: list[float] = field(default_factory=list)  # measured right before each timed run
+    repeats: int = 0
+    runs_seconds: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # first row, to check methods agree
+    quality: Quality | None = None
+    skipped: str | None = None  # why it did not run here
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _PeakRSS:
+    """Samples this process's resident memory every few milliseconds while active."""
+
+    def __init__(self, every: float = 0.005):
+        self.every, self.peak, self._stop = every, resident_memory_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, resident_memory_bytes())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_memory_bytes())
+        return False
 
 
 def prompt_of_length(tokenizer: PreTrainedTokenizerBase, tokens: int) -> str:
@@ -92,47 +294,233 @@ def prompt_of_length(tokenizer: PreTrainedTokenizerBase, tokens: int) -> str:
     return tokenizer.decode(ids[1:])
 
 
-def measure(
-    model: OPTForCausalLM,
-    tokenizer: PreTrainedTokenizerBase,
-    method: str,
-    *,
-    prompt_tokens: int = 10,
-    new_tokens: int = 128,
-    batch: int = 1,
-    repeats: int = 3,
-    warmup: bool = True,
-) -> Measurement:
-    """Time one method; greedy with exactly `new_tokens` new tokens so every method does the same work."""
-    run = METHODS[method]
+def quality_against(model: OPTForCausalLM, reference: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                    prompt: str, reference_tokens: list[int], tokens: list[int]) -> Quality:
+    """Teacher-forced on the reference's greedy continuation: the largest logit difference and how often
+    the next-token choices agree; plus whether the free-running greedy outputs are identical."""
+    ids = encode_prompt(tokenizer, prompt) + reference_tokens
+    with torch.inference_mode():
+        ref = reference(torch.tensor([ids], device=model_device(reference))).logits[0].float().cpu()
+        got = model(torch.tensor([ids], device=model_device(model))).logits[0].float().cpu()
+    start = len(ids) - len(reference_tokens) - 1
+    ref, got = ref[start:-1], got[start:-1]
+    return Quality(
+        reference_dtype=str(reference.dtype).removeprefix("torch."),
+        max_logit_error=float((ref - got).abs().max()),
+        greedy_agreement=float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
+        same_greedy_tokens=tokens == reference_tokens,
+    )
+
+
+def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: str, *, prompt_tokens: int = 10,
+            new_tokens: int = 128, batch: int = 1, repeats: int = 3, warmup: bool = True,
+            bandwidth: float | str | None = None, bandwidth_tensors: list[torch.Tensor] | None = None
+            ) -> Measurement:
+    """Time one method on `model` as it is; greedy with exactly `new_tokens` new tokens so that every
+    method does the same work.
+
+    `bandwidth` gives the roofline fraction: a fixed bytes/s, or "each" to measure the bandwidth (over
+    `bandwidth_tensors`, see `measure_bandwidth`) right before every timed run, pairing each run with
+    the bandwidth of its moment; the fraction is the median of the pairs.
+    """
+    run = METHODS[method].run
     device = model_device(model)
     prompts = [prompt_of_length(tokenizer, prompt_tokens)] * batch
-    if warmup:
-        run(model, tokenizer, prompts, min(new_tokens, 4))
-    baseline = _reset_peak(device)
-    seconds, ttfts, ids = [], [], []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        ids, ttft = run(model, tokenizer, prompts, new_tokens)
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-        if ttft is not None:
-            ttfts.append(ttft)
-    if not ttfts and method == "hf-generate":  # plain model.generate exposes no steps: time a 1-token call
+    if warmup:  # on a GPU the whole length: compiled static-cache graphs are specialised to it
+        run(model, tokenizer, prompts, new_tokens if device.type == "cuda" else min(new_tokens, 4))
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds, ttfts, ids, bandwidths = [], [], [], []
+    with _PeakRSS() as rss:
         for _ in range(repeats):
-            start = time.perf_counter()
-            run(model, tokenizer, prompts, 1)
+            if bandwidth == "each":
+                bandwidths.append(measure_bandwidth(device, buffer_bytes=512 << 20,
+                                                    tensors=bandwidth_tensors)["bytes_per_second"])
             _sync(device)
-            ttfts.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ids, ttft = run(model, tokenizer, prompts, new_tokens)
+            _sync(device)
+            seconds.append(time.perf_counter() - start)
+            if ttft is not None:
+                ttfts.append(ttft)
+        if not ttfts:  # plain model.generate exposes no steps: time a one-token call instead
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run(model, tokenizer, prompts, 1)
+                _sync(device)
+                ttfts.append(time.perf_counter() - start)
+    if bandwidth != "each":
+        bandwidths = [bandwidth] * repeats if bandwidth else []
     total = statistics.median(seconds)
-    ttft = statistics.median(ttfts) if ttfts else None
-    decode = (new_tokens - 1) / (total - ttft) if ttft is not None and total > ttft and new_tokens > 1 else None
+    ttft = statistics.median(ttfts)
+    decode = (new_tokens - 1) / (total - ttft) if total > ttft and new_tokens > 1 else None
+    step_bytes = bytes_per_decode_step(model, prompt_tokens + new_tokens / 2, batch)
+    fractions = [step_bytes * (new_tokens - 1) / (t - ttft) / bw for t, bw in zip(seconds, bandwidths) if t > ttft]
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
     return Measurement(
         method=method, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, total_seconds=total,
         time_to_first_token=ttft, tokens_per_second=batch * new_tokens / total, decode_tokens_per_second=decode,
-        peak_memory_bytes=max(0, _peak(device) - baseline) if device.type == "cuda" else _peak(device),
-        repeats=repeats, runs_seconds=seconds, token_ids=ids[0],
+        peak_memory_bytes=int(peak), weight_bytes=bytes_per_decode_step(model, 0, 1), bytes_per_step=step_bytes,
+        roofline_fraction=statistics.median(fractions) if fractions and new_tokens > 1 else None,
+        bandwidth_bytes_per_second=statistics.median(bandwidths) if bandwidths else None,
+        bandwidths=bandwidths, repeats=repeats, runs_seconds=seconds, token_ids=ids[0],
+    )
+
+
+# ------------------------------------------------------------------------------------------ a run
+
+
+def hardware_facts() -> dict:
+    """What the figures were measured on."""
+    env = detect()
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import transformers
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpu_count": env.cpu_count,
+        "torch_threads": torch.get_num_threads(),
+        "ram_total_bytes": env.ram_total_bytes,
+        "gpus": [{"name": g.name, "total_bytes": g.total_bytes, "capability": list(g.capability)} for g in env.gpus],
+        "cuda": env.cuda,
+        "python": env.python,
+        "torch": env.torch,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+@dataclass
+class Report:
+    """A benchmark run: what was measured, on what, and the figures per method and batch size."""
+
+    model: str
+    parameters: int
+    dtype: str
+    device: str
+    facts: dict
+    bandwidth: dict
+    settings: dict
+    measurements: list[Measurement]
+
+    def table(self) -> list[dict]:
+        reference = next((m.token_ids for m in self.measurements if not m.skipped and m.quality is None), [])
+        rows = []
+        for m in self.measurements:
+            if m.skipped:
+                rows.append({"method": m.method, "batch": m.batch, "weights MiB": "", "tokens/s": "", "decode tokens/s": "",
+                             "first token s": "", "peak memory MiB": "", "roofline": "", "quality": f"skipped: {m.skipped}"})
+                continue
+            quality = (f"max logit err {m.quality.max_logit_error:.3g}, agree {m.quality.greedy_agreement:.0%}"
+                       if m.quality else ("same tokens" if m.token_ids == reference else "DIFFERENT tokens"))
+            rows.append({
+                "method": m.method, "batch": m.batch,
+                "weights MiB": round(m.weight_bytes / 2**20),
+                "tokens/s": round(m.tokens_per_second, 2),
+                "decode tokens/s": round(m.decode_tokens_per_second, 2) if m.decode_tokens_per_second else "",
+                "first token s": round(m.time_to_first_token, 4) if m.time_to_first_token is not None else "",
+                "peak memory MiB": round(m.peak_memory_bytes / 2**20),
+                "roofline": f"{m.roofline_fraction:.0%}" if m.roofline_fraction is not None else "",
+                "quality": quality,
+            })
+        return rows
+
+    def as_dict(self) -> dict:
+        return {
+            "schema": SCHEMA, "model": self.model, "parameters": self.parameters, "dtype": self.dtype,
+            "device": self.device, "hardware": self.facts, "bandwidth": self.bandwidth, "settings": self.settings,
+            "results": [m.as_dict() for m in self.measurements],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        """A report read back from its JSON (as committed under benchmarks/)."""
+        measurements = []
+        for row in data["results"]:
+            row = dict(row)
+            quality = row.pop("quality", None)
+            measurements.append(Measurement(**row, quality=Quality(**quality) if quality else None))
+        return cls(model=data["model"], parameters=data["parameters"], dtype=data["dtype"], device=data["device"],
+                   facts=data["hardware"], bandwidth=data["bandwidth"], settings=data["settings"],
+                   measurements=measurements)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Report:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def write(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+def benchmark_model(model: str, device: str = "auto", dtype: str = "auto") -> BenchContext:
+    """Random weights in a real OPT shape for a size name, else the model in a local folder."""
+    from .fixtures import random_model
+    from .loading import load_model, opt_tokenizer, resolve_device, resolve_dtype
+    from .models import find_size
+
+    device = resolve_device(device)
+    size = find_size(model)
+    if size is not None:
+        net = random_model(size, dtype=resolve_dtype(dtype, device), device=device)
+        return BenchContext(net, opt_tokenizer(), f"{size.name} (random weights)")
+    loaded = load_model(model, device=device, dtype=dtype)
+    return BenchContext(loaded.model, loaded.tokenizer, model, source_folder=loaded.info.source)
+
+
+def run_suite(model: str, methods: list[str] | None = None, *, device: str = "auto", dtype: str = "auto",
+              batches: list[int] = (1,), prompt_tokens: int = 10, new_tokens: int = 128, repeats: int = 3,
+              progress: Callable[[str], None] = lambda line: None) -> Report:
+    """Measure every method at every batch size on the same model, in one process; quantized methods
+    also get their quality against the unquantized model."""
+    context = benchmark_model(model, device, dtype)
+    net, tokenizer = context.model, context.tokenizer
+    device_type = model_device(net).type
+    methods = methods or default_methods(device_type)
+    progress("measuring the memory bandwidth")
+    yardstick = weight_tensors(net) if device_type == "cpu" else None
+    bandwidth = measure_bandwidth(model_device(net), tensors=yardstick)
+    prompt = prompt_of_length(tokenizer, prompt_tokens)
+    reference = None
+    if any(METHODS[m].prepare for m in methods):  # the unquantized greedy continuation quality is judged on
+        reference = _via_generate("auto")(net, tokenizer, [prompt], new_tokens)[0][0]
+    measurements = []
+    try:
+        for method in methods:
+            spec = METHODS[method]
+            if device_type not in spec.devices:
+                measurements += [Measurement(method, batch, prompt_tokens, new_tokens,
+                                             skipped=f"runs on {' or '.join(spec.devices)}, not {device_type}")
+                                 for batch in batches]
+                continue
+            subject = spec.prepare(context) if spec.prepare else net
+            for batch in batches:
+                progress(f"{method}: batch {batch}, {repeats} runs of {new_tokens} new tokens after a "
+                         f"{prompt_tokens}-token prompt")
+                m = measure(subject, tokenizer, method, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                            batch=batch, repeats=repeats, bandwidth="each", bandwidth_tensors=yardstick)
+                if spec.prepare:
+                    m.quality = quality_against(subject, net, tokenizer, prompt, reference, m.token_ids)
+                measurements.append(m)
+            del subject
+            gc.collect()
+    finally:
+        context.close()
+    return Report(
+        model=context.label, parameters=sum(p.numel() for p in net.parameters()),
+        dtype=str(net.dtype).removeprefix("torch."), device=str(model_device(net)), facts=hardware_facts(),
+        bandwidth=bandwidth, measurements=measurements,
+        settings={"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batches": list(batches),
+                  "repeats": repeats, "methods": methods},
     )
 
 
@@ -140,7 +528,8 @@ def loop_comparison(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, p
                     new_tokens: int = 30) -> list[dict]:
     """The seed's loop beside the cached loop on one prompt: text, seconds, tokens/s, same tokens or not."""
     rows, reference = [], None
-    for method, label in (("seed", "the seed's loop (no cache)"), ("cached", "cached loop (prefill + one token)")):
+    for method, label in (("seed", "the seed's loop (no cache)"), ("cached", "cached loop (prefill + one token)"),
+                          ("auto", "generate(): the fastest path here")):
         settings = GenerationSettings.greedy(max_new_tokens=new_tokens)
         result = generate(model, tokenizer, prompt, settings, method=method)
         reference = reference or result.token_ids
@@ -153,102 +542,3 @@ def loop_comparison(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, p
         })
     return rows
 
-
-def hardware_facts() -> dict:
-    """What the figures were measured on."""
-    import datetime
-    import platform
-
-    from .environment import detect
-
-    env = detect()
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cpu_count": env.cpu_count,
-        "torch_threads": torch.get_num_threads(),
-        "ram_total_bytes": env.ram_total_bytes,
-        "gpus": [{"name": g.name, "total_bytes": g.total_bytes, "capability": list(g.capability)} for g in env.gpus],
-        "cuda": env.cuda,
-        "python": env.python,
-        "torch": env.torch,
-        "transformers": env.transformers,
-        "platform": platform.platform(),
-    }
-
-
-@dataclass
-class Report:
-    """A benchmark run: what was measured, on what, and the figures per method."""
-
-    model: str
-    parameters: int
-    dtype: str
-    device: str
-    facts: dict
-    measurements: list[Measurement]
-
-    def table(self) -> list[dict]:
-        reference = self.measurements[0].token_ids if self.measurements else []
-        rows = []
-        for m in self.measurements:
-            rows.append({
-                "method": m.method,
-                "tokens/s": round(m.tokens_per_second, 2),
-                "decode tokens/s": round(m.decode_tokens_per_second, 2) if m.decode_tokens_per_second else "",
-                "first token s": round(m.time_to_first_token, 4) if m.time_to_first_token is not None else "",
-                "total s": round(m.total_seconds, 3),
-                "peak memory MiB": round(m.peak_memory_bytes / 2**20),
-                "same tokens": m.token_ids == reference,
-            })
-        return rows
-
-    def as_dict(self) -> dict:
-        return {
-            "model": self.model, "parameters": self.parameters, "dtype": self.dtype, "device": self.device,
-            "hardware": self.facts, "results": [m.as_dict() for m in self.measurements],
-        }
-
-    def write(self, path: str) -> None:
-        import json
-        from pathlib import Path
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
-
-
-def benchmark_model(model: str, device: str = "auto", dtype: str = "auto"):
-    """(model, tokenizer, label): random weights in a real OPT shape for a size name, else a loaded folder."""
-    from .fixtures import random_model
-    from .loading import load_model, opt_tokenizer, resolve_device, resolve_dtype
-    from .models import find_size
-
-    device = resolve_device(device)
-    size = find_size(model)
-    if size is not None:
-        torch_dtype = resolve_dtype(dtype, device)
-        return random_model(size, dtype=torch_dtype, device=device), opt_tokenizer(), f"{size.name} (random weights)"
-    loaded = load_model(model, device=device, dtype=dtype)
-    return loaded.model, loaded.tokenizer, model
-
-
-def run_suite(model: str, methods: list[str], *, device: str = "auto", dtype: str = "auto", batch: int = 1,
-              prompt_tokens: int = 10, new_tokens: int = 128, repeats: int = 3,
-              progress: Callable[[str], None] = lambda line: None) -> Report:
-    """Measure each method in turn on the same model, in one process."""
-    net, tokenizer, label = benchmark_model(model, device, dtype)
-    measurements = []
-    for method in methods:
-        progress(f"{method}: {repeats} runs of {new_tokens} new tokens, batch {batch}, prompt {prompt_tokens} tokens")
-        measurements.append(measure(net, tokenizer, method, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                                    batch=batch, repeats=repeats))
-    return Report(
-        model=label, parameters=sum(p.numel() for p in net.parameters()), dtype=str(net.dtype).removeprefix("torch."),
-        device=str(model_device(net)), facts=hardware_facts(), measurements=measurements,
-    )

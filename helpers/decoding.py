@@ -3,6 +3,7 @@ prefill once, then decode one token at a time, with sampling and contrastive sea
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -138,6 +139,34 @@ def _step(tokens: torch.Tensor, logits: torch.Tensor, top: int, want_logprobs: b
     return Step(tokens, chosen, None, None)
 
 
+class _TransformersSteps:
+    """Prefill and decode steps through transformers' forward and a DynamicCache (any batch, any device)."""
+
+    def __init__(self, model: OPTForCausalLM):
+        self.model, self.cache = model, DynamicCache(config=model.config)
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return prefill(self.model, input_ids, attention_mask, self.cache)
+
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return decode_one_token(self.model, tokens[:, None], attention_mask, self.cache)
+
+
+class _EngineSteps:
+    """The same steps through the lean CPU engine (one sequence)."""
+
+    def __init__(self, model: OPTForCausalLM, max_new_tokens: int):
+        from .cpu_engine import engine_for
+
+        self.engine, self.max_new_tokens = engine_for(model), max_new_tokens
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.engine.prefill(input_ids[0].tolist(), self.max_new_tokens)
+
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.engine.step(int(tokens[0]))
+
+
 def decode(
     model: OPTForCausalLM,
     input_ids: torch.Tensor,
@@ -149,6 +178,7 @@ def decode(
     logprobs: bool = False,
     top_logprobs: int = 0,
     finished: Callable[[], torch.Tensor | None] | None = None,
+    engine: bool = False,
 ) -> Iterator[Step]:
     """The cached loop for greedy, sampling and contrastive search, one `Step` per new token.
 
@@ -156,7 +186,7 @@ def decode(
     `<pad>` afterwards (as `model.generate` does); the loop ends when every row is done, after
     `max_new_tokens` steps, or when `finished()` (called between steps) returns an all-True mask
     (rows the caller considers done: stop strings, a Stop button). Closing the iterator stops it
-    within one step.
+    within one step. `engine=True` runs the steps on the lean CPU engine (`helpers.cpu_engine`).
     """
     if settings.mode == "contrastive":
         yield from _contrastive(model, input_ids, attention_mask, settings, max_new_tokens=max_new_tokens,
@@ -164,11 +194,18 @@ def decode(
         return
     max_new_tokens = max_new_tokens or settings.max_new_tokens
     processors = logits_processors(settings, input_ids.shape[1])
-    cache = DynamicCache(config=model.config)
+    threads = contextlib.nullcontext()
+    if engine:
+        from .cpu_engine import one_torch_thread
+
+        steps = _EngineSteps(model, max_new_tokens)
+        threads = one_torch_thread() if steps.engine.numpy_blas else threads
+    else:
+        steps = _TransformersSteps(model)
     sequences = input_ids
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    with torch.inference_mode():
-        logits = prefill(model, input_ids, attention_mask, cache)
+    with torch.inference_mode(), threads:
+        logits = steps.prefill(input_ids, attention_mask)
         for step in range(max_new_tokens):
             scores = processors(sequences, logits)
             tokens = sample(scores, generator) if settings.mode == "sample" else torch.argmax(scores, dim=-1)
@@ -181,7 +218,7 @@ def decode(
                 return
             sequences = torch.cat([sequences, tokens[:, None]], dim=1)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
-            logits = decode_one_token(model, tokens[:, None], attention_mask, cache)
+            logits = steps.step(tokens, attention_mask)
 
 
 def _decoder_step(model: OPTForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -3,6 +3,7 @@ the text, the token ids, optional per-token log-probabilities and timings."""
 
 from __future__ import annotations
 
+import queue
 import random
 import threading
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from .decoding import decode, model_device, seed_greedy_steps
 from .errors import PromptError, SettingsError
@@ -24,7 +26,7 @@ __all__ = [
     "encode_prompt", "generate", "stream",
 ]
 
-METHODS = ("auto", "cached", "hf", "seed")
+METHODS = ("auto", "cached", "cpu-fast", "static", "hf", "seed")
 
 
 @dataclass
@@ -160,6 +162,22 @@ def _pad_left(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor
     return ids.to(device), mask.to(device)
 
 
+class _TokenQueue(BaseStreamer):
+    """Receives `model.generate`'s new tokens (after the prompt) and queues them per step."""
+
+    def __init__(self, tokens: queue.Queue):
+        self.tokens, self.prompt_seen = tokens, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.tokens.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
 class _StopWhenSet(StoppingCriteria):
     """Ends `model.generate` (beam search included) within one step once the event is set."""
 
@@ -254,32 +272,48 @@ class _Run:
         self._pending_step = None
 
     def _choose_method(self, method: str) -> str:
-        mode = self.settings.mode
+        """'auto' is the fastest correct method for this device and batch (see the README's Speed section)."""
+        from .cpu_engine import supported
+
+        mode, batch = self.settings.mode, len(self.prompt_ids)
+        device = model_device(self.model).type
         if method == "auto":
-            return "hf" if mode.startswith("beam") else "cached"
+            if mode.startswith("beam"):
+                return "hf"
+            if mode == "contrastive":
+                return "cached"
+            if device == "cpu" and supported(self.model, batch):
+                return "cpu-fast"
+            if device == "cuda" and batch == 1 and getattr(self.model, "hf_quantizer", None) is None:
+                return "static"
+            return "cached"
         if method == "seed" and mode != "greedy":
             raise SettingsError("The seed's loop only does greedy decoding: use do_sample=False, or method='auto'.")
-        if method == "cached" and mode.startswith("beam"):
-            raise SettingsError("The cached loop does not do beam search: use method='auto' or 'hf' with num_beams > 1.")
-        if method == "hf" and mode == "contrastive":
+        if method in ("cached", "cpu-fast", "static") and mode.startswith("beam"):
+            raise SettingsError(f"method '{method}' does not do beam search: use method='auto' or 'hf' with num_beams > 1.")
+        if method in ("hf", "static") and mode == "contrastive":
             raise SettingsError(
                 "transformers 5 no longer ships contrastive search (it needs remote hub code); "
                 "use method='auto' or 'cached', which implement it here."
+            )
+        if method == "cpu-fast" and (mode == "contrastive" or not supported(self.model, batch)):
+            raise SettingsError(
+                "method 'cpu-fast' runs one prompt of an fp32 model on the CPU with greedy or sampling decoding; "
+                "use method='auto' for anything else."
             )
         return method
 
     def _token_ids(self) -> Iterator[list[int | None]]:
         """The new token of every row, step by step (None: no token for that row at this step)."""
         device = model_device(self.model)
-        if self.method == "cached":
+        if self.method in ("cached", "cpu-fast"):
             ids, mask = _pad_left(self.prompt_ids, device)
             generator = None
             if self.settings.mode == "sample":
                 generator = torch.Generator(device=device).manual_seed(self.settings.seed)
-            finished = self._finished_rows
             for step in decode(self.model, ids, mask, self.settings, max_new_tokens=self.max_new,
                                generator=generator, logprobs=self.logprobs, top_logprobs=self.top_logprobs,
-                               finished=finished):
+                               finished=self._finished_rows, engine=self.method == "cpu-fast"):
                 self._pending_step = step
                 yield step.tokens.tolist()
             return
@@ -289,21 +323,61 @@ class _Run:
                 for token in seed_greedy_steps(self.model, ids, self.max_new, EOS_TOKEN_ID):
                     yield [token if i == row else None for i in range(len(self.prompt_ids))]
             return
-        columns = self._hf_generate(device)
-        for step in range(max(len(c) for c in columns)):
-            yield [c[step] if step < len(c) else None for c in columns]
+        if self.settings.mode.startswith("beam"):  # beams are final only at the end: nothing to stream
+            columns = self._hf_generate(device)
+            for step in range(max(len(c) for c in columns)):
+                yield [c[step] if step < len(c) else None for c in columns]
+            return
+        yield from self._hf_streamed(device)
 
-    def _hf_generate(self, device: torch.device) -> list[list[int]]:
+    def _hf_generate(self, device: torch.device, streamer: BaseStreamer | None = None) -> list[list[int]]:
+        """`model.generate` with these settings ('static': with a static cache, compiled on CUDA)."""
         ids, mask = _pad_left(self.prompt_ids, device)
         config = self.settings.generation_config()
         config.max_new_tokens = self.max_new
+        extra = {}
+        if self.method == "static":
+            extra["cache_implementation"] = "static"
+            warm = self.model.__dict__.setdefault("_helpers_static_shapes", set())
+            if device.type == "cuda" and ids.shape[0] not in warm:
+                warm.add(ids.shape[0])
+                self.notes.append("First static-cache call for this model and batch size on the GPU: the decoding step "
+                                  "is compiled once now (this call is slow); later calls reuse it.")
         if self.settings.seed is not None:
             torch.manual_seed(self.settings.seed)
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                      tokenizer=self.tokenizer if self.settings.stop else None,
-                                      stopping_criteria=StoppingCriteriaList([_StopWhenSet(self.stop_event)]))
+                                      tokenizer=self.tokenizer if self.settings.stop else None, streamer=streamer,
+                                      stopping_criteria=StoppingCriteriaList([_StopWhenSet(self.stop_event)]), **extra)
         return out[:, ids.shape[1]:].tolist()
+
+    def _hf_streamed(self, device: torch.device) -> Iterator[list[int]]:
+        """`model.generate` in a worker thread, its tokens passed on as they come. The thread always
+        ends before this returns: a stop, an early exit or an error first sets the stop event."""
+        tokens: queue.Queue = queue.Queue()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._hf_generate(device, _TokenQueue(tokens))
+            except BaseException as exc:  # handed to the consumer below
+                failure.append(exc)
+            finally:
+                tokens.put(None)
+
+        worker = threading.Thread(target=work, name="helpers-generate", daemon=True)
+        worker.start()
+        drained = False
+        try:
+            while (step := tokens.get()) is not None:
+                yield step
+            drained = True
+        finally:
+            if not drained:  # the consumer left early: end model.generate within one step
+                self.stop_event.set()
+            worker.join()
+        if failure:
+            raise failure[0]
 
     def _finished_rows(self) -> torch.Tensor | None:
         if self.stop_event.is_set():
@@ -433,8 +507,10 @@ def generate(
         logprobs: record each new token's log-probability under the model.
         top_logprobs: also record the k most likely alternatives at each step (implies logprobs).
         truncate: drop the start of a prompt longer than the context instead of raising.
-        method: 'auto' (the cached loop; `model.generate` for beam search), 'cached', 'hf'
-            (`model.generate`) or 'seed' (the seed's loop, greedy only).
+        method: 'auto' picks the fastest correct method for the device and batch: 'cpu-fast' (the lean
+            CPU engine) for one prompt of an fp32 model on the CPU, 'static' (`model.generate` with a
+            static cache, compiled on CUDA) for one prompt on a GPU, 'hf' (`model.generate`) for beam
+            search, 'cached' (the cached loop) otherwise. 'seed' is the seed's loop (greedy only).
 
     Returns:
         A `GenerationResult` for a string prompt; a list of them for a list of prompts.

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GPT2Tokenizer, OPTForCausalLM, PreTrainedTokenizerBase
 
+from .cpu_engine import drop_engine
 from .environment import default_device, resident_memory_bytes
 from .errors import ModelLoadError, ModelUnloadedError, UnknownModelError
 from .fetch import hub_endpoint, hub_offline, hub_reachable, is_lfs_pointer, lfs_pull_hint, offline_message
@@ -371,6 +372,7 @@ def unload(model: torch.nn.Module | LoadedModel | None) -> None:
         return
     if model is None or getattr(model, _UNLOADED, False):
         return
+    drop_engine(model)
     try:
         model.to("meta")
     except (ValueError, RuntimeError, TypeError):  # quantized or offloaded models refuse .to(): drop tensors one by one

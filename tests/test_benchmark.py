@@ -1,10 +1,19 @@
-"""The benchmark harness runs every method, its figures are positive and consistent, its JSON has a schema."""
+"""The benchmark harness on tiny models: it runs every method, its figures are positive and consistent,
+the roofline arithmetic holds, and its JSON has its schema."""
 
 import json
 
+import pytest
+import torch
+
 from helpers.__main__ import main
-from helpers.benchmark import METHODS, measure, prompt_of_length
+from helpers.benchmark import (
+    METHODS, SCHEMA, BenchContext, bytes_per_decode_step, default_methods, measure, measure_bandwidth,
+    prompt_of_length, quality_against,
+)
+from helpers.fixtures import tiny_model
 from helpers.loading import load_model
+from helpers.models import size_from_config
 
 
 def test_prompt_of_length_is_exact(tokenizer):
@@ -12,29 +21,104 @@ def test_prompt_of_length_is_exact(tokenizer):
         assert len(tokenizer(prompt_of_length(tokenizer, n)).input_ids) == n
 
 
-def test_every_method_measures_the_same_tokens(tiny_pre_folder):
-    model, tokenizer, _ = load_model(str(tiny_pre_folder))
-    results = [measure(model, tokenizer, m, prompt_tokens=6, new_tokens=9, repeats=2) for m in METHODS]
-    for r in results:
-        assert r.token_ids == results[0].token_ids and len(r.token_ids) == 9
-        assert r.tokens_per_second > 0 and r.total_seconds > 0 and r.peak_memory_bytes > 0
-        assert r.tokens_per_second == r.batch * r.new_tokens / r.total_seconds
-        assert 0 < r.time_to_first_token < r.total_seconds and len(r.runs_seconds) == 2
+def test_bandwidth_is_measured_three_ways_on_the_cpu():
+    bw = measure_bandwidth("cpu", buffer_bytes=64 << 20)
+    assert {"copy", "read_sum", "read_gemv", "bytes_per_second", "used"} <= set(bw)
+    assert bw["bytes_per_second"] == max(bw["copy"], bw["read_sum"], bw["read_gemv"]) > 1e8
 
 
-def test_bench_command_writes_results_with_hardware_facts(tiny_pre_folder, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    code = main(["bench", "--model", str(tiny_pre_folder), "--new-tokens", "5", "--repeats", "1", "--batch", "2",
-                 "--json", str(out)])
+def test_bytes_per_step_counts_each_weight_once_and_the_cache():
+    model = tiny_model("pre-ln")
+    params = sum(p.numel() for p in model.parameters())
+    positions = model.model.decoder.embed_positions.weight
+    weights = 4 * (params - positions.numel() + positions.shape[1])
+    assert bytes_per_decode_step(model, 0, 1) == weights
+    per_token = size_from_config(model.config).kv_cache_bytes_per_token("float32")
+    assert bytes_per_decode_step(model, 100, 2) == weights + 200 * per_token
+
+
+def test_int8_weights_are_counted_as_int8(tokenizer):
+    context = BenchContext(tiny_model("pre-ln"), tokenizer, "tiny")
+    quantized = METHODS["int8-dynamic"].prepare(context)
+    assert bytes_per_decode_step(quantized, 0, 1) < 0.4 * bytes_per_decode_step(context.model, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tmp_path_factory):
+    from helpers.fixtures import save_tiny_model
+
+    return load_model(str(save_tiny_model(tmp_path_factory.mktemp("bench"), "pre-ln", seed=6)))
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].prepare])
+def test_every_unquantized_method_measures_the_same_tokens(tiny_loaded, method):
+    model, tokenizer, _ = tiny_loaded
+    reference = measure(model, tokenizer, "hf-generate", prompt_tokens=6, new_tokens=9, repeats=1)
+    r = measure(model, tokenizer, method, prompt_tokens=6, new_tokens=9, repeats=2, bandwidth=1e10)
+    assert r.token_ids == reference.token_ids and len(r.token_ids) == 9
+    assert r.tokens_per_second == r.batch * r.new_tokens / r.total_seconds > 0
+    assert 0 < r.time_to_first_token < r.total_seconds and len(r.runs_seconds) == 2
+    assert r.peak_memory_bytes > 0 and r.weight_bytes > 0
+    assert r.roofline_fraction == pytest.approx(r.bytes_per_step * r.decode_tokens_per_second / 1e10, rel=0.5)
+    assert r.bandwidths == [1e10, 1e10] and r.bandwidth_bytes_per_second == 1e10
+
+
+@pytest.mark.parametrize("method", ["int8-dynamic", "bnb-int8", "bnb-nf4"])
+def test_quantized_methods_report_their_quality(tiny_loaded, method):
+    """bitsandbytes runs on the CPU too (slowly), so its path is exercised here as on a GPU."""
+    model, tokenizer, info = tiny_loaded
+    context = BenchContext(model, tokenizer, "tiny", source_folder=info.source)
+    quantized = METHODS[method].prepare(context)
+    assert quantized is not model
+    r = measure(quantized, tokenizer, method, prompt_tokens=6, new_tokens=6, repeats=1, bandwidth=1e10)
+    prompt = prompt_of_length(tokenizer, 6)
+    reference = measure(model, tokenizer, "generate", prompt_tokens=6, new_tokens=6, repeats=1).token_ids
+    q = quality_against(quantized, model, tokenizer, prompt, reference, r.token_ids)
+    assert q.max_logit_error > 0 and 0 <= q.greedy_agreement <= 1 and q.reference_dtype == "float32"
+    assert bytes_per_decode_step(quantized, 0, 1) < bytes_per_decode_step(model, 0, 1)
+
+
+def test_default_methods_depend_on_the_device():
+    assert "int8-dynamic" in default_methods("cpu") and "bnb-int8" not in default_methods("cpu")
+    assert {"bnb-int8", "bnb-nf4", "static-cache"} <= set(default_methods("cuda"))
+
+
+def test_bench_command_writes_json_and_plot(tiny_pre_folder, tmp_path, capsys):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--model", str(tiny_pre_folder), "--new-tokens", "5", "--repeats", "1", "--batch", "1,2",
+                 "--methods", "cached-loop,generate,int8-dynamic,bnb-nf4", "--json", str(out), "--plot", str(png)])
     assert code == 0
     data = json.loads(out.read_text())
-    assert {"model", "parameters", "dtype", "device", "hardware", "results"} <= set(data)
+    assert data["schema"] == SCHEMA
+    assert {"model", "parameters", "dtype", "device", "hardware", "bandwidth", "settings", "results"} <= set(data)
     assert {"cpu", "cpu_count", "ram_total_bytes", "torch", "transformers", "date"} <= set(data["hardware"])
-    assert [r["method"] for r in data["results"]] == list(METHODS)
-    assert all(r["batch"] == 2 and r["new_tokens"] == 5 for r in data["results"])
-    assert "tokens/s" in capsys.readouterr().out
+    assert data["bandwidth"]["bytes_per_second"] > 0
+    rows = {(r["method"], r["batch"]): r for r in data["results"]}
+    assert set(rows) == {(m, b) for m in ("cached-loop", "generate", "int8-dynamic", "bnb-nf4") for b in (1, 2)}
+    assert rows[("bnb-nf4", 1)]["skipped"] == "runs on cuda, not cpu"
+    assert rows[("int8-dynamic", 2)]["quality"]["greedy_agreement"] >= 0
+    for r in data["results"]:
+        if not r["skipped"]:
+            assert r["tokens_per_second"] > 0 and r["roofline_fraction"] > 0 and r["new_tokens"] == 5
+    assert png.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "measured bandwidth" in printed and "roofline" in printed
 
 
-def test_bench_rejects_unknown_methods(capsys):
+def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "--methods", "warp-drive"]) == 2
     assert "unknown method" in capsys.readouterr().err
+    assert main(["bench", "--batch", "1,x"]) == 2
+    assert main(["bench", "--new-tokens", "0"]) == 2
+
+
+def test_plot_from_committed_results():
+    from pathlib import Path
+
+    from helpers.plots import benchmark_figure
+
+    for path in sorted((Path(__file__).parents[1] / "benchmarks").glob("*.json")):
+        data = json.loads(path.read_text())
+        if data.get("schema") == SCHEMA:
+            assert benchmark_figure(data).axes
+    assert torch.get_num_threads() >= 1
