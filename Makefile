@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 MODEL ?= opt-350m
 VOILA_PORT ?= 8866
 
-.PHONY: install lab playground bench bench-gpu test test-fast system-packages clean help
+.PHONY: install lab playground bench bench-gpu plan-check-gpu test test-fast system-packages clean help
 
 help:
 	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m)"
@@ -57,6 +57,12 @@ bench-gpu: install
 	  --methods hf-generate,static-cache,generate --json benchmarks/gpu-opt-6.7b.json --plot benchmarks/gpu-opt-6.7b.png
 	$(PY) -m helpers bench --model opt-66b --device cuda --dtype float16 --new-tokens 32 --repeats 1 \
 	  --methods generate --json benchmarks/gpu-opt-66b.json
+
+# On a GPU machine: predicted against measured peak memory under a T4's 15 GiB (figures into benchmarks/).
+plan-check-gpu: install
+	$(PY) -m helpers plan --model opt-6.7b --gpu-memory 15GiB --check --method fp16 --out benchmarks/plan-check-opt-6.7b-fp16.json
+	$(PY) -m helpers plan --model opt-13b --gpu-memory 15GiB --check --method int8 --out benchmarks/plan-check-opt-13b-int8.json
+	$(PY) -m helpers plan --model opt-30b --gpu-memory 15GiB --check --method nf4-cpu-offload --out benchmarks/plan-check-opt-30b-nf4-offload.json
 
 # The playground as an app (Voila). MODEL is a size, a hub id or a local folder: make playground MODEL=./opt-350m
 playground: install

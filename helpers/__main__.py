@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
+
+from .errors import HelpersError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -58,6 +61,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="auto: float16 on a GPU, float32 on the CPU")
+    p.add_argument("--plan", metavar="P", help="memory plan: auto (the default with --device/--dtype auto), fp16, "
+                                               "int8, nf4, fp16-cpu-offload, ... (see `python -m helpers plan`)")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="plan against this much GPU memory, e.g. 15GiB")
+    p.add_argument("--cpu-memory", metavar="SIZE", help="plan against this much RAM, e.g. 12GiB")
     p.add_argument("--logprobs", type=int, default=0, metavar="K",
                    help="with --json: each token's log-probability and its K most likely alternatives")
     p.add_argument("--truncate", action="store_true", help="drop the start of a prompt longer than the context")
@@ -114,7 +121,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     from .loading import load_model
 
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, plan=args.plan,
+                        gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory)
     model, tokenizer, info = loaded
     print(info.summary(), file=sys.stderr, flush=True)
     common = dict(truncate=args.truncate, method=args.method)
@@ -181,6 +189,101 @@ def _run_convert(args: argparse.Namespace) -> int:
           f"{arch['heads']} heads, {report.parameters / 1e6:.1f}M parameters, {report.dtype}) to {report.destination}")
     print(f"Generate with: python -m helpers generate --model {report.destination} \"Hello\"")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="list the ways to fit a model in memory, best first",
+        description="List every way to load an OPT model on a memory budget (fp16/bf16, 8-bit, 4-bit, CPU or disk "
+                    "offload, several GPUs) with its predicted peak GPU and CPU memory and expected speed, best "
+                    "first. Budgets default to this machine's.",
+    )
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="a size (opt-13b) or a model folder")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="memory per GPU, e.g. 15GiB (default: this machine's)")
+    p.add_argument("--gpus", type=int, metavar="N", help="number of GPUs (default: this machine's, or 1 with --gpu-memory)")
+    p.add_argument("--cpu-memory", metavar="SIZE", help="RAM, e.g. 12GiB (default: what is available here)")
+    p.add_argument("--context", type=int, default=2048, metavar="TOKENS", help="tokens per sequence to plan for")
+    p.add_argument("--batch", type=int, default=1, metavar="B", help="sequences at once")
+    p.add_argument("--json", action="store_true", help="print the ranked options as JSON")
+    p.add_argument("--check", action="store_true",
+                   help="load the best (or --method) option with random weights under the budget, generate "
+                        "--new-tokens tokens, and compare the predicted peak memory with the measured one")
+    p.add_argument("--method", default="auto", metavar="M", help="with --check: the option to check")
+    p.add_argument("--new-tokens", type=int, default=256, metavar="N", help="with --check: tokens to generate")
+    p.add_argument("--out", metavar="FILE", help="with --check: write the result as JSON to FILE")
+    p.set_defaults(run=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .models import find_size, human_bytes, size_from_config
+    from .planner import Budget, plan, parse_bytes
+
+    try:
+        gpu = parse_bytes(args.gpu_memory) if args.gpu_memory else None
+        cpu = parse_bytes(args.cpu_memory) if args.cpu_memory else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    gpus = args.gpus if args.gpus is not None else (1 if gpu and not _gpu_count() else None)
+    budget = Budget.of_machine(gpu_bytes=gpu, gpus=gpus, cpu_bytes=cpu)
+    if args.check:
+        _quiet_libraries()
+        from .benchmark import check_plan
+
+        result = check_plan(args.model, args.method, gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory,
+                            new_tokens=args.new_tokens, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"{result['model']} with plan {result['method']}: predicted {human_bytes(result['predicted_bytes'])}, "
+              f"measured {human_bytes(result['measured_bytes'])} ({result['measured_on']}), error "
+              f"{result['relative_error']:+.1%}; {result['new_tokens']} tokens at {result['tokens_per_second']:.1f} tok/s")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    size = find_size(args.model)
+    if size is None:
+        from .loading import resolve_source
+
+        source, local = resolve_source(args.model)
+        from transformers import AutoConfig
+
+        size = size_from_config(AutoConfig.from_pretrained(source, local_files_only=local), name=Path(source).name)
+    try:
+        options = plan(size, budget, context=args.context, batch=args.batch)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    usable = [o for o in options if o.usable]
+    if args.json:
+        _print_json({"model": size.name, "budget": {"gpu_bytes": budget.gpu_bytes, "gpus": budget.gpus,
+                                                    "cpu_bytes": budget.cpu_bytes},
+                     "context": args.context, "batch": args.batch, "options": [o.as_dict() for o in options]})
+    else:
+        from .tables import text_table
+
+        print(f"{size.name} on {budget.describe()}, context {args.context}, batch {args.batch}:")
+        print(text_table([o.row() for o in options]))
+        if usable:
+            best = usable[0]
+            print(f"\nBest: {best.method} ({best.description}). In Python: load_model({args.model!r}, plan={best.method!r})")
+            for o in options:
+                if o.fits and not o.available:
+                    print(f"({o.method} would fit but {o.unavailable_reason}.)")
+    if not usable:
+        from .planner import choose
+
+        try:
+            choose(options, model=size.name, budget=budget)
+        except HelpersError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -251,7 +354,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- main
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate, _add_convert, _add_bench]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate, _add_convert, _add_plan, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as exc:  # the user gets one line, not a traceback from deep inside a library
         if os.environ.get("HELPERS_DEBUG"):
             raise

@@ -88,25 +88,18 @@ def weight_tensors(model: OPTForCausalLM) -> list[torch.Tensor]:
 
 
 def _weight_bytes_read(model: OPTForCausalLM) -> int:
-    """Bytes of weights one decode step reads: every tensor once (tied ones once); of the position table
-    and of an untied token table only one row; torch's packed int8 weights (not parameters) included."""
+    """Bytes of weights one decode step reads: every weight tensor once (tied ones once), but of the
+    position table and of an untied token table only one row."""
+    from .loading import weight_tensors
+
     positions = model.model.decoder.embed_positions.weight
     tokens = model.get_input_embeddings().weight
     tied = getattr(model.lm_head, "weight", None) is tokens  # then the table is read whole, as lm_head
     lookups = [positions] + ([] if tied else [tokens])
-    seen = set()
     total = sum(t.shape[1] * t.element_size() for t in lookups)
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.data_ptr() not in seen and not any(tensor is t for t in lookups):
-            seen.add(tensor.data_ptr())
+    for tensor in weight_tensors(model):
+        if not any(tensor is t for t in lookups):
             total += tensor.numel() * tensor.element_size()
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
-
-    for module in model.modules():
-        if isinstance(module, DynamicInt8Linear):
-            weight, bias = module.weight(), module.bias()
-            total += weight.numel() * weight.element_size()
-            total += 0 if bias is None else bias.numel() * bias.element_size()
     return total
 
 
@@ -142,14 +135,9 @@ def _plain_model_generate(model, tokenizer, prompts, new_tokens, **extra):
 
 
 def _int8_dynamic(context: BenchContext) -> OPTForCausalLM:
-    """torch's dynamic int8 quantization of every nn.Linear, lm_head included (its tie to the token table
-    is broken: the table stays fp32 for the lookup, lm_head becomes int8)."""
-    import warnings
+    from .loading import quantize_dynamic_int8
 
-    with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated (torchao is next)
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.ao.quantization.quantize_dynamic(context.model, {torch.nn.Linear}, dtype=torch.qint8)
+    return quantize_dynamic_int8(context.model, inplace=False)
 
 
 def _bitsandbytes(kind: str) -> Callable[[BenchContext], OPTForCausalLM]:
@@ -542,3 +530,104 @@ def loop_comparison(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, p
         })
     return rows
 
+
+
+# ------------------------------------------------------------------------------------------ plan checks
+
+
+def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None = None,
+               cpu_memory: str | int | None = None, prompt_tokens: int = 16, new_tokens: int = 256,
+               progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Load `model` (random weights in a size's real shape, or a folder) with a memory plan and generate
+    `new_tokens` under the budget (on a GPU, capped with `set_per_process_memory_fraction`, as a T4's
+    15 GiB in a bigger card), then compare the planner's predicted peak with the measured one: GPU
+    memory allocated (first GPU) when the plan uses a GPU, else the growth of resident memory."""
+    from .loading import load_model
+    from .models import find_size, get_size
+    from .planner import Budget, choose, parse_bytes, plan
+
+    budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
+                               cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))
+    size = find_size(model)
+    context = prompt_tokens + new_tokens
+    if size is None:
+        from transformers import AutoConfig
+
+        size = size_from_config(AutoConfig.from_pretrained(model), name=Path(model).name)
+    else:
+        size = get_size(size.name)
+    option = choose(plan(size, budget, context=context), method, model=size.name, budget=budget)
+    uses_gpu = bool(option.gpu_bytes_each)
+    if uses_gpu and gpu_memory is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget.gpu_bytes / total), 0)
+    folder, tmp = model, None
+    if find_size(model) is not None:  # random weights in the size's shape, written once as safetensors
+        from .fixtures import random_model
+        from .loading import opt_tokenizer
+
+        file_dtype = torch.float16 if uses_gpu else torch.float32  # as published, or as the CPU computes
+        progress(f"writing random {size.name} weights ({str(file_dtype)[6:]}) for the plan to load")
+        tmp = tempfile.TemporaryDirectory(prefix="opt-plan-")
+        net = random_model(size, dtype=file_dtype, device="cpu")
+        net.save_pretrained(tmp.name)
+        opt_tokenizer().save_pretrained(tmp.name)
+        folder = tmp.name
+        del net
+        gc.collect()
+    try:
+        _warm_up_imports()
+        _release_freed_memory()  # freed heap pages go back to the OS, so new allocations show in RSS
+        baseline = torch.cuda.memory_allocated(0) if uses_gpu else resident_memory_bytes()
+        if uses_gpu:
+            torch.cuda.reset_peak_memory_stats(0)
+        progress(f"loading with plan {option.method}")
+        with _PeakRSS() as rss:
+            loaded = load_model(folder, plan=option.method, gpu_memory=gpu_memory, cpu_memory=cpu_memory,
+                                context=context)
+            prompt = prompt_of_length(loaded.tokenizer, prompt_tokens)
+            progress(f"generating {new_tokens} tokens")
+            result = loaded.generate(prompt, GenerationSettings.greedy(max_new_tokens=new_tokens,
+                                                                        min_new_tokens=new_tokens))
+        measured = (torch.cuda.max_memory_allocated(0) - baseline) if uses_gpu else rss.peak - baseline
+        predicted = option.gpu_bytes_each[0] if uses_gpu else option.cpu_bytes - _process_bytes(option)
+        loaded.unload()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return {
+        "schema": "opt-notebooks/plan-check/v1", "model": size.name, "method": option.method,
+        "budget": {"gpu_bytes": budget.gpu_bytes, "gpus": budget.gpus, "cpu_bytes": budget.cpu_bytes},
+        "context": context, "measured_on": "cuda:0 allocated" if uses_gpu else "resident memory growth",
+        "predicted_bytes": int(predicted), "measured_bytes": int(measured),
+        "relative_error": (predicted - measured) / measured if measured else None,
+        "new_tokens": len(result.token_ids), "tokens_per_second": result.timings.tokens_per_second,
+        "option": option.as_dict(), "hardware": hardware_facts(),
+    }
+
+
+def _release_freed_memory() -> None:
+    from .loading import _release_freed_memory as release
+
+    release()
+
+
+def _warm_up_imports() -> None:
+    """Import what loading and generating import on first use, so the baseline is the process's own."""
+    from transformers import OPTForCausalLM
+
+    from .fixtures import tiny_model
+    from .generation import generate
+    from .loading import opt_tokenizer
+
+    model, tokenizer = tiny_model("pre-ln"), opt_tokenizer()
+    generate(model, tokenizer, "warm up", GenerationSettings.greedy(max_new_tokens=2))
+    assert isinstance(model, OPTForCausalLM)
+    del model, tokenizer
+    gc.collect()
+
+
+def _process_bytes(option) -> int:
+    from .planner import CPU_PROCESS_BYTES, CPU_PROCESS_BYTES_CUDA
+
+    return CPU_PROCESS_BYTES_CUDA if option.gpu_bytes_each else CPU_PROCESS_BYTES

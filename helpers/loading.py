@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from .environment import default_device, resident_memory_bytes
 from .errors import ModelLoadError, ModelUnloadedError, UnknownModelError
 from .fetch import hub_endpoint, hub_offline, hub_reachable, is_lfs_pointer, lfs_pull_hint, offline_message
 from .models import BOS_TOKEN_ID, MAX_POSITIONS, SIZES, OPTSize, find_size, human_bytes, size_from_config
+from .planner import Budget, Option, choose, load_arguments, parse_bytes
+from .planner import plan as make_plan
 
 TOKENIZER_DIR = Path(__file__).parent / "data" / "opt-tokenizer"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -40,12 +43,14 @@ class ModelInfo:
     weight_bytes: int  # bytes the weights take, counted from the tensors
     memory_used_bytes: int  # growth of GPU memory allocated (CUDA) or of resident memory (CPU) during the load
     load_seconds: float
-    quantization: str | None = None
+    plan: Option | None = None  # the memory plan it was loaded with
+    offload_folder: str | None = None  # a temporary disk-offload folder, removed by unload()
 
     def summary(self) -> str:
+        plan = f" (plan {self.plan.method})" if self.plan is not None and self.plan.method != "fp32-cpu" else ""
         return (
             f"{self.size.name} from {self.source}: {self.parameters / 1e6:.1f}M parameters, {self.dtype} on "
-            f"{self.device}, weights {human_bytes(self.weight_bytes)}, loaded in {self.load_seconds:.1f} s"
+            f"{self.device}{plan}, weights {human_bytes(self.weight_bytes)}, loaded in {self.load_seconds:.1f} s"
         )
 
 
@@ -82,10 +87,13 @@ class LoadedModel:
         return stream(self._require_model(), self.tokenizer, prompt, settings, **kwargs)
 
     def unload(self) -> None:
-        """Free the model's memory (see `unload`)."""
+        """Free the model's memory (see `unload`) and remove a disk-offload folder made for it."""
         if self.model is not None:
             unload(self.model)
             self.model = None
+        if self.info.offload_folder is not None:
+            shutil.rmtree(self.info.offload_folder, ignore_errors=True)
+            self.info.offload_folder = None
 
 
 def opt_tokenizer(path: str | Path = TOKENIZER_DIR) -> GPT2Tokenizer:
@@ -225,13 +233,25 @@ def load_tokenizer(source: str, local: bool) -> PreTrainedTokenizerBase:
     return ensure_bos(AutoTokenizer.from_pretrained(source, local_files_only=local))
 
 
-def _weight_bytes(model: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
+def weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every tensor holding the model's weights, once: parameters, buffers, and torch's packed int8
+    weights (which are neither)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    seen, out = set(), []
+    candidates = list(model.parameters()) + list(model.buffers())
+    for module in model.modules():
+        if isinstance(module, DynamicInt8Linear):
+            candidates += [t for t in (module.weight(), module.bias()) if t is not None]
+    for tensor in candidates:
         if tensor.data_ptr() not in seen:
             seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total
+            out.append(tensor)
+    return out
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in weight_tensors(model))
 
 
 def _memory_now(device: str) -> int:
@@ -286,6 +306,12 @@ def load_model(
     device: str = "auto",
     dtype: str | torch.dtype = "auto",
     *,
+    plan: str | None = None,
+    gpu_memory: str | int | None = None,
+    cpu_memory: str | int | None = None,
+    context: int = 2048,
+    batch: int = 1,
+    offload_folder: str | None = None,
     revision: str | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
 ) -> LoadedModel:
@@ -295,6 +321,12 @@ def load_model(
         name_or_path: a short name ('opt-350m'), a hub id ('facebook/opt-350m') or a local folder.
         device: 'auto' (the GPU if there is one), 'cpu', 'cuda', 'cuda:1', 'mps'.
         dtype: 'auto' (fp16 on a GPU, fp32 on the CPU), 'float32', 'float16' or 'bfloat16'.
+        plan: how to fit the model in memory (see `helpers.planner`): 'auto' (the default when device and
+            dtype are both 'auto') picks the best option that fits this machine; a method name
+            ('fp16', 'int8', 'nf4', 'fp16-cpu-offload', 'fp32-cpu', ...) asks for that one.
+        gpu_memory, cpu_memory: budgets to plan against instead of the machine's ('15GiB').
+        context, batch: the tokens per sequence and the sequences to plan the cache and working memory for.
+        offload_folder: where disk offload puts weights (default: a temporary folder).
         revision: a hub branch, tag or commit.
         progress: called as progress(stage, done, total) while weights load (a widget's progress bar).
 
@@ -305,6 +337,11 @@ def load_model(
         UnknownModelError: the name is not a size, a hub id or a folder.
         ModelLoadError: the hub cannot be reached, the folder is missing or incomplete, or it is not OPT.
     """
+    if plan is None and device == "auto" and dtype == "auto":
+        plan = "auto"
+    if plan is not None and (device != "auto" or dtype != "auto"):
+        raise ModelLoadError(f"Pass either a memory plan ({plan!r}) or a device and dtype, not both: the plan "
+                             "chooses where each part of the model goes and in which precision.")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     source, local = resolve_source(name_or_path)
@@ -319,14 +356,20 @@ def load_model(
     if local:
         _check_opt_folder(source)
 
+    chosen, made_folder = None, None
+    arguments = {"dtype": torch_dtype, "device_map": {"": device} if device != "cpu" else None}
+    if plan is not None:
+        chosen = _plan_for(name_or_path, source, local, plan, gpu_memory, cpu_memory, context, batch)
+        arguments = load_arguments(chosen, offload_folder)
+        made_folder = arguments.get("offload_folder") if offload_folder is None else None
+        device = "cuda" if any(str(d).isdigit() for d in arguments.get("device_map", {}).values()) else "cpu"
     start, before = time.perf_counter(), _memory_now(device)
     try:
         tokenizer = load_tokenizer(source, local)
         with _reporting_progress(progress):
-            model = OPTForCausalLM.from_pretrained(
-                source, dtype=torch_dtype, revision=revision, local_files_only=local,
-                device_map={"": device} if device != "cpu" else None,
-            )
+            model = OPTForCausalLM.from_pretrained(source, revision=revision, local_files_only=local, **arguments)
+        if chosen is not None and chosen.dtype == "int8-dynamic":
+            model = quantize_dynamic_int8(model)
     except (torch.cuda.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:  # safetensors, pickle and hub clients each raise their own types
@@ -339,18 +382,56 @@ def load_model(
     model.eval()
     seconds = time.perf_counter() - start
     size = find_size(name_or_path) or size_from_config(model.config, name=Path(source).name)
+    placed = {str(d) for d in getattr(model, "hf_device_map", {}).values()}
     info = ModelInfo(
+        plan=chosen,
         name=name_or_path,
         source=source,
         size=size,
-        parameters=sum(p.numel() for p in model.parameters()),
-        dtype=str(model.dtype).removeprefix("torch."),
-        device=str(next(model.parameters()).device),
+        parameters=sum(t.numel() * (2 if t.dtype == torch.uint8 else 1) for t in weight_tensors(model)),
+        dtype=_dtype_label(model, chosen),
+        device=", ".join(sorted(placed)) if len(placed) > 1 else str(next(model.parameters()).device),
         weight_bytes=_weight_bytes(model),
         memory_used_bytes=max(0, _memory_now(device) - before),
         load_seconds=seconds,
+        offload_folder=made_folder,
     )
     return LoadedModel(model, tokenizer, info)
+
+
+def _dtype_label(model: torch.nn.Module, plan: Option | None) -> str:
+    labels = {"int8": "int8 (bitsandbytes)", "nf4": "nf4 (bitsandbytes)", "int8-dynamic": "int8 (dynamic)"}
+    if plan is not None and plan.dtype in labels:
+        return labels[plan.dtype]
+    return str(model.dtype).removeprefix("torch.")
+
+
+def _plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_memory, context: int,
+              batch: int) -> Option:
+    """The planner's choice for this model on this machine (or the given budgets)."""
+    from transformers import AutoConfig
+
+    size = find_size(name)
+    if size is None:
+        size = size_from_config(AutoConfig.from_pretrained(source, local_files_only=local), name=Path(source).name)
+    try:
+        budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
+                                   cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))
+        options = make_plan(size, budget, context=context, batch=batch)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return choose(options, method, model=size.name, budget=budget)
+
+
+def quantize_dynamic_int8(model: OPTForCausalLM, inplace: bool = True) -> OPTForCausalLM:
+    """torch's dynamic int8 quantization of every Linear, lm_head included (its tie to the token table
+    is broken: the table stays fp32 for the lookup): the CPU's 8-bit plan."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch marks these APIs deprecated in favour of torchao
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=inplace)
 
 
 def _release_freed_memory() -> None:
@@ -373,6 +454,10 @@ def unload(model: torch.nn.Module | LoadedModel | None) -> None:
     if model is None or getattr(model, _UNLOADED, False):
         return
     drop_engine(model)
+    if hasattr(model, "hf_device_map"):  # dispatched by accelerate: its hooks pin the tensors
+        from accelerate.hooks import remove_hook_from_module
+
+        remove_hook_from_module(model, recurse=True)
     try:
         model.to("meta")
     except (ValueError, RuntimeError, TypeError):  # quantized or offloaded models refuse .to(): drop tensors one by one

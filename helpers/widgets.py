@@ -77,16 +77,27 @@ class Model:
 
 
 def model_choices(extra: list[str], env: environment.Environment | None = None) -> list[Model]:
-    """The OPT sizes, marked when they will not fit this machine in its default dtype, then `extra`."""
-    env = env or environment.detect()
-    gpu = env.gpus[0] if env.gpus else None
+    """The OPT sizes, each labelled with the memory plan it would load with here (or marked when none
+    fits this machine), then `extra` (folders, hub ids)."""
+    from .planner import Budget, plan
+
+    budget = Budget.of_machine(env or environment.detect())
     out = []
     for size in SIZES.values():
-        dtype, budget = ("float16", gpu.total_bytes) if gpu else ("float32", env.ram_available_bytes)
-        needs = size.weight_bytes(dtype) + size.kv_cache_bytes_per_token(dtype) * 2048 + environment.GPU_HEADROOM_BYTES
-        fits = needs <= budget
-        label = size.name if fits else f"{size.name} \u26a0 too big here (needs {human_bytes(needs)})"
-        out.append(Model(size.name, label, fits, needs))
+        options = plan(size, budget)
+        best = next((o for o in options if o.usable), None)
+        if best is None:
+            smallest = min(options, key=lambda o: o.gpu_bytes + o.cpu_bytes)
+            needs = smallest.gpu_bytes + smallest.cpu_bytes
+            out.append(Model(size.name, f"{size.name} \u26a0 too big here (needs {human_bytes(needs)})", False, needs))
+            continue
+        if best.method == "disk-offload":
+            out.append(Model(size.name, f"{size.name} \u26a0 only from disk here ({best.speed_class})", False,
+                             best.gpu_bytes + best.cpu_bytes))
+            continue
+        plain = best.method in ("fp16", "fp32-cpu")
+        label = size.name if plain else f"{size.name} \u00b7 {best.method} ({best.speed_class})"
+        out.append(Model(size.name, label, True, best.gpu_bytes or best.cpu_bytes))
     out += [Model(name, name, None) for name in extra]
     return out
 

@@ -92,3 +92,12 @@ def test_07_benchmarks_renders_committed_results_and_runs_live(tiny_pre_folder):
     assert "generate: batch 1" in text  # the live run's progress
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # two committed results and the live one
+
+
+def test_06_big_models_plans_every_size_and_runs_the_examples(tiny_pre_folder):
+    nb = run_notebook("06_big_models.ipynb", {"EXAMPLES": [[str(tiny_pre_folder), "auto"], [str(tiny_pre_folder), "int8"]],
+                                               "MAX_NEW_TOKENS": 5, "CONTEXT": 512})
+    text = outputs_text(nb)
+    assert "opt-66b" in text and "Colab T4" in text and "decoder layers per device" in text
+    assert "predicted" in text and "measured" in text  # the auto example ran and was compared
+    assert "needs a CUDA GPU" in text  # the int8 example on a CPU says why and what works instead

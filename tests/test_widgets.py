@@ -235,7 +235,13 @@ def test_model_picker_marks_sizes_that_do_not_fit():
 
     from helpers import environment
 
-    small = replace(environment.detect(), gpus=(), ram_available_bytes=3 * 1024**3)
+    small = replace(environment.detect(), gpus=(), ram_available_bytes=5 * 1024**3)
     choices = {c.name: c for c in model_choices(["./my-folder"], small)}
-    assert choices["opt-125m"].fits and not choices["opt-1.3b"].fits
-    assert "too big here" in choices["opt-1.3b"].label and choices["./my-folder"].fits is None
+    assert choices["opt-125m"].fits and choices["opt-125m"].label == "opt-125m"  # fp32 on the CPU: no mark
+    assert "int8-cpu" in choices["opt-1.3b"].label  # fits in 5 GiB only as torch's int8
+    assert "only from disk" in choices["opt-13b"].label and not choices["opt-13b"].fits
+    assert choices["./my-folder"].fits is None
+    t4 = replace(environment.detect(), gpus=(environment.GPU(0, "Tesla T4", 15 * 1024**3, 15 * 1024**3, (7, 5)),),
+                 ram_available_bytes=12 * 1024**3)
+    on_t4 = {c.name: c.label for c in model_choices([], t4)}
+    assert on_t4["opt-6.7b"] == "opt-6.7b" and on_t4["opt-13b"].startswith("opt-13b \u00b7 int8")

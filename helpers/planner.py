@@ -1,0 +1,460 @@
+"""What fits a memory budget: fp16/bf16, 8-bit and 4-bit, CPU or disk offload, several GPUs. Each option
+comes with its predicted peak GPU and CPU memory, an expected speed, and the loading arguments that
+apply it; `plan()` ranks them best first.
+
+Written here because no library answers "which of these ways of loading OPT-13B fits a 15 GiB T4 and
+12 GiB of RAM": accelerate places a model it is given into budgets, this decides what to give it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import asdict, dataclass, field
+
+from .environment import Environment, detect
+from .errors import ModelLoadError
+from .models import OPTSize, get_size, human_bytes
+
+GiB = 1024**3
+CUDA_CONTEXT_BYTES = GiB // 2  # the CUDA context and allocator slack: in a GPU's budget, not in torch's count
+CPU_PROCESS_BYTES = GiB  # Python, torch and transformers themselves
+CPU_PROCESS_BYTES_CUDA = 2 * GiB  # ... plus CUDA's host-side libraries
+LOAD_SHARD_BYTES = 2 * GiB  # loading reads at most about one checkpoint shard into RAM at a time
+TOKENIZER_BYTES = 32 * 1024**2  # OPT's BPE tokenizer in memory
+
+# Memory bandwidth by GPU name (vendor datasheets), for the speed estimate only.
+GPU_BANDWIDTH = {"T4": 320e9, "L4": 300e9, "A10": 600e9, "V100": 900e9, "A100": 1800e9, "L40": 864e9,
+                 "H100": 3350e9, "H200": 4800e9, "RTX 4090": 1008e9, "RTX 3090": 936e9}
+DEFAULT_GPU_BANDWIDTH = 500e9
+CPU_BANDWIDTH = 20e9  # what a one-row matrix product reaches on a typical laptop or Colab CPU
+PCIE_BANDWIDTH = 12e9  # offloaded weights cross it at every step
+DISK_BANDWIDTH = 1e9
+QUANTIZED_EFFICIENCY = {"int8": 0.25, "nf4": 0.5}  # bitsandbytes' kernels dequantize as they go
+
+SPEED_CLASSES = ((20, "fast"), (5, "interactive"), (1, "slow"), (0, "very slow"))
+QUALITY = {"float16": "exact (fp16)", "bfloat16": "exact (bf16)", "float32": "exact (fp32)",
+           "int8": "near-exact (8-bit)", "nf4": "lossy (4-bit)", "int8-dynamic": "near-exact (8-bit)"}
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """'15GiB', '15 GB', '16000MiB', '12G' or a number of bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"'{text}' is not a memory size: write it like 15GiB, 12GB or 16000MiB.")
+    number, unit, binary = float(match[1]), match[2].upper(), match[3]
+    base = 1024 if binary or unit == "" else 1000
+    return int(number * base ** " KMGT".index(unit or " "))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Memory to plan against: per GPU (all alike), the number of GPUs, RAM, and disk for offload."""
+
+    gpu_bytes: int = 0
+    gpus: int = 0
+    cpu_bytes: int = 0
+    disk_bytes: int | None = None  # None: enough
+    gpu_name: str = ""
+    bf16: bool = False  # the GPUs compute in bf16 (compute capability 8.0 and up)
+
+    @classmethod
+    def of_machine(cls, env: Environment | None = None, gpu_bytes: int | None = None, gpus: int | None = None,
+                   cpu_bytes: int | None = None) -> Budget:
+        """This machine's budget; any figure given overrides what was detected."""
+        env = env or detect()
+        first = env.gpus[0] if env.gpus else None
+        count = gpus if gpus is not None else len(env.gpus)
+        per_gpu = gpu_bytes if gpu_bytes is not None else (first.total_bytes if first else 0)
+        return cls(gpu_bytes=per_gpu if count else 0, gpus=count if per_gpu else 0,
+                   cpu_bytes=cpu_bytes if cpu_bytes is not None else env.ram_available_bytes,
+                   gpu_name=first.name if first else "", bf16=bool(first and first.supports_bf16))
+
+    def describe(self) -> str:
+        gpus = f"{self.gpus} GPU(s) of {human_bytes(self.gpu_bytes)}" if self.gpus else "no GPU"
+        return f"{gpus} and {human_bytes(self.cpu_bytes)} of RAM"
+
+
+@dataclass
+class Option:
+    """One way to load a model, with what it needs."""
+
+    method: str
+    description: str
+    dtype: str  # the weights' dtype (or the quantization)
+    placement: dict[str, str]  # module -> "cuda:N" / "cpu" / "disk"
+    gpu_bytes_each: list[int]  # predicted peak memory allocated on each GPU
+    gpu_bytes: int  # the most any one GPU needs from its budget (peak + CUDA context)
+    cpu_bytes: int  # RAM: the process, offloaded weights, and loading
+    disk_bytes: int
+    tokens_per_second: float  # a rough decode estimate from the bandwidths involved
+    speed_class: str
+    quality: str
+    fits: bool = False
+    available: bool = True
+    unavailable_reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return self.fits and self.available
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("placement")
+        data["devices"] = sorted(set(self.placement.values()))
+        return data
+
+    def row(self) -> dict:
+        """A table row for people."""
+        gpus = "/".join(human_bytes(b) for b in self.gpu_bytes_each) if self.gpu_bytes_each else "-"
+        status = "fits" if self.fits else "too big"
+        if self.fits and not self.available:
+            status = f"fits, but {self.unavailable_reason}"
+        return {"method": self.method, "GPU peak": gpus, "RAM": human_bytes(self.cpu_bytes),
+                "disk": human_bytes(self.disk_bytes) if self.disk_bytes else "-",
+                "speed": f"~{self.tokens_per_second:.1f} tok/s ({self.speed_class})", "quality": self.quality,
+                "status": status}
+
+
+# ------------------------------------------------------------------------------------------ arithmetic
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A module the placement moves as a whole, with the bytes its weights take in each storage."""
+
+    name: str
+    matrices: int  # parameters in matrices a quantization shrinks
+    rows: int  # output rows of those matrices (int8 keeps one fp32 scale per row)
+    rest: int  # parameters that stay in the compute dtype (biases, norms, embeddings)
+    layer: bool
+
+    def weight_bytes(self, storage: str) -> int:
+        if storage == "int8":
+            return self.matrices + 4 * self.rows + 2 * self.rest
+        if storage == "nf4":
+            return self.matrices // 2 + 4 * (self.matrices // 64) + 2 * self.rest
+        if storage == "int8-dynamic":  # torch's CPU int8: lm_head too, a scale per tensor; the rest fp32
+            return self.matrices + 4 * self.rest
+        per = 4 if storage == "float32" else 2
+        return per * (self.matrices + self.rest)
+
+
+def pieces(size: OPTSize) -> list[_Piece]:
+    """OPT as the units a device map places: the token and position tables (with lm_head, tied to the
+    token table), the projections of the 350M shape, the final norm, and each decoder layer."""
+    d, f = size.d_model, size.ffn
+    out = [_Piece("model.decoder.embed_tokens", 0, 0, size.vocab_size * size.word_embed_proj_dim, False),
+           _Piece("model.decoder.embed_positions", 0, 0, (size.max_positions + 2) * d, False)]
+    if size.has_projections:
+        out += [_Piece("model.decoder.project_in", 0, 0, d * size.word_embed_proj_dim, False),
+                _Piece("model.decoder.project_out", 0, 0, d * size.word_embed_proj_dim, False)]
+    if size.pre_layer_norm:
+        out.append(_Piece("model.decoder.final_layer_norm", 0, 0, 2 * d, False))
+    for i in range(size.layers):
+        out.append(_Piece(f"model.decoder.layers.{i}", 4 * d * d + 2 * d * f, 5 * d + f,
+                          4 * d + f + d + 4 * d, True))
+    return out
+
+
+def activation_bytes(size: OPTSize, context: int, batch: int, dtype_bytes: int) -> int:
+    """The working memory of one forward over the whole context (the prefill): a layer's intermediates
+    (the fc1 output and a handful of d_model-wide tensors) and the last position's logits in fp32."""
+    return batch * context * (size.ffn + 6 * size.d_model) * dtype_bytes + 2 * batch * size.vocab_size * 4
+
+
+def _speed(bytes_on: dict[str, int], budget: Budget, storage: str) -> float:
+    gpu_bw = next((bw for name, bw in GPU_BANDWIDTH.items() if name in budget.gpu_name), DEFAULT_GPU_BANDWIDTH)
+    efficiency = QUANTIZED_EFFICIENCY.get(storage, 1.0)
+    seconds = sum(b for dev, b in bytes_on.items() if dev.startswith("cuda")) / (gpu_bw * efficiency)
+    cpu_rate = CPU_BANDWIDTH if all(not d.startswith("cuda") for d in bytes_on) else PCIE_BANDWIDTH
+    seconds += bytes_on.get("cpu", 0) / cpu_rate + bytes_on.get("disk", 0) / DISK_BANDWIDTH
+    return 1.0 / seconds if seconds else 0.0
+
+
+def _speed_class(tokens_per_second: float) -> str:
+    return next(name for floor, name in SPEED_CLASSES if tokens_per_second >= floor)
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], context: int, batch: int,
+           offload_storage: str) -> tuple[dict[str, str], dict[str, int], dict[str, int]]:
+    """Fill `devices` in order, as accelerate's device maps do: each module where it still fits, the rest
+    on the last device. Returns (module -> device, weight bytes per place, peak bytes per device).
+
+    Modules a GPU plan keeps in RAM or on disk still run on the first GPU: accelerate streams their
+    weights in one module at a time, and their caches live there, so the first GPU reserves the largest
+    module and every layer's cache up front. Only bitsandbytes' fp32 CPU offload runs its modules on the
+    CPU, caches included.
+    """
+    compute_bytes = 4 if storage in ("float32", "int8-dynamic") else 2
+    kv_per_layer = 2 * size.d_model * compute_bytes * context * batch
+    gpus = [d for d in devices if d.startswith("cuda")]
+    runs_on_cpu = not gpus or offload_storage == "float32"
+    streams = bool(gpus) and ("disk" in devices or ("cpu" in devices and not runs_on_cpu))
+    execution = gpus[0] if gpus else "cpu"
+    capacity = {d: budget.gpu_bytes - CUDA_CONTEXT_BYTES - activation_bytes(size, context, batch, compute_bytes)
+                for d in gpus}
+    if gpus:
+        capacity["cpu"] = budget.cpu_bytes - CPU_PROCESS_BYTES_CUDA - LOAD_SHARD_BYTES
+    else:
+        capacity["cpu"] = (budget.cpu_bytes - CPU_PROCESS_BYTES - TOKENIZER_BYTES
+                           - activation_bytes(size, context, batch, compute_bytes))
+    capacity["disk"] = float("inf")
+    reserve = 0
+    if streams:
+        reserve = pieces(size)[-1].weight_bytes(offload_storage) + kv_per_layer * size.layers
+        capacity[execution] -= reserve
+    placement, stored, peak = {}, dict.fromkeys(devices, 0), dict.fromkeys(gpus + ["cpu"], 0)
+    which = 0
+    for piece in pieces(size):
+        kind = storage if devices[which].startswith("cuda") or not gpus else offload_storage
+        if piece.name == "model.decoder.embed_tokens" and kind in ("int8", "nf4"):
+            kind = "float16"  # bitsandbytes leaves the token table (and the tied lm_head) unquantized
+        weight = piece.weight_bytes(kind)
+        if piece.name == "model.decoder.embed_tokens" and kind == "int8-dynamic":
+            weight += size.vocab_size * size.word_embed_proj_dim  # lm_head's own int8 copy
+        cache = kv_per_layer if piece.layer else 0
+
+        def adds(device: str) -> int:  # what the piece adds to the device it would be placed on
+            if device == execution and streams:
+                return weight  # its cache is in the reserve
+            if device.startswith("cuda") or (device == "cpu" and runs_on_cpu):
+                return weight + cache
+            return weight if device == "cpu" else 0
+
+        while which < len(devices) - 1 and peak.get(devices[which], 0) + adds(devices[which]) > capacity[devices[which]]:
+            which += 1
+        device = devices[which]
+        placement[piece.name] = device
+        stored[device] += weight
+        if device in peak:
+            peak[device] += adds(device)
+    peak[execution] += reserve
+    for device in gpus:
+        if stored[device]:
+            peak[device] += activation_bytes(size, context, batch, compute_bytes)
+    placement["lm_head"] = placement["model.decoder.embed_tokens"]  # tied: they share one tensor
+    return placement, stored, peak
+
+
+def _option(method: str, description: str, size: OPTSize, budget: Budget, storage: str, devices: list[str],
+            context: int, batch: int, offload_storage: str | None = None) -> Option:
+    offload_storage = offload_storage or storage
+    placement, stored, peak = _place(size, storage, budget, devices, context, batch, offload_storage)
+    gpus = [d for d in devices if d.startswith("cuda")]
+    gpu_each = [peak[d] for d in gpus]
+    if gpus:
+        cpu = CPU_PROCESS_BYTES_CUDA + peak["cpu"] + min(LOAD_SHARD_BYTES, size.weight_bytes("float16"))
+    else:
+        compute_bytes = 4 if storage in ("float32", "int8-dynamic") else 2
+        cpu = CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"] + activation_bytes(size, context, batch, compute_bytes)
+        if storage == "int8-dynamic":  # quantizing holds one layer in fp32 beside the int8 copies, which fbgemm
+            layers = [p for p in pieces(size) if p.layer]  # packs again (the fp32 file pages it reads once are
+            cpu += layers[0].weight_bytes("float32")  # reclaimable cache, not needed memory)
+            cpu += int(0.4 * (sum(p.matrices for p in layers) + size.vocab_size * size.word_embed_proj_dim))
+        if storage == "float32" and "disk" not in devices:  # the CPU engine packs q/k/v into one new matrix
+            cpu += 3 * size.d_model**2 * 4 * size.layers
+    disk = stored.get("disk", 0)
+    speed = _speed({d: b for d, b in stored.items()}, budget, storage)
+    option = Option(
+        method=method, description=description, dtype=storage, placement=placement, gpu_bytes_each=gpu_each,
+        gpu_bytes=max(gpu_each) + CUDA_CONTEXT_BYTES if gpu_each else 0, cpu_bytes=int(cpu), disk_bytes=int(disk),
+        tokens_per_second=speed, speed_class=_speed_class(speed), quality=QUALITY[storage],
+    )
+    over_gpu = any(b + CUDA_CONTEXT_BYTES > budget.gpu_bytes for b in gpu_each)
+    over_disk = budget.disk_bytes is not None and disk > budget.disk_bytes
+    option.fits = not over_gpu and option.cpu_bytes <= budget.cpu_bytes and not over_disk
+    return option
+
+
+def _redundant(option: Option) -> bool:
+    """A split or an offload that moves nothing is the plain option under another name."""
+    if "offload" in option.method:
+        offloaded = {"disk"} if option.method == "disk-offload" else {"cpu"}
+        return not offloaded & set(option.placement.values())
+    if "multi-gpu" in option.method:
+        return len(set(option.placement.values())) < 2
+    return False
+
+
+def _requirements(option: Option, budget: Budget) -> None:
+    """Mark options this machine cannot run (a package or a GPU missing), saying what is missing."""
+    if option.dtype in ("int8", "nf4"):
+        if importlib.util.find_spec("bitsandbytes") is None:  # not imported: importing it prints warnings
+            option.available, option.unavailable_reason = False, "needs bitsandbytes (pip install bitsandbytes)"
+            return
+        if not budget.gpus:
+            option.available, option.unavailable_reason = False, "needs a CUDA GPU (bitsandbytes' 8/4-bit)"
+    if option.method.startswith("bf16") and not budget.bf16:
+        option.available, option.unavailable_reason = False, "needs a GPU with bf16 (compute capability 8.0+)"
+    if option.dtype == "int8-dynamic" and importlib.util.find_spec("torch.ao.quantization") is None:
+        option.available, option.unavailable_reason = False, "needs torch's dynamic quantization"
+
+
+TIERS = ("fp16", "bf16", "fp16-multi-gpu", "int8", "int8-multi-gpu", "nf4", "nf4-multi-gpu", "fp16-cpu-offload",
+         "nf4-cpu-offload", "fp32-cpu", "int8-cpu", "disk-offload")
+
+
+def plan(size: OPTSize | str, budget: Budget | None = None, *, context: int = 2048, batch: int = 1) -> list[Option]:
+    """Every way to load `size` on `budget` (default: this machine), best first: the ones that fit and can
+    run here, by tier (full precision on GPUs, then 8-bit, 4-bit, offload, CPU, disk), then the rest."""
+    size = get_size(size) if isinstance(size, str) else size
+    budget = budget or Budget.of_machine()
+    if context < 1 or context > size.max_positions:
+        raise ValueError(f"context must be between 1 and {size.max_positions} tokens (got {context}).")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1 (got {batch}).")
+    gpus = [f"cuda:{i}" for i in range(budget.gpus)]
+    args = (size, budget)  # then: storage, devices, context, batch
+    options = []
+    if gpus:
+        options.append(_option("fp16", "fp16 on one GPU", *args, "float16", gpus[:1], context, batch))
+        options.append(_option("bf16", "bf16 on one GPU", *args, "bfloat16", gpus[:1], context, batch))
+        if len(gpus) > 1:
+            options.append(_option("fp16-multi-gpu", f"fp16 split across {len(gpus)} GPUs (device_map)", *args,
+                                   "float16", gpus, context, batch))
+        options.append(_option("int8", "8-bit (bitsandbytes LLM.int8) on one GPU", *args, "int8", gpus[:1],
+                               context, batch))
+        if len(gpus) > 1:
+            options.append(_option("int8-multi-gpu", f"8-bit split across {len(gpus)} GPUs", *args, "int8", gpus,
+                                   context, batch))
+        options.append(_option("nf4", "4-bit NF4 (bitsandbytes) on one GPU", *args, "nf4", gpus[:1], context, batch))
+        if len(gpus) > 1:
+            options.append(_option("nf4-multi-gpu", f"4-bit split across {len(gpus)} GPUs", *args, "nf4", gpus,
+                                   context, batch))
+        options.append(_option("fp16-cpu-offload", "fp16, the layers that do not fit the GPU(s) kept in RAM", *args,
+                               "float16", gpus + ["cpu"], context, batch))
+        options.append(_option("nf4-cpu-offload", "4-bit on the GPU(s), the rest in RAM (fp32, run on the CPU)",
+                               *args, "nf4", gpus + ["cpu"], context, batch, offload_storage="float32"))
+    options.append(_option("int8-cpu", "CPU only, torch's dynamic int8 (lm_head included)", *args, "int8-dynamic",
+                           ["cpu"], context, batch))
+    options.append(_option("fp32-cpu", "CPU only, fp32", *args, "float32", ["cpu"], context, batch))
+    options.append(_option("disk-offload", "what fits in GPU memory and RAM there, the rest read from disk", *args,
+                           "float16" if gpus else "float32", gpus + ["cpu", "disk"], context, batch))
+    options = [o for o in options if not _redundant(o)]
+    for option in options:
+        _requirements(option, budget)
+        if option.method == "nf4-cpu-offload":
+            option.notes.append("bitsandbytes keeps offloaded layers unquantized in fp32 and runs them on the CPU")
+    options.sort(key=lambda o: (not o.usable, TIERS.index(o.method), -o.tokens_per_second))
+    return options
+
+
+def choose(options: list[Option], method: str = "auto", *, model: str = "the model",
+           budget: Budget | None = None) -> Option:
+    """The option to load with: the best usable one for 'auto', else the named one, which must fit and
+    be available here (if not, the error says why and names the next one that is)."""
+    usable = [o for o in options if o.usable]
+    if method == "auto":
+        if usable:
+            return usable[0]
+        smallest = min(options, key=lambda o: (o.gpu_bytes + o.cpu_bytes, o.disk_bytes))
+        where = f" ({budget.describe()})" if budget else ""
+        raise ModelLoadError(
+            f"Nothing fits {model} on this budget{where}. The smallest option, {smallest.method}, needs "
+            f"{human_bytes(smallest.gpu_bytes)} of GPU memory, {human_bytes(smallest.cpu_bytes)} of RAM"
+            f"{f' and {human_bytes(smallest.disk_bytes)} of disk' if smallest.disk_bytes else ''}. Use a smaller "
+            "model, a shorter context, or a machine with more memory."
+        )
+    named = next((o for o in options if o.method == method), None)
+    fallback = f" The best plan that works here is {usable[0].method}." if usable else ""
+    if named is None and method in TIERS:
+        why = ("needs a CUDA GPU, and torch sees none here" if "-cpu" not in method or "offload" in method
+               else "is not needed: a simpler plan holds the whole model")
+        if method.endswith("-multi-gpu"):
+            why = "needs several GPUs" + ("" if budget is None or budget.gpus < 2 else ", and the model fits on one")
+        elif method.endswith("offload"):
+            why = "has nothing to offload here (the model fits without it), or needs a GPU"
+        raise ModelLoadError(f"Plan {method} cannot be used for {model}: it {why}.{fallback}")
+    if named is None:
+        raise ModelLoadError(f"'{method}' is not a plan. Plans: {', '.join(TIERS)}.")
+    if named.usable:
+        return named
+    why = named.unavailable_reason if not named.available else "it does not fit this budget"
+    raise ModelLoadError(f"Plan {method} cannot be used for {model}: it {why}.{fallback}")
+
+
+# ------------------------------------------------------------------------------------------ applying
+
+
+def device_map(option: Option) -> dict[str, int | str]:
+    """The option's placement as a device map for `from_pretrained` (GPU indices as integers)."""
+    return {name: int(device.split(":")[1]) if device.startswith("cuda") else device
+            for name, device in option.placement.items()}
+
+
+def load_arguments(option: Option, offload_folder: str | None = None) -> dict:
+    """Keyword arguments for `OPTForCausalLM.from_pretrained` that apply `option`."""
+    import torch
+
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+              "int8": torch.float16, "nf4": torch.float16, "int8-dynamic": torch.float32}
+    kwargs: dict = {"dtype": dtypes[option.dtype]}
+    devices = set(option.placement.values())
+    if devices != {"cpu"}:
+        kwargs["device_map"] = device_map(option)
+    if option.dtype in ("int8", "nf4"):
+        from transformers import BitsAndBytesConfig
+
+        offload = "cpu" in devices
+        if option.dtype == "int8":
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True,
+                                                               llm_int8_enable_fp32_cpu_offload=offload)
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16,
+                llm_int8_enable_fp32_cpu_offload=offload)
+    if "disk" in devices:
+        if offload_folder is None:
+            import tempfile
+
+            offload_folder = tempfile.mkdtemp(prefix="opt-offload-")
+        kwargs["offload_folder"] = offload_folder
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------ summaries
+
+KNOWN_MACHINES = {
+    "Colab T4 (15 GiB, 12 GiB RAM)": Budget(15 * GiB, 1, 12 * GiB, gpu_name="Tesla T4"),
+    "two T4s (the 2022 tutorial's machine)": Budget(15 * GiB, 2, 30 * GiB, gpu_name="Tesla T4"),
+    "A100 80 GB": Budget(80 * GiB, 1, 80 * GiB, gpu_name="A100", bf16=True),
+    "two A100 80 GB": Budget(80 * GiB, 2, 160 * GiB, gpu_name="A100", bf16=True),
+    "H200 (141 GB)": Budget(139 * GiB, 1, 128 * GiB, gpu_name="NVIDIA H200", bf16=True),
+}
+
+
+def best_rows(budget: Budget, sizes: list[str] | None = None, context: int = 2048, batch: int = 1) -> list[dict]:
+    """One row per size: the plan that would load it on `budget`, or why none would."""
+    from .models import SIZES
+
+    rows = []
+    for name in sizes or list(SIZES):
+        options = plan(name, budget, context=context, batch=batch)
+        best = next((o for o in options if o.usable), None)
+        if best is None:
+            smallest = min(options, key=lambda o: o.gpu_bytes + o.cpu_bytes)
+            rows.append({"model": name, "plan": "nothing fits", "GPU peak": human_bytes(smallest.gpu_bytes),
+                         "RAM": human_bytes(smallest.cpu_bytes), "speed": "-", "quality": "-",
+                         "note": f"smallest: {smallest.method}"})
+            continue
+        row = best.row()
+        rows.append({"model": name, "plan": best.method, "GPU peak": row["GPU peak"], "RAM": row["RAM"],
+                     "speed": row["speed"], "quality": best.quality,
+                     "note": f"{human_bytes(best.disk_bytes)} on disk" if best.disk_bytes else ""})
+    return rows
+
+
+def placement_summary(option: Option) -> dict[str, int]:
+    """How many decoder layers each device holds under `option`."""
+    counts: dict[str, int] = {}
+    for module, device in option.placement.items():
+        if ".layers." in module:
+            counts[device] = counts.get(device, 0) + 1
+    return counts
