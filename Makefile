@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 MODEL ?= opt-350m
 VOILA_PORT ?= 8866
 
-.PHONY: install lab playground bench bench-gpu plan-check-gpu test test-fast system-packages clean help
+.PHONY: install lab playground bench bench-gpu plan-check-gpu figures test test-fast system-packages clean help
 
 help:
 	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m)"
@@ -63,6 +63,14 @@ plan-check-gpu: install
 	$(PY) -m helpers plan --model opt-6.7b --gpu-memory 15GiB --check --method fp16 --out benchmarks/plan-check-opt-6.7b-fp16.json
 	$(PY) -m helpers plan --model opt-13b --gpu-memory 15GiB --check --method int8 --out benchmarks/plan-check-opt-13b-int8.json
 	$(PY) -m helpers plan --model opt-30b --gpu-memory 15GiB --check --method nf4-cpu-offload --out benchmarks/plan-check-opt-30b-nf4-offload.json
+
+# The README's figures from notebooks 03 and 04, with random weights in real shapes (no hub here): their
+# speed and memory are real, their text is not. With real weights: run the notebooks on a GPU.
+figures: install
+	$(PY) -m helpers.notebooks notebooks/03_compare_sizes.ipynb 'MODELS=["opt-125m", "opt-350m", "opt-1.3b"]' \
+	  RANDOM_WEIGHTS=True 'SAVE_FIGURE="../docs/compare-sizes.png"'
+	$(PY) -m helpers.notebooks notebooks/04_decoding_strategies.ipynb 'MODEL="opt-125m"' 'JUDGE="opt-350m"' \
+	  'SEED_MODEL="opt-125m"' RANDOM_WEIGHTS=True 'SAVE_FIGURE="../docs/decoding-strategies.png"'
 
 # The playground as an app (Voila). MODEL is a size, a hub id or a local folder: make playground MODEL=./opt-350m
 playground: install

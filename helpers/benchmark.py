@@ -9,7 +9,6 @@ import json
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from .decoding import model_device
-from .environment import detect, resident_memory_bytes
+from .environment import PeakResidentMemory, detect, resident_memory_bytes
 from .generation import GenerationSettings, encode_prompt, generate
 from .models import size_from_config
 
@@ -249,28 +248,6 @@ class Measurement:
         return asdict(self)
 
 
-class _PeakRSS:
-    """Samples this process's resident memory every few milliseconds while active."""
-
-    def __init__(self, every: float = 0.005):
-        self.every, self.peak, self._stop = every, resident_memory_bytes(), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, resident_memory_bytes())
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, resident_memory_bytes())
-        return False
-
-
 def prompt_of_length(tokenizer: PreTrainedTokenizerBase, tokens: int) -> str:
     """A prompt that encodes to exactly `tokens` ids, BOS included."""
     words = "The quick brown fox jumps over the lazy dog while the model keeps on reading".split()
@@ -321,7 +298,7 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     seconds, ttfts, ids, bandwidths = [], [], [], []
-    with _PeakRSS() as rss:
+    with PeakResidentMemory() as rss:
         for _ in range(repeats):
             if bandwidth == "each":
                 bandwidths.append(measure_bandwidth(device, buffer_bytes=512 << 20,
@@ -582,7 +559,7 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
         if uses_gpu:
             torch.cuda.reset_peak_memory_stats(0)
         progress(f"loading with plan {option.method}")
-        with _PeakRSS() as rss:
+        with PeakResidentMemory() as rss:
             loaded = load_model(folder, plan=option.method, gpu_memory=gpu_memory, cpu_memory=cpu_memory,
                                 context=context)
             prompt = prompt_of_length(loaded.tokenizer, prompt_tokens)

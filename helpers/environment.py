@@ -144,3 +144,35 @@ def report(env: Environment | None = None) -> str:
     else:
         lines.append("GPU: none (models run on the CPU in float32; only the small sizes are practical)")
     return "\n".join(lines)
+
+
+def _high_water_mark() -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakResidentMemory:
+    """This process's peak resident memory while the block runs: Linux's high-water mark (VmHWM), reset
+    on entry. No sampling thread: one would compete for the GIL with what is being measured (it slowed
+    decoding several-fold in a notebook kernel). Elsewhere, the larger of the readings at entry and exit."""
+
+    def __enter__(self) -> PeakResidentMemory:
+        self.peak = resident_memory_bytes()
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+            self._hwm = True
+        except OSError:
+            self._hwm = False
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        mark = _high_water_mark() if self._hwm else None
+        self.peak = max(self.peak, resident_memory_bytes(), mark or 0)
+        return False

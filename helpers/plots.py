@@ -55,20 +55,47 @@ def benchmark_figure(report: dict) -> Figure:
     return fig
 
 
-def metric_against_size(rows: list[dict], x: str, ys: list[str], title: str = "") -> Figure:
-    """Small multiples of `ys` against `x` (e.g. speed, memory and repetition against model size)."""
-    fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4))
+def metric_against_size(rows: list[dict], x: str, ys: list[str], series: str | None = None, title: str = "",
+                        log_x: bool = True) -> Figure:
+    """Small multiples of `ys` against `x` (speed, memory and repetition against model size), one line
+    per value of `series` (e.g. the decoding)."""
+    fig, axes = plt.subplots(1, len(ys), figsize=(4.3 * len(ys), 3.5))
     axes = axes if len(ys) > 1 else [axes]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get(series, "")) if series else "", []).append(row)
     for axis, y in zip(axes, ys):
-        groups: dict[str, list[dict]] = {}
-        for row in rows:
-            groups.setdefault(str(row.get("series", "")), []).append(row)
         for label, group in groups.items():
+            group = sorted(group, key=lambda r: r[x])
             axis.plot([r[x] for r in group], [r[y] for r in group], marker="o", label=label or None)
+        if log_x:
+            axis.set_xscale("log")
+        if x == "parameters":  # label the sizes themselves: 125.2M, 1.32B
+            from .models import human_count
+
+            ticks = sorted({r[x] for r in rows})
+            axis.set_xticks(ticks, [human_count(t) for t in ticks])
+            axis.minorticks_off()
         axis.set_xlabel(x)
         axis.set_title(y, fontsize=10)
-        if len(groups) > 1:
-            axis.legend(fontsize=7)
+    if len(groups) > 1:
+        axes[-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def strategies_figure(summary: list[dict], measures: list[str], title: str = "") -> Figure:
+    """One horizontal bar chart per measure, one bar per decoding strategy."""
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.3 * len(measures), 0.42 * len(summary) + 1.4),
+                             sharey=True)
+    axes = axes if len(measures) > 1 else [axes]
+    names = [row["decoding"] for row in summary]
+    for axis, measure in zip(axes, measures):
+        axis.barh(names, [row.get(measure, 0) or 0 for row in summary], color="#3b7dd8")
+        axis.set_title(measure, fontsize=10)
+    axes[0].invert_yaxis()
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()

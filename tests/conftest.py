@@ -60,3 +60,11 @@ def tiny_pre_folder(tmp_path_factory) -> Path:
     from helpers.fixtures import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-pre-ln"), "pre-ln")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (fixtures use it to save evidence of a failure)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

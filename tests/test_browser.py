@@ -201,20 +201,49 @@ def drive_playground(page, name: str) -> None:
     shot(page, f"{name}-5-branches")
 
 
-def test_voila_app(browser, voila):
-    page = browser.new_page(viewport={"width": 1300, "height": 1100})
+@pytest.fixture
+def page_of(browser, request):
+    """A browser page; on failure its screenshot and text land in test-artifacts/browser/ for diagnosis."""
+    pages = []
+
+    def make(width: int, height: int):
+        pages.append(browser.new_page(viewport={"width": width, "height": height}))
+        return pages[-1]
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for page in pages:
+        if failed:
+            shot(page, f"FAILED-{request.node.name}")
+            (ARTIFACTS / f"FAILED-{request.node.name}.txt").write_text(page.inner_text("body"))
+        page.close()
+
+
+def test_voila_app(page_of, voila):
+    page = page_of(1300, 1100)
     page.goto(voila.url, timeout=120_000)
     drive_playground(page, "voila")
-    page.close()
 
 
-def test_jupyterlab_notebook(browser, lab):
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(lab.url, timeout=120_000)
+def run_all_cells(page) -> None:
+    """Run > Run All Cells from the menu, once the kernel is idle; again if nothing started."""
     page.wait_for_selector(".jp-NotebookPanel", timeout=120_000)
-    page.wait_for_function("() => document.querySelector('.jp-Notebook-ExecutionIndicator, .jp-Toolbar-kernelStatus') !== null",
-                           timeout=120_000)
-    page.click("text=Run", timeout=30_000)  # the main menu
-    page.click("text=Run All Cells", timeout=30_000)
+    page.wait_for_function("() => /Idle/.test(document.body.innerText)", timeout=180_000)  # kernel started
+    for _ in range(2):
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
+        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')", timeout=30_000)
+        try:
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.innerText))",
+                timeout=60_000)
+            return
+        except Exception:
+            page.keyboard.press("Escape")
+    raise AssertionError("JupyterLab did not start running the notebook")
+
+
+def test_jupyterlab_notebook(page_of, lab):
+    page = page_of(1400, 1100)
+    page.goto(lab.url, timeout=120_000)
+    run_all_cells(page)
     drive_playground(page, "lab")
-    page.close()

@@ -101,3 +101,21 @@ def test_06_big_models_plans_every_size_and_runs_the_examples(tiny_pre_folder):
     assert "opt-66b" in text and "Colab T4" in text and "decoder layers per device" in text
     assert "predicted" in text and "measured" in text  # the auto example ran and was compared
     assert "needs a CUDA GPU" in text  # the int8 example on a CPU says why and what works instead
+
+
+def test_03_compare_sizes_runs_every_model_and_plots(tiny_pre_folder, tiny_folder):
+    nb = run_notebook("03_compare_sizes.ipynb", {"MODELS": [str(tiny_pre_folder), str(tiny_folder)],
+                                                  "MAX_NEW_TOKENS": 8})
+    text = outputs_text(nb)
+    assert "greedy (the tutorial's)" in text and "balanced sampling" in text and "repeated 3-grams" in text
+    assert "Text classification is a machine learning technique" in text
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_04_decoding_strategies_scores_and_explains_the_seed(tiny_pre_folder, tiny_folder):
+    nb = run_notebook("04_decoding_strategies.ipynb", {"MODEL": str(tiny_folder), "JUDGE": str(tiny_pre_folder),
+                                                        "SEED_MODEL": str(tiny_pre_folder), "MAX_NEW_TOKENS": 10})
+    text = outputs_text(nb)
+    assert "contrastive (alpha 0.6, k 4)" in text and "judge perplexity" in text
+    assert "dropped" in text and "none" in text and "</s>" in text  # all eight of the seed's conditions
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
