@@ -57,6 +57,7 @@ bench-gpu: install
 	  --methods hf-generate,static-cache,generate --json benchmarks/gpu-opt-6.7b.json --plot benchmarks/gpu-opt-6.7b.png
 	$(PY) -m helpers bench --model opt-66b --device cuda --dtype float16 --new-tokens 32 --repeats 1 \
 	  --methods generate --json benchmarks/gpu-opt-66b.json
+	$(PY) -m helpers leaks --model opt-1.3b --device cuda --cycles 20 --out benchmarks/gpu-leaks-opt-1.3b.json
 
 # On a GPU machine: predicted against measured peak memory under a T4's 15 GiB (figures into benchmarks/).
 plan-check-gpu: install

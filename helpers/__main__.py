@@ -218,7 +218,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from .models import find_size, human_bytes, size_from_config
+    from .models import human_bytes
     from .planner import Budget, plan, parse_bytes
 
     try:
@@ -241,14 +241,9 @@ def _run_plan(args: argparse.Namespace) -> int:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         return 0
-    size = find_size(args.model)
-    if size is None:
-        from .loading import resolve_source
+    from .loading import size_of
 
-        source, local = resolve_source(args.model)
-        from transformers import AutoConfig
-
-        size = size_from_config(AutoConfig.from_pretrained(source, local_files_only=local), name=Path(source).name)
+    size = size_of(args.model)
     try:
         options = plan(size, budget, context=args.context, batch=args.batch)
     except ValueError as exc:
@@ -352,9 +347,47 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- leaks
+
+def _add_leaks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "leaks",
+        help="load, generate and unload a model many times and record the memory left behind",
+        description="Load, generate (to the end, and streamed then stopped; every third cycle with a fault "
+                    "injected mid-stream) and unload a model CYCLES times; record resident memory, CUDA memory "
+                    "still allocated and live threads after each unload.",
+    )
+    p.add_argument("--model", required=True, metavar="SIZE_OR_PATH", help="a model folder, or a size (random weights)")
+    p.add_argument("--cycles", type=int, default=20, metavar="N")
+    p.add_argument("--device", default="auto", metavar="D")
+    p.add_argument("--out", metavar="FILE", help="write the figures as JSON to FILE")
+    p.set_defaults(run=_run_leaks)
+
+
+def _run_leaks(args: argparse.Namespace) -> int:
+    if args.cycles < 2:
+        raise UsageError("--cycles must be at least 2 (growth is measured from the first cycle on)")
+    _quiet_libraries()
+    from .benchmark import leak_check
+    from .models import human_bytes
+
+    result = leak_check(args.model, args.cycles, device=args.device,
+                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    cuda = result["cuda_allocated_bytes_after_each"][-1]
+    print(f"{args.cycles} cycles of {result['model']}: resident memory grew {human_bytes(result['resident_growth_bytes'])} "
+          f"in all ({human_bytes(result['resident_growth_after_first_bytes'])} after the first cycle); CUDA memory "
+          f"left allocated {human_bytes(cuda)}; threads alive {result['threads_after_each'][0]} -> "
+          f"{result['threads_after_each'][-1]}; {result['faults_injected']} injected faults surfaced")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate, _add_convert, _add_plan, _add_bench]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate, _add_convert, _add_plan, _add_bench,
+                                                                    _add_leaks]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import json
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -519,20 +520,14 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
     `new_tokens` under the budget (on a GPU, capped with `set_per_process_memory_fraction`, as a T4's
     15 GiB in a bigger card), then compare the planner's predicted peak with the measured one: GPU
     memory allocated (first GPU) when the plan uses a GPU, else the growth of resident memory."""
-    from .loading import load_model
-    from .models import find_size, get_size
+    from .loading import load_model, size_of
+    from .models import find_size
     from .planner import Budget, choose, parse_bytes, plan
 
     budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
                                cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))
-    size = find_size(model)
+    size = size_of(model)
     context = prompt_tokens + new_tokens
-    if size is None:
-        from transformers import AutoConfig
-
-        size = size_from_config(AutoConfig.from_pretrained(model), name=Path(model).name)
-    else:
-        size = get_size(size.name)
     option = choose(plan(size, budget, context=context), method, model=size.name, budget=budget)
     uses_gpu = bool(option.gpu_bytes_each)
     if uses_gpu and gpu_memory is not None:
@@ -608,3 +603,83 @@ def _process_bytes(option) -> int:
     from .planner import CPU_PROCESS_BYTES, CPU_PROCESS_BYTES_CUDA
 
     return CPU_PROCESS_BYTES_CUDA if option.gpu_bytes_each else CPU_PROCESS_BYTES
+
+
+# ------------------------------------------------------------------------------------------ leaks
+
+
+def leak_check(model: str, cycles: int = 20, *, device: str = "auto", new_tokens: int = 16,
+               progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Load, generate and unload `model` (a folder; or a size, as random weights in its shape) `cycles`
+    times, the way a notebook user switches models all afternoon, and record after each unload the
+    resident memory, the CUDA memory still allocated and the threads alive. Each cycle generates twice:
+    once to the end and once streamed and stopped after a few tokens; every third cycle a generation
+    also fails inside the model (an exception mid-stream), as a real fault would."""
+    from .generation import stream
+    from .loading import _release_freed_memory, load_model
+    from .models import find_size
+
+    folder, tmp = model, None
+    if find_size(model) is not None:
+        from .fixtures import random_model
+        from .loading import opt_tokenizer
+
+        tmp = tempfile.TemporaryDirectory(prefix="opt-leaks-")
+        net = random_model(model, dtype=torch.float16, device="cpu")
+        net.save_pretrained(tmp.name)
+        opt_tokenizer().save_pretrained(tmp.name)
+        folder = tmp.name
+        del net
+    rss, cuda, threads, faults = [], [], [], 0
+    try:
+        for cycle in range(cycles):
+            loaded = load_model(folder) if device == "auto" else load_model(folder, device=device)
+            loaded.generate("The memory of a long afternoon", max_new_tokens=new_tokens, do_sample=False)
+            text_stream = loaded.stream("Stop me after three pieces", max_new_tokens=new_tokens * 4)
+            for i, _ in enumerate(text_stream):
+                if i == 2:
+                    text_stream.stop()
+            if cycle % 3 == 2:
+                faults += _fault_mid_stream(loaded, new_tokens)
+            loaded.unload()
+            del loaded, text_stream
+            _release_freed_memory()
+            rss.append(resident_memory_bytes())
+            cuda.append(torch.cuda.memory_allocated() if torch.cuda.is_available() else 0)
+            threads.append(threading.active_count())
+            progress(f"cycle {cycle + 1}/{cycles}: resident {rss[-1] / 2**20:.0f} MiB, threads {threads[-1]}")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return {
+        "schema": "opt-notebooks/leaks/v1", "model": model, "cycles": cycles, "faults_injected": faults,
+        "resident_bytes_after_each": rss, "cuda_allocated_bytes_after_each": cuda, "threads_after_each": threads,
+        "resident_growth_bytes": rss[-1] - rss[0] if rss else 0,
+        "resident_growth_after_first_bytes": rss[-1] - rss[1] if len(rss) > 1 else 0,
+        "hardware": hardware_facts(),
+    }
+
+
+class _InjectedFault(RuntimeError):
+    pass
+
+
+def _fault_mid_stream(loaded, new_tokens: int) -> int:
+    """Make the model fail on its fourth step of a streamed generation; return 1 if it surfaced."""
+    layer = loaded.model.model.decoder.layers[-1]
+    calls = {"n": 0}
+
+    def fail(module, args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise _InjectedFault("injected fault")
+
+    handle = layer.register_forward_pre_hook(fail)
+    try:
+        for _ in loaded.stream("This one breaks", max_new_tokens=new_tokens, method="cached"):
+            pass
+    except _InjectedFault:
+        return 1
+    finally:
+        handle.remove()
+    return 0

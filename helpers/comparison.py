@@ -112,20 +112,16 @@ def _row(subject: Subject, label: str, result, peak: int | None = None) -> dict:
 def fitting(models: list[str], exclude: tuple[str, ...] = ("disk-offload",)) -> tuple[list[str], dict[str, str]]:
     """The models this machine can run usefully (a memory plan other than `exclude` fits), and why the
     others are left out."""
-    from transformers import AutoConfig
-
-    from .models import find_size, size_from_config
+    from .loading import size_of
     from .planner import Budget, plan
 
     budget, keep, left_out = Budget.of_machine(), [], {}
     for name in models:
-        size = find_size(name)
-        if size is None:
-            try:
-                size = size_from_config(AutoConfig.from_pretrained(name, local_files_only=True))
-            except (OSError, ValueError):
-                keep.append(name)  # unknown until loaded: let the load say
-                continue
+        try:
+            size = size_of(name)
+        except HelpersError as exc:
+            left_out[name] = str(exc)
+            continue
         best = next((o for o in plan(size, budget) if o.usable), None)
         if best is None or best.method in exclude:
             left_out[name] = "nothing fits this machine" if best is None else f"only with {best.method} here (too slow)"

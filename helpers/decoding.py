@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import (
     DynamicCache,
+    InfNanRemoveLogitsProcessor,
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
@@ -109,12 +110,20 @@ def logits_processors(settings: GenerationSettings, prompt_length: int) -> Logit
             processors.append(TopPLogitsWarper(settings.top_p))
         if settings.typical_p < 1.0:
             processors.append(TypicalLogitsWarper(settings.typical_p))
+        # Extreme settings (a temperature of 1e-300, a penalty of 1e300) overflow to inf or nan; this keeps
+        # the distribution valid (+inf becomes the largest float, nan 0) instead of failing in multinomial.
+        processors.append(InfNanRemoveLogitsProcessor())
     return processors
 
 
 def sample(scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from processed scores ([batch, vocab]) -> [batch]."""
+    """One token per row from processed scores ([batch, vocab]) -> [batch]; a row with no valid
+    probability left (every score -inf) falls back to its most likely token."""
     probs = torch.softmax(scores.float(), dim=-1)
+    valid = torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)
+    if not bool(valid.all()):
+        probs = torch.where(valid[:, None], probs, torch.nn.functional.one_hot(
+            scores.argmax(dim=-1), probs.shape[-1]).to(probs.dtype))
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 

@@ -107,7 +107,12 @@ def clone(repo: str, dest: str | Path, *, include: str | None = None) -> Path:
         )
     if dest.exists() and any(dest.iterdir()):
         raise ModelLoadError(f"{dest} already exists and is not empty: pick another folder or remove it.")
-    url = repo if ("://" in repo or repo.startswith(("/", ".", "~")) or repo.endswith(".git")) else f"{HUB_URL}/{repo}"
+    on_hub = not ("://" in repo or repo.startswith(("/", ".", "~")) or repo.endswith(".git"))
+    url = f"{HUB_URL}/{repo}" if on_hub else repo
+    if on_hub and hub_offline():
+        raise ModelLoadError(offline_message(repo, "the hub is switched off here (HF_HUB_OFFLINE is set)"))
+    if on_hub and not hub_reachable():
+        raise ModelLoadError(offline_message(repo, f"{hub_endpoint()} cannot be reached (no network?)"))
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
     if include:
         env["GIT_LFS_SKIP_SMUDGE"] = "1"

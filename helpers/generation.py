@@ -127,7 +127,14 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
             raise PromptError(f"Token ids must be between 0 and {vocab - 1}; got {bad[:3]}.")
         ids = list(prompt)
     elif isinstance(prompt, str):
-        ids = list(tokenizer(prompt).input_ids)
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PromptError(
+                f"The prompt contains text that is not valid Unicode ({prompt[exc.start:exc.end]!r} at character "
+                f"{exc.start}: a lone surrogate, often left by a broken copy and paste). Remove or retype it."
+            ) from None
+        ids = list(tokenizer(prompt, verbose=False).input_ids)
     else:
         raise PromptError(f"A prompt must be text (str) or a list of token ids, got {type(prompt).__name__}.")
     if ids[:1] != [BOS_TOKEN_ID]:

@@ -349,10 +349,8 @@ def load_model(
         cached = _cached_snapshot(source, revision)
         if cached is not None:
             source, local = cached, True
-        elif hub_offline():
-            raise ModelLoadError(offline_message(source, "the hub is switched off here (HF_HUB_OFFLINE is set)"))
-        elif not hub_reachable():
-            raise ModelLoadError(offline_message(source, f"{hub_endpoint()} cannot be reached (no network?)"))
+        else:
+            _require_hub(source)
     if local:
         _check_opt_folder(source)
 
@@ -406,14 +404,43 @@ def _dtype_label(model: torch.nn.Module, plan: Option | None) -> str:
     return str(model.dtype).removeprefix("torch.")
 
 
+def _require_hub(repo_id: str) -> None:
+    """Raise the offline message now if the hub cannot be used, rather than a hub client's error later."""
+    if hub_offline():
+        raise ModelLoadError(offline_message(repo_id, "the hub is switched off here (HF_HUB_OFFLINE is set)"))
+    if not hub_reachable():
+        raise ModelLoadError(offline_message(repo_id, f"{hub_endpoint()} cannot be reached (no network?)"))
+
+
+def size_of(name_or_path: str) -> OPTSize:
+    """The architecture of a size name, a local model folder, or a hub model (its config.json, fetched).
+
+    Raises:
+        UnknownModelError / ModelLoadError: as `load_model` would, before any download.
+    """
+    from transformers import AutoConfig
+
+    size = find_size(name_or_path)
+    if size is not None:
+        return size
+    source, local = resolve_source(name_or_path)
+    if local:
+        _check_opt_folder(source)
+    elif _cached_snapshot(source, None) is None:
+        _require_hub(source)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+    except Exception as exc:  # the hub client and the config parser raise their own types
+        if local:
+            raise ModelLoadError(f"{source}/config.json cannot be read as an OPT config ({exc}).") from None
+        raise ModelLoadError(offline_message(source, f"its config could not be fetched ({exc})")) from None
+    return size_from_config(config, name=Path(source).name)
+
+
 def _plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_memory, context: int,
               batch: int) -> Option:
     """The planner's choice for this model on this machine (or the given budgets)."""
-    from transformers import AutoConfig
-
-    size = find_size(name)
-    if size is None:
-        size = size_from_config(AutoConfig.from_pretrained(source, local_files_only=local), name=Path(source).name)
+    size = find_size(name) or size_of(source)
     try:
         budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
                                    cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))

@@ -451,8 +451,9 @@ def _merge_tensor(name: str, tensors: list[torch.Tensor]) -> dict[str, torch.Ten
     if name.endswith(_COLUMN_SPLIT):
         return {name: torch.cat(tensors, dim=1)}
     first = tensors[0]
-    for i, other in enumerate(tensors[1:], start=1):  # replicated: every part must hold the same values
-        if other.shape != first.shape or not torch.equal(other, first):
+    for i, other in enumerate(tensors[1:], start=1):  # replicated: every part holds the same values (up to
+        # fp16 rounding, where parts were saved in different dtypes)
+        if other.shape != first.shape or not torch.allclose(other.float(), first.float(), rtol=2e-3, atol=1e-3):
             raise CheckpointError(
                 f"Model-parallel parts 0 and {i} disagree on {name}, which every part holds a copy of: the parts "
                 "do not come from the same checkpoint."
@@ -594,8 +595,22 @@ def find_size_by_shape(arch: Architecture) -> str | None:
     return None
 
 
-def _tensors(parts: list[Part], arch: Architecture, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, full tensor) pairs, merged across parts, group by group."""
+def common_dtype(parts: list[Part], dtype: torch.dtype | None, notes: list[str]) -> torch.dtype:
+    """The dtype to write: the one asked for, else the token table's. Weights stored in several float
+    dtypes (fp32 layer norms beside fp16 matrices, parts saved differently) are all converted to it."""
+    floats = {t.dtype for p in parts for t in p.state.values() if t.is_floating_point()}
+    table = next((p.state[k] for p in parts for k in ("decoder.embed_tokens.weight", "flat_param_0") if k in p.state),
+                 None)
+    chosen = dtype or (table.dtype if table is not None else torch.float16)
+    if len(floats) > 1 and dtype is None:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in floats))
+        notes.append(f"The checkpoint stores weights in several dtypes ({names}); all were converted to "
+                     f"{str(chosen).removeprefix('torch.')}.")
+    return chosen
+
+
+def _tensors(parts: list[Part], arch: Architecture, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, full tensor) pairs, merged across parts, group by group, all in `dtype`."""
     states = [_unflatten(p, arch, len(parts)) if p.flattened else p.state for p in parts]
     names = [n for n in states[0] if n not in _DROPPED]
     for i, state in enumerate(states[1:], start=1):
@@ -605,8 +620,9 @@ def _tensors(parts: list[Part], arch: Architecture, dtype: torch.dtype | None) -
             raise CheckpointError(f"Model-parallel part {i} holds different weights from part 0 ({', '.join(diff)}).")
     for group in _groups(names, arch.layers):
         for name in group:
-            for merged_name, tensor in _merge_tensor(name, [s[name] for s in states]).items():
-                yield _hf_name(merged_name), tensor.to(dtype) if dtype is not None else tensor
+            pieces = [s[name].to(dtype) if s[name].is_floating_point() else s[name] for s in states]
+            for merged_name, tensor in _merge_tensor(name, pieces).items():
+                yield _hf_name(merged_name), tensor
 
 
 def _check_against_model(folder: Path, files: list[str], arch: Architecture, config) -> int:
@@ -693,6 +709,7 @@ def convert(
         from .loading import resolve_dtype
 
         torch_dtype = resolve_dtype(dtype, "cpu")
+    torch_dtype = common_dtype(parts, torch_dtype, notes)
     tmp = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:

@@ -10,6 +10,10 @@ from transformers import GenerationConfig
 from .errors import SettingsError
 from .models import EOS_TOKEN_ID, PAD_TOKEN_ID
 
+# Past these, sampling is greedy decoding or uniform noise, and logits overflow to inf.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0
+MIN_PENALTY, MAX_PENALTY = 0.01, 100.0
+
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -51,6 +55,8 @@ class GenerationSettings:
             object.__setattr__(self, "stop", tuple(self.stop))
         for problem in self.problems():
             raise SettingsError(problem)
+        for name in ("temperature", "top_p", "typical_p", "repetition_penalty", "penalty_alpha"):
+            object.__setattr__(self, name, float(getattr(self, name)))  # transformers' processors want floats
 
     @classmethod
     def greedy(cls, max_new_tokens: int = 30, **changes) -> GenerationSettings:
@@ -90,14 +96,20 @@ class GenerationSettings:
                 f"temperature must be a number above 0 (got {self.temperature!r}); for the always-most-likely "
                 "token use greedy decoding (do_sample=False, or --greedy on the command line)."
             )
+        elif not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            out.append(
+                f"temperature must be between {MIN_TEMPERATURE} and {MAX_TEMPERATURE} (got {self.temperature!r}): "
+                "below, sampling is greedy decoding (use do_sample=False); above, it is uniform noise."
+            )
         if not _is_int(self.top_k) or self.top_k < 0:
             out.append(f"top_k must be a whole number, 0 to switch it off (got {self.top_k!r}).")
         for name in ("top_p", "typical_p"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 < value <= 1:
                 out.append(f"{name} must be above 0 and at most 1, 1 to switch it off (got {value!r}).")
-        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
-            out.append(f"repetition_penalty must be above 0, 1 to switch it off (got {self.repetition_penalty!r}).")
+        if not _is_number(self.repetition_penalty) or not MIN_PENALTY <= self.repetition_penalty <= MAX_PENALTY:
+            out.append(f"repetition_penalty must be between {MIN_PENALTY} and {MAX_PENALTY}, 1 to switch it off "
+                       f"(got {self.repetition_penalty!r}); 1.1 to 1.3 discourages repeats, below 1 encourages them.")
         if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             out.append(f"no_repeat_ngram_size must be a whole number, 0 to switch it off (got {self.no_repeat_ngram_size!r}).")
         if not _is_int(self.num_beams) or self.num_beams < 1:
@@ -154,6 +166,7 @@ class GenerationSettings:
             eos_token_id=EOS_TOKEN_ID,
             pad_token_id=PAD_TOKEN_ID,
             bos_token_id=EOS_TOKEN_ID,
+            remove_invalid_values=True,  # extreme temperatures or penalties overflow to inf / nan
         )
 
 

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import ipywidgets as W
 import torch
@@ -567,19 +566,16 @@ class Playground:
 
     def _needs_bytes(self, name: str) -> int:
         """Predicted memory of a model in this playground's dtype (weights, full-context cache, headroom)."""
-        from transformers import OPTConfig
-
-        from .loading import resolve_device, resolve_dtype
-        from .models import dtype_name, find_size, size_from_config
+        from .loading import resolve_device, resolve_dtype, size_of
+        from .models import dtype_name
 
         choice = next((c for c in self.choices if c.name == name), None)
         if choice is not None and choice.needs_bytes is not None:
             return choice.needs_bytes
-        size = find_size(name)
-        if size is None and (Path(name) / "config.json").is_file():
-            size = size_from_config(OPTConfig.from_pretrained(name))
-        if size is None:
-            return 0
+        try:
+            size = size_of(name)
+        except HelpersError:
+            return 0  # loading it will say what is wrong
         dtype = dtype_name(resolve_dtype(self.dtype, resolve_device(self.device)))
         return (size.weight_bytes(dtype) + size.kv_cache_bytes_per_token(dtype) * 2048
                 + environment.GPU_HEADROOM_BYTES)

@@ -11,8 +11,9 @@ from helpers.settings import PRESETS, GenerationSettings
 @pytest.mark.parametrize("field, value, words", [
     ("max_new_tokens", 0, "at least 1"), ("max_new_tokens", 2.5, "whole number"), ("max_new_tokens", "10", "whole"),
     ("temperature", 0, "greedy"), ("temperature", -1.0, "above 0"), ("temperature", math.nan, "above 0"),
+    ("temperature", 1e-9, "between"), ("temperature", 1e9, "uniform noise"), ("repetition_penalty", 1e6, "between"),
     ("temperature", math.inf, "above 0"), ("top_k", -1, "0 to switch it off"), ("top_p", 0, "above 0"),
-    ("top_p", 1.5, "at most 1"), ("typical_p", 0.0, "above 0"), ("repetition_penalty", 0, "above 0"),
+    ("top_p", 1.5, "at most 1"), ("typical_p", 0.0, "above 0"), ("repetition_penalty", 0, "between 0.01"),
     ("no_repeat_ngram_size", -2, "whole number"), ("num_beams", 0, "at least 1"), ("penalty_alpha", 1.5, "between 0 and 1"),
     ("seed", -1, "seed"), ("seed", 1.5, "seed"), ("do_sample", "yes", "True or False"), ("stop", ("",), "non-empty"),
     ("min_new_tokens", -1, "at least 0"), ("top_k", True, "whole number"),
