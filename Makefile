@@ -15,7 +15,7 @@ help:
 	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m)"
 	@echo "make lab         install what is missing, then start JupyterLab on $(HOST) with the notebooks"
 	@echo "make bench       CPU benchmark into benchmarks/ (make bench-gpu on a GPU machine)"
-	@echo "make test        install what is missing (Chromium and git-lfs too, as root), then run every test"
+	@echo "make test        install what is missing (Chromium and git-lfs too, as root), lint, then run every test"
 	@echo "make test-fast   the tests without the browser and notebook layers"
 	@echo "make clean       remove the virtual environment and caches"
 
@@ -79,6 +79,7 @@ playground: install
 	  --Voila.ip=$(HOST) --ServerApp.allow_root=True
 
 test: install system-packages
+	$(VENV)/bin/ruff check helpers tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

@@ -1,7 +1,7 @@
 """Generate text with Meta's OPT models: load, generate, stream, measure (the notebooks' helper package)."""
 
 from .errors import HelpersError, ModelLoadError, PromptError, SettingsError, UnknownModelError
-from .generation import GenerationResult, GenerationSettings, PRESETS, generate, stream
+from .generation import PRESETS, GenerationResult, GenerationSettings, generate, stream
 from .loading import LoadedModel, load_model, unload
 from .models import SIZES, get_size
 

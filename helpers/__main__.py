@@ -6,8 +6,8 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import HelpersError
 
@@ -219,7 +219,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from .models import human_bytes
-    from .planner import Budget, plan, parse_bytes
+    from .planner import Budget, parse_bytes, plan
 
     try:
         gpu = parse_bytes(args.gpu_memory) if args.gpu_memory else None

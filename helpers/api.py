@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from .errors import SettingsError
-from .generation import GenerationResult, GenerationSettings, encode_prompt, generate
+from .generation import GenerationResult, GenerationSettings, generate
 from .metrics import token_logprobs
 
 MAX_LOGPROBS = 20

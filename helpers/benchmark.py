@@ -615,7 +615,6 @@ def leak_check(model: str, cycles: int = 20, *, device: str = "auto", new_tokens
     resident memory, the CUDA memory still allocated and the threads alive. Each cycle generates twice:
     once to the end and once streamed and stopped after a few tokens; every third cycle a generation
     also fails inside the model (an exception mid-stream), as a real fault would."""
-    from .generation import stream
     from .loading import _release_freed_memory, load_model
     from .models import find_size
 

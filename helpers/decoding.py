@@ -148,6 +148,15 @@ def _step(tokens: torch.Tensor, logits: torch.Tensor, top: int, want_logprobs: b
     return Step(tokens, chosen, None, None)
 
 
+def _rows_done(done: torch.Tensor, tokens: torch.Tensor,
+               finished: Callable[[], torch.Tensor | None] | None) -> torch.Tensor:
+    """Rows that are over after this step: they were, they just produced EOS, or the caller says so."""
+    done = done | (tokens == EOS_TOKEN_ID)
+    if finished is not None and (extra := finished()) is not None:
+        done = done | extra.to(done.device)
+    return done
+
+
 class _TransformersSteps:
     """Prefill and decode steps through transformers' forward and a DynamicCache (any batch, any device)."""
 
@@ -220,9 +229,7 @@ def decode(
             tokens = sample(scores, generator) if settings.mode == "sample" else torch.argmax(scores, dim=-1)
             tokens = torch.where(done, PAD_TOKEN_ID, tokens)
             yield _step(tokens, logits, top_logprobs, logprobs)
-            done = done | (tokens == EOS_TOKEN_ID)
-            if finished is not None and (extra := finished()) is not None:
-                done = done | extra.to(done.device)
+            done = _rows_done(done, tokens, finished)
             if bool(done.all()) or step == max_new_tokens - 1:
                 return
             sequences = torch.cat([sequences, tokens[:, None]], dim=1)
@@ -282,9 +289,7 @@ def _contrastive(
             tokens = candidates.gather(1, best[:, None]).squeeze(1)
             tokens = torch.where(done, PAD_TOKEN_ID, tokens)
             yield _step(tokens, logits, top_logprobs, logprobs)
-            done = done | (tokens == EOS_TOKEN_ID)
-            if finished is not None and (extra := finished()) is not None:
-                done = done | extra.to(done.device)
+            done = _rows_done(done, tokens, finished)
             if bool(done.all()) or step == max_new_tokens - 1:
                 return
             chosen = torch.arange(batch, device=best.device) * k + best

@@ -221,7 +221,8 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
             weight += size.vocab_size * size.word_embed_proj_dim  # lm_head's own int8 copy
         cache = kv_per_layer if piece.layer else 0
 
-        def adds(device: str) -> int:  # what the piece adds to the device it would be placed on
+        def adds(device: str, weight: int = weight, cache: int = cache) -> int:
+            """What the piece adds to the memory of the device it would be placed on."""
             if device == execution and streams:
                 return weight  # its cache is in the reserve
             if device.startswith("cuda") or (device == "cpu" and runs_on_cpu):

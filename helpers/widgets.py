@@ -354,22 +354,27 @@ class Playground:
 
     # ------------------------------------------------------------------------------------- generating
 
-    def generate(self, prompt: str | None = None) -> bool:
-        """Start generating from `prompt` (default: the prompt box). False if a job is already running."""
+    def _request(self, prompt: str | None) -> tuple[str, GenerationSettings] | None:
+        """The prompt and settings to run with, or None after saying what is wrong with them."""
         if self.busy:
             self._say("Already generating: press Stop first.", "warning")
-            return False
+            return None
         text = self.prompt.value if prompt is None else prompt
         if not text.strip():
             self._say("The prompt is empty: type some text for the model to continue.", "error")
-            return False
+            return None
         try:
             settings = self.settings()
         except HelpersError as exc:
             self._say(str(exc), "error")
-            return False
+            return None
         self._say("")
-        return self._start(self._generate, text, settings, None)
+        return text, settings
+
+    def generate(self, prompt: str | None = None) -> bool:
+        """Start generating from `prompt` (default: the prompt box). False if a job is already running."""
+        request = self._request(prompt)
+        return request is not None and self._start(self._generate, *request, None)
 
     def stop(self) -> None:
         """End the running generation within one decoding step."""
@@ -550,18 +555,12 @@ class Playground:
         if len(models) < 2:
             self._say("Pick two or more models to compare (ctrl/cmd-click in the list).", "error")
             return False
-        text = self.prompt.value if prompt is None else prompt
-        if not text.strip():
-            self._say("The prompt is empty: type some text for the models to continue.", "error")
+        request = self._request(prompt)
+        if request is None:
             return False
-        try:
-            settings = self.settings()
-        except HelpersError as exc:
-            self._say(str(exc), "error")
-            return False
+        text, settings = request
         if settings.seed is None:
             settings = settings.replace(seed=int(time.time()) % 100_000)  # one seed for every column
-        self._say("")
         return self._start(self._side_by_side, models, text, settings)
 
     def _needs_bytes(self, name: str) -> int:

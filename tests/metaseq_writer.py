@@ -42,7 +42,7 @@ def split_model_parallel(state: dict[str, torch.Tensor], parts: int) -> list[dic
     out = [dict() for _ in range(parts)]
     for name, value in state.items():
         for r in range(parts):
-            rows = lambda t: t.chunk(parts, dim=0)[r].clone()  # noqa: E731
+            rows = lambda t, r=r: t.chunk(parts, dim=0)[r].clone()  # noqa: E731
             if name in ("decoder.embed_tokens.weight", "decoder.output_projection.weight") or ".fc1." in name:
                 out[r][name] = rows(value)
             elif name.endswith(("out_proj.weight", "fc2.weight")):

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from helpers.notebooks import outputs_text, run_notebook as _run
+from helpers.notebooks import outputs_text
+from helpers.notebooks import run_notebook as _run
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

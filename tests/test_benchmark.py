@@ -9,8 +9,15 @@ import torch
 
 from helpers.__main__ import main
 from helpers.benchmark import (
-    METHODS, SCHEMA, BenchContext, bytes_per_decode_step, default_methods, measure, measure_bandwidth,
-    prompt_of_length, quality_against,
+    METHODS,
+    SCHEMA,
+    BenchContext,
+    bytes_per_decode_step,
+    default_methods,
+    measure,
+    measure_bandwidth,
+    prompt_of_length,
+    quality_against,
 )
 from helpers.fixtures import tiny_model
 from helpers.loading import load_model

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from helpers.comparison import (
-    STRATEGIES, add_judge_perplexity, compare_sizes, compare_strategies, fitting, loaded, seed_conditions,
-    summarize, without_final_layer_norm,
+    STRATEGIES,
+    add_judge_perplexity,
+    compare_sizes,
+    compare_strategies,
+    fitting,
+    loaded,
+    seed_conditions,
+    summarize,
+    without_final_layer_norm,
 )
 from helpers.fixtures import tiny_model
 from helpers.generation import GenerationSettings

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from metaseq_writer import write_checkpoint
 from safetensors.torch import load_file, save_file
 
 from helpers.errors import CheckpointError, HelpersError, ModelLoadError, UnsafeCheckpointError
 from helpers.fixtures import save_tiny_model, tiny_model
 from helpers.loading import load_model
 from helpers.metaseq import convert
-from metaseq_writer import write_checkpoint
 
 
 class Payload:

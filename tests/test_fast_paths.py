@@ -160,7 +160,7 @@ def test_engine_uses_whichever_blas_is_faster(monkeypatch, tokenizer):
     model = tiny_model("pre-ln", seed=4)
     reference = generate(model, tokenizer, "Hi", GenerationSettings.greedy(max_new_tokens=8), method="cached")
     for numpy_wins in (True, False):
-        monkeypatch.setattr(cpu_engine, "numpy_blas_is_faster", lambda: numpy_wins)
+        monkeypatch.setattr(cpu_engine, "numpy_blas_is_faster", lambda wins=numpy_wins: wins)
         cpu_engine.drop_engine(model)
         result = generate(model, tokenizer, "Hi", GenerationSettings.greedy(max_new_tokens=8), method="cpu-fast")
         assert result.token_ids == reference.token_ids and model._helpers_cpu_engine.numpy_blas is numpy_wins

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from metaseq_writer import metaseq_state, write_checkpoint
 from transformers import OPTForCausalLM
 
 from helpers.__main__ import main
@@ -15,7 +16,6 @@ from helpers.fixtures import tiny_model
 from helpers.generation import GenerationSettings, encode_prompt, generate
 from helpers.loading import load_model
 from helpers.metaseq import convert, find_parts, load_checkpoint_file
-from metaseq_writer import flatten, metaseq_state, split_model_parallel, write_checkpoint
 
 PROMPT = "Natural language processing is a subfield of"
 LAYOUTS = {  # name: write_checkpoint arguments

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from helpers.fixtures import tiny_model
 from helpers.generation import encode_prompt
 from helpers.metrics import (
-    Loop, distinct_n, longest_loop, perplexity, repeated_ngram_rate, repetition, token_logprobs,
+    Loop,
+    distinct_n,
+    longest_loop,
+    perplexity,
+    repeated_ngram_rate,
+    repetition,
+    token_logprobs,
 )
 
 SEED_125M = ["Natural", "language", "processing", "is", "a", "subfield", "of", "linguistics"] + ["4090"] * 29

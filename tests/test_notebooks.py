@@ -3,10 +3,8 @@
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
-
 from notebook_runner import NOTEBOOKS, outputs_text, run_notebook
 
 pytestmark = pytest.mark.notebook
@@ -60,11 +58,11 @@ def test_01_generate_runs_the_seed_walkthrough(tiny_pre_folder):
 
 
 def test_02_metaseq_clones_converts_and_matches_the_reference(tmp_path):
+    from metaseq_writer import write_checkpoint
     from test_fetch import make_lfs_repo, needs_git_lfs  # noqa: F401
 
     from helpers.fetch import _git_has_lfs
     from helpers.fixtures import save_tiny_model, tiny_model
-    from metaseq_writer import write_checkpoint
 
     if not _git_has_lfs():
         pytest.skip("git-lfs is not installed (make test installs it as root)")

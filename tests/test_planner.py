@@ -14,7 +14,14 @@ from helpers.errors import ModelLoadError
 from helpers.loading import load_model
 from helpers.models import SIZES, size_from_config
 from helpers.planner import (
-    GiB, Budget, choose, device_map, load_arguments, parse_bytes, pieces, plan,
+    Budget,
+    GiB,
+    choose,
+    device_map,
+    load_arguments,
+    parse_bytes,
+    pieces,
+    plan,
 )
 
 T4 = Budget(gpu_bytes=15 * GiB, gpus=1, cpu_bytes=12 * GiB, gpu_name="Tesla T4")

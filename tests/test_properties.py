@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from helpers.__main__ import main
 from helpers.errors import HelpersError, PromptError, SettingsError
