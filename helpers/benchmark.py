@@ -295,28 +295,29 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     if warmup:  # on a GPU the whole length: compiled static-cache graphs are specialised to it
         run(model, tokenizer, prompts, new_tokens if device.type == "cuda" else min(new_tokens, 4))
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds, ttfts, ids, bandwidths = [], [], [], []
-    with PeakResidentMemory() as rss:
-        for _ in range(repeats):
-            if bandwidth == "each":
-                bandwidths.append(measure_bandwidth(device, buffer_bytes=512 << 20,
-                                                    tensors=bandwidth_tensors)["bytes_per_second"])
+    seconds, ttfts, ids, bandwidths, peaks = [], [], [], [], []
+    for _ in range(repeats):
+        if bandwidth == "each":  # its buffer is not the method's memory: measured outside the peak
+            bandwidths.append(measure_bandwidth(device, buffer_bytes=512 << 20,
+                                                tensors=bandwidth_tensors)["bytes_per_second"])
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        with PeakResidentMemory() as rss:
             _sync(device)
             start = time.perf_counter()
             ids, ttft = run(model, tokenizer, prompts, new_tokens)
             _sync(device)
             seconds.append(time.perf_counter() - start)
-            if ttft is not None:
-                ttfts.append(ttft)
-        if not ttfts:  # plain model.generate exposes no steps: time a one-token call instead
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run(model, tokenizer, prompts, 1)
-                _sync(device)
-                ttfts.append(time.perf_counter() - start)
+        peaks.append(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak)
+        if ttft is not None:
+            ttfts.append(ttft)
+    if not ttfts:  # plain model.generate exposes no steps: time a one-token call instead
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(model, tokenizer, prompts, 1)
+            _sync(device)
+            ttfts.append(time.perf_counter() - start)
     if bandwidth != "each":
         bandwidths = [bandwidth] * repeats if bandwidth else []
     total = statistics.median(seconds)
@@ -324,7 +325,7 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     decode = (new_tokens - 1) / (total - ttft) if total > ttft and new_tokens > 1 else None
     step_bytes = bytes_per_decode_step(model, prompt_tokens + new_tokens / 2, batch)
     fractions = [step_bytes * (new_tokens - 1) / (t - ttft) / bw for t, bw in zip(seconds, bandwidths) if t > ttft]
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
+    peak = max(peaks)
     return Measurement(
         method=method, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, total_seconds=total,
         time_to_first_token=ttft, tokens_per_second=batch * new_tokens / total, decode_tokens_per_second=decode,

@@ -125,6 +125,11 @@ class CpuEngine:
         self.cache: torch.Tensor | None = None
         self.length = 0
 
+    def __deepcopy__(self, memo: dict) -> None:
+        # Its arrays are views of the model's weights that a deep copy would turn into full copies, all
+        # for an engine the copy cannot use (its tensors are elsewhere): the copy builds its own instead.
+        return None
+
     # -- pieces
 
     def _linear(self, x: torch.Tensor, weight: np.ndarray, bias: np.ndarray | None = None) -> torch.Tensor:

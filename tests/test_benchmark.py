@@ -72,6 +72,20 @@ def test_every_unquantized_method_measures_the_same_tokens(tiny_loaded, method):
     assert r.bandwidths == [1e10, 1e10] and r.bandwidth_bytes_per_second == 1e10
 
 
+def test_peak_memory_leaves_out_the_bandwidth_probe(tiny_loaded):
+    """Measuring the bandwidth on a fresh buffer (quantized weights cannot be read as plain tensors)
+    allocates two 512 MiB buffers before each run: the method's peak must not include them."""
+    from helpers.environment import resident_memory_bytes
+    from helpers.loading import _release_freed_memory
+
+    model, tokenizer, _ = tiny_loaded
+    _release_freed_memory()
+    before = resident_memory_bytes()
+    r = measure(model, tokenizer, "cached-loop", prompt_tokens=6, new_tokens=6, repeats=2, bandwidth="each")
+    assert len(r.bandwidths) == 2 and all(b > 1e8 for b in r.bandwidths)
+    assert r.peak_memory_bytes < before + (256 << 20)
+
+
 @pytest.mark.parametrize("method", ["int8-dynamic", "bnb-int8", "bnb-nf4"])
 def test_quantized_methods_report_their_quality(tiny_loaded, method):
     """bitsandbytes runs on the CPU too (slowly), so its path is exercised here as on a GPU."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import helpers.generation as generation
-from helpers.cpu_engine import engine_for, supported
+from helpers.cpu_engine import CpuEngine, engine_for, supported
 from helpers.decoding import model_device
 from helpers.fixtures import tiny_model
 from helpers.generation import GenerationSettings, encode_prompt, generate, stream
@@ -107,6 +107,20 @@ def test_the_engine_follows_a_model_whose_weights_were_replaced(tokenizer):
     model.load_state_dict(tiny_model("pre-ln", seed=3).state_dict(), assign=True)  # new tensors, new values
     assert generate(model, tokenizer, "Hi", settings).token_ids == generate(model, tokenizer, "Hi", settings,
                                                                              method="cached").token_ids
+
+
+def test_a_deep_copy_of_the_model_does_not_copy_its_engine(tokenizer):
+    """The engine's arrays are views of the weights; a deep copy (as `quantize_dynamic(inplace=False)`
+    makes) would hold them as full second copies. The copy builds its own engine and gives the same tokens."""
+    import copy
+
+    model = tiny_model("pre-ln", seed=4)
+    settings = GenerationSettings.greedy(max_new_tokens=8)
+    expected = generate(model, tokenizer, "Hi", settings).token_ids
+    clone = copy.deepcopy(model)
+    assert clone._helpers_cpu_engine is None
+    assert generate(clone, tokenizer, "Hi", settings, method="cpu-fast").token_ids == expected
+    assert isinstance(clone._helpers_cpu_engine, CpuEngine)
 
 
 def test_unload_drops_the_engine(tokenizer):
