@@ -238,7 +238,7 @@ class Measurement:
     bytes_per_step: int = 0
     roofline_fraction: float | None = None
     bandwidth_bytes_per_second: float | None = None  # median of `bandwidths`, what the fraction is measured against
-    bandwidths: list[float] = field(default_factory=list)  # measured right before each timed run
+    bandwidths: list[float] = field(default_factory=list)  # per timed run: the mean of those measured just before and after
     repeats: int = 0
     runs_seconds: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # first row, to check methods agree
@@ -286,8 +286,8 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     method does the same work.
 
     `bandwidth` gives the roofline fraction: a fixed bytes/s, or "each" to measure the bandwidth (over
-    `bandwidth_tensors`, see `measure_bandwidth`) right before every timed run, pairing each run with
-    the bandwidth of its moment; the fraction is the median of the pairs.
+    `bandwidth_tensors`, see `measure_bandwidth`) between the timed runs, pairing each run with the mean
+    of the bandwidths measured just before and just after it; the fraction is the median of the pairs.
     """
     run = METHODS[method].run
     device = model_device(model)
@@ -296,10 +296,12 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
         run(model, tokenizer, prompts, new_tokens if device.type == "cuda" else min(new_tokens, 4))
     gc.collect()
     seconds, ttfts, ids, bandwidths, peaks = [], [], [], [], []
+
+    def bandwidth_now() -> float:  # its buffer is not the method's memory: measured outside the peak
+        return measure_bandwidth(device, buffer_bytes=512 << 20, tensors=bandwidth_tensors)["bytes_per_second"]
+
+    before = bandwidth_now() if bandwidth == "each" else None
     for _ in range(repeats):
-        if bandwidth == "each":  # its buffer is not the method's memory: measured outside the peak
-            bandwidths.append(measure_bandwidth(device, buffer_bytes=512 << 20,
-                                                tensors=bandwidth_tensors)["bytes_per_second"])
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -310,6 +312,10 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
             _sync(device)
             seconds.append(time.perf_counter() - start)
         peaks.append(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak)
+        if before is not None:  # a shared machine's bandwidth drifts: the run gets the mean of both sides
+            after = bandwidth_now()
+            bandwidths.append((before + after) / 2)
+            before = after
         if ttft is not None:
             ttfts.append(ttft)
     if not ttfts:  # plain model.generate exposes no steps: time a one-token call instead
