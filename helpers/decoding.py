@@ -271,6 +271,7 @@ def _contrastive(
     done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     with torch.inference_mode():
         context, logits = _decoder_step(model, input_ids, attention_mask, cache)
+        context = F.normalize(context.float(), dim=-1)  # [batch, length, dim], unit vectors: normalized once
         context_mask = attention_mask.bool()
         for step in range(max_new_tokens):
             scores = processors(sequences, logits)
@@ -281,8 +282,7 @@ def _contrastive(
             mask_k = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1).repeat_interleave(k, 0)
             hidden_k, logits_k = _decoder_step(model, candidates.reshape(-1, 1), mask_k, cache)
             hidden_k = F.normalize(hidden_k[:, -1, :].float(), dim=-1).view(batch, k, -1)
-            ctx = F.normalize(context.float(), dim=-1)  # [batch, length, dim]
-            similarity = torch.einsum("bkd,btd->bkt", hidden_k, ctx)
+            similarity = torch.einsum("bkd,btd->bkt", hidden_k, context)
             similarity = similarity.masked_fill(~context_mask[:, None, :], -1.0).amax(dim=-1)  # [batch, k]
             score = (1 - alpha) * top_probs - alpha * similarity
             best = score.argmax(dim=-1)  # [batch]
@@ -295,7 +295,7 @@ def _contrastive(
             chosen = torch.arange(batch, device=best.device) * k + best
             cache.batch_select_indices(chosen)
             logits = logits_k[chosen]
-            context = torch.cat([context, _rows(hidden_k, best)[:, None, :].to(context.dtype)], dim=1)
+            context = torch.cat([context, _rows(hidden_k, best)[:, None, :]], dim=1)
             context_mask = torch.cat([context_mask, context_mask.new_ones((batch, 1))], dim=1)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
             sequences = torch.cat([sequences, tokens[:, None]], dim=1)

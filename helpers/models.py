@@ -130,17 +130,9 @@ def opt_config(size: OPTSize, **overrides) -> OPTConfig:
 
 
 def size_from_config(config: OPTConfig, name: str = "custom") -> OPTSize:
-    """An `OPTSize` describing any OPT config (a tiny test model, a fine-tune, a converted checkpoint)."""
-    for size in SIZES.values():
-        if (size.layers, size.d_model, size.heads, size.ffn, size.word_embed_proj_dim) == (
-            config.num_hidden_layers,
-            config.hidden_size,
-            config.num_attention_heads,
-            config.ffn_dim,
-            config.word_embed_proj_dim,
-        ):
-            return size
-    return OPTSize(
+    """An `OPTSize` describing any OPT config (a tiny test model, a fine-tune, a converted checkpoint):
+    the published size when the architecture is one, else a new description named `name`."""
+    described = OPTSize(
         name=name,
         layers=config.num_hidden_layers,
         heads=config.num_attention_heads,
@@ -151,6 +143,11 @@ def size_from_config(config: OPTConfig, name: str = "custom") -> OPTSize:
         vocab_size=config.vocab_size,
         max_positions=config.max_position_embeddings,
     )
+
+    def shape(size: OPTSize) -> tuple:
+        return size.layers, size.d_model, size.heads, size.ffn, size.word_embed_proj_dim
+
+    return next((size for size in SIZES.values() if shape(size) == shape(described)), described)
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:
