@@ -405,9 +405,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .errors import HelpersError
+    from .signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
     try:
-        return args.run(args)
+        with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C, so temporary folders are removed
+            return args.run(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
@@ -415,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HelpersError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except Terminated:
+        print("\nterminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,0 +1,34 @@
+"""SIGTERM handled like Ctrl-C: it raises `Terminated` (a `KeyboardInterrupt`), so cleanup runs."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: what a shell reports for a process ended by SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (`timeout`, a closing notebook server, `docker stop`). Being a KeyboardInterrupt,
+    it unwinds through the same `finally` blocks and `with` exits that Ctrl-C does: temporary folders
+    are removed and partial outputs deleted before the process ends."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` in the main thread instead of ending the process on
+    the spot. Outside the main thread (where Python cannot install handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
