@@ -9,11 +9,16 @@ the model's own tensors (shared, not copied; q/k/v packed into one matrix), the 
 preallocated, layer norms and attention are torch ops, and every matrix product goes to whichever BLAS
 a one-time calibration found faster on this machine. Tests check its logits and greedy tokens against
 transformers on both OPT layouts.
+
+The engine holds only the model's weights, shared by every generation; each generation owns its key/value
+cache and position (an `EngineSequence`), so two streams interleaved on one model, or generations from
+several threads, cannot see each other's state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from functools import lru_cache
 
@@ -22,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from transformers import OPTForCausalLM
 
+from .errors import ModelUnloadedError
 from .models import POSITION_OFFSET
 
 _ATTR = "_helpers_cpu_engine"
+_BUILDING = threading.Lock()  # two threads must not repack one model's q/k/v at the same time
 
 
 @lru_cache(maxsize=1)
@@ -66,18 +73,21 @@ def _fingerprint(model: OPTForCausalLM) -> tuple:
 def engine_for(model: OPTForCausalLM) -> CpuEngine:
     """The model's engine, built once (it repacks q/k/v in place; the values do not change) and rebuilt
     if the model's tensors were replaced since (`model.to(...)`, a dtype round trip, loaded weights)."""
-    engine = getattr(model, _ATTR, None)
-    if engine is None or engine.fingerprint != _fingerprint(model):
-        engine = CpuEngine(model)
-        engine.fingerprint = _fingerprint(model)
-        setattr(model, _ATTR, engine)
-    return engine
+    with _BUILDING:
+        engine = getattr(model, _ATTR, None)
+        if engine is None or engine.fingerprint != _fingerprint(model):
+            engine = CpuEngine(model)
+            engine.fingerprint = _fingerprint(model)
+            setattr(model, _ATTR, engine)
+        return engine
 
 
 def drop_engine(model: torch.nn.Module) -> None:
-    """Forget a model's engine (it holds views of the weights): `unload` calls this."""
-    if hasattr(model, _ATTR):
-        delattr(model, _ATTR)
+    """Forget a model's engine (it holds views of the weights): `unload` calls this. A generation still
+    running on it stops at its next step with `ModelUnloadedError`."""
+    engine = model.__dict__.pop(_ATTR, None)
+    if engine is not None:
+        engine.dropped = True
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -122,8 +132,7 @@ class CpuEngine:
         self.lm_head = _np(model.lm_head.weight)
         self.layers = [_Layer(layer, self.d) for layer in decoder.layers]
         self.numpy_blas = numpy_blas_is_faster()
-        self.cache: torch.Tensor | None = None
-        self.length = 0
+        self.dropped = False  # set when the model is unloaded: its sequences refuse to go on
 
     def __deepcopy__(self, memo: dict) -> None:
         # Its arrays are views of the model's weights that a deep copy would turn into full copies, all
@@ -145,21 +154,21 @@ class CpuEngine:
     def _norm(self, x: torch.Tensor, params) -> torch.Tensor:
         return F.layer_norm(x, (self.d,), params[0], params[1], self.eps)
 
-    def _attention(self, layer: _Layer, i: int, h: torch.Tensor, start: int) -> torch.Tensor:
+    def _attention(self, layer: _Layer, i: int, h: torch.Tensor, start: int, cache: torch.Tensor) -> torch.Tensor:
         t = h.shape[0]
         qkv = self._linear(h, *layer.qkv)  # [t, 3d]
         q, k, v = (qkv[:, j * self.d:(j + 1) * self.d].view(t, self.heads, self.head_dim).transpose(0, 1)
                    for j in range(3))
         end = start + t
-        self.cache[i, 0, :, start:end] = k
-        self.cache[i, 1, :, start:end] = v
-        keys, values = self.cache[i, 0, :, :end], self.cache[i, 1, :, :end]
+        cache[i, 0, :, start:end] = k
+        cache[i, 1, :, start:end] = v
+        keys, values = cache[i, 0, :, :end], cache[i, 1, :, :end]
         out = F.scaled_dot_product_attention((q * self.scaling)[None], keys[None], values[None],
                                              is_causal=t > 1, scale=1.0)[0]
         return self._linear(out.transpose(0, 1).reshape(t, self.d), *layer.out)
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int], start: int) -> torch.Tensor:
+    def _forward(self, ids: list[int], start: int, cache: torch.Tensor) -> torch.Tensor:
         x = self.embed[torch.tensor(ids)]
         if self.project_in is not None:
             x = self._linear(x.contiguous(), self.project_in)
@@ -167,7 +176,7 @@ class CpuEngine:
         for i, layer in enumerate(self.layers):
             residual = x
             h = self._norm(x, layer.norm1) if self.pre_norm else x
-            x = residual + self._attention(layer, i, h.contiguous(), start)
+            x = residual + self._attention(layer, i, h.contiguous(), start, cache)
             if not self.pre_norm:
                 x = self._norm(x, layer.norm1)
             residual = x
@@ -185,30 +194,54 @@ class CpuEngine:
 
     # -- the loop's interface
 
-    def prefill(self, ids: list[int], max_new_tokens: int) -> torch.Tensor:
-        """Start a sequence: allocate its cache, run the prompt, return the next-token logits [1, vocab]."""
-        room = min(self.max_positions, len(ids) + max_new_tokens)
-        self.cache = torch.empty((len(self.layers), 2, self.heads, room, self.head_dim), dtype=torch.float32)
-        self.length = len(ids)
-        return self._forward(ids, 0)
+    def sequence(self, prompt_tokens: int, max_new_tokens: int) -> EngineSequence:
+        """A new sequence with its own cache, room for the prompt and the new tokens."""
+        return EngineSequence(self, min(self.max_positions, prompt_tokens + max_new_tokens))
+
+
+class EngineSequence:
+    """One generation on an engine: its own key/value cache and position. `prefill(ids)` then `step(token)`,
+    each returning the next-token logits [1, vocab]."""
+
+    def __init__(self, engine: CpuEngine, room: int):
+        self.engine, self.length = engine, 0
+        self.cache = torch.empty((len(engine.layers), 2, engine.heads, room, engine.head_dim), dtype=torch.float32)
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        if self.engine.dropped:
+            raise ModelUnloadedError.midway()
+        logits = self.engine._forward(ids, self.length, self.cache)
+        self.length += len(ids)
+        return logits
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Run the prompt; return the logits after it."""
+        if self.length:
+            raise RuntimeError("This sequence already has its prompt; start a new one with engine.sequence(...).")
+        return self._forward(ids)
 
     def step(self, token: int) -> torch.Tensor:
         """Append one token; return the logits after it."""
-        logits = self._forward([token], self.length)
-        self.length += 1
-        return logits
+        return self._forward([token])
 
-    def release(self) -> None:
-        self.cache = None
+
+_threads = threading.local()  # torch's thread count is per thread (OpenMP's setting), so is this count
 
 
 @contextlib.contextmanager
 def one_torch_thread():
     """torch's OpenMP workers and OpenBLAS's threads spin on the same cores and slow each other down
-    several-fold; while the engine runs, torch's small ops use one thread and BLAS gets the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    several-fold; while the engine runs, torch's small ops use one thread and BLAS gets the cores.
+    Uses are counted per thread: the first saves the setting, the last restores it, so streams
+    interleaved in one thread (entered and left in any order) leave it as they found it."""
+    users = getattr(_threads, "users", 0)
+    if users == 0:
+        _threads.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+    _threads.users = users + 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        _threads.users -= 1
+        if _threads.users == 0:
+            torch.set_num_threads(_threads.before)

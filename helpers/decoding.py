@@ -177,12 +177,14 @@ class _EngineSteps:
         from .cpu_engine import engine_for
 
         self.engine, self.max_new_tokens = engine_for(model), max_new_tokens
+        self.sequence = None
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.engine.prefill(input_ids[0].tolist(), self.max_new_tokens)
+        self.sequence = self.engine.sequence(input_ids.shape[1], self.max_new_tokens)  # this run's own cache
+        return self.sequence.prefill(input_ids[0].tolist())
 
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.engine.step(int(tokens[0]))
+        return self.sequence.step(int(tokens[0]))
 
 
 def decode(

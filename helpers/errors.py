@@ -26,6 +26,15 @@ class PromptError(HelpersError, ValueError):
 class ModelUnloadedError(HelpersError, RuntimeError):
     """A model used after `unload()`."""
 
+    @classmethod
+    def after(cls) -> ModelUnloadedError:
+        return cls("This model was unloaded to free its memory. Load it again with load_model(...).")
+
+    @classmethod
+    def midway(cls) -> ModelUnloadedError:
+        return cls("The model was unloaded while this generation was running, so it stopped. Load it again "
+                   "with load_model(...) to generate.")
+
 
 class CheckpointError(HelpersError, ValueError):
     """A checkpoint file or folder that cannot be read or converted."""

@@ -3,6 +3,7 @@ the text, the token ids, optional per-token log-probabilities and timings."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import random
 import threading
@@ -16,8 +17,8 @@ from transformers import OPTForCausalLM, PreTrainedTokenizerBase, StoppingCriter
 from transformers.generation.streamers import BaseStreamer
 
 from .decoding import decode, model_device, seed_greedy_steps
-from .errors import PromptError, SettingsError
-from .loading import check_loaded
+from .errors import ModelUnloadedError, PromptError, SettingsError
+from .loading import check_loaded, is_unloaded
 from .models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
 from .settings import PRESETS, GenerationSettings
 
@@ -27,6 +28,10 @@ __all__ = [
 ]
 
 METHODS = ("auto", "cached", "cpu-fast", "static", "hf", "seed")
+# model.generate samples from torch's one process-wide generator (seeded per run), so sampling runs through
+# it take turns: a seeded result must not depend on what else is running. The cached loop and the CPU
+# engine sample from a generator of their own and need no turn.
+_GLOBAL_RNG = threading.Lock()
 
 
 @dataclass
@@ -350,9 +355,10 @@ class _Run:
                 warm.add(ids.shape[0])
                 self.notes.append("First static-cache call for this model and batch size on the GPU: the decoding step "
                                   "is compiled once now (this call is slow); later calls reuse it.")
-        if self.settings.seed is not None:
-            torch.manual_seed(self.settings.seed)
-        with torch.inference_mode():
+        samples = self.settings.mode in ("sample", "beam-sample")
+        with _GLOBAL_RNG if samples else contextlib.nullcontext(), torch.inference_mode():
+            if self.settings.seed is not None:
+                torch.manual_seed(self.settings.seed)
             out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                       tokenizer=self.tokenizer if self.settings.stop else None, streamer=streamer,
                                       stopping_criteria=StoppingCriteriaList([_StopWhenSet(self.stop_event)]), **extra)
@@ -409,6 +415,8 @@ class _Run:
         steps = self._token_ids()
         try:
             for tokens in steps:
+                if is_unloaded(self.model):  # unloaded mid-stream (another cell, thread or widget): stop, say so
+                    raise ModelUnloadedError.midway()
                 if self.time_to_first_token is None:
                     self.time_to_first_token = time.perf_counter() - start
                 for row, token in enumerate(tokens):
@@ -420,6 +428,10 @@ class _Run:
                         yield row, piece
                 if self.stop_event.is_set():
                     break
+        except Exception as exc:
+            if is_unloaded(self.model):  # whatever failed, it failed because the tensors went mid-step
+                raise ModelUnloadedError.midway() from None
+            raise
         finally:
             steps.close()
             self.total_seconds = time.perf_counter() - start

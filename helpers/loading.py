@@ -71,7 +71,7 @@ class LoadedModel:
 
     def _require_model(self) -> OPTForCausalLM:
         if self.model is None:
-            raise ModelUnloadedError("This model was unloaded to free its memory. Load it again with load_model(...).")
+            raise ModelUnloadedError.after()
         return self.model
 
     def generate(self, prompt, settings=None, **kwargs):
@@ -494,10 +494,19 @@ def unload(model: torch.nn.Module | LoadedModel | None) -> None:
                     if tensor is not None:
                         store[key] = torch.empty(0, device="meta")
     setattr(model, _UNLOADED, True)
+    model.register_forward_pre_hook(_refuse_unloaded)  # model(ids), model.generate: the error, not meta logits
     _release_freed_memory()
+
+
+def _refuse_unloaded(module: torch.nn.Module, args) -> None:
+    raise ModelUnloadedError.after()
+
+
+def is_unloaded(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, _UNLOADED, False))
 
 
 def check_loaded(model: torch.nn.Module) -> None:
     """Raise a clear error for a model that was unloaded."""
-    if getattr(model, _UNLOADED, False):
-        raise ModelUnloadedError("This model was unloaded to free its memory. Load it again with load_model(...).")
+    if is_unloaded(model):
+        raise ModelUnloadedError.after()

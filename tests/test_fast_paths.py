@@ -33,10 +33,10 @@ def test_fast_paths_pick_the_same_greedy_tokens_as_model_generate(tiny, tokenize
 
 def test_engine_logits_match_transformers_step_by_step(tiny, tokenizer):
     ids = encode_prompt(tokenizer, PROMPTS[0])
-    engine = engine_for(tiny)
-    got = [engine.prefill(ids, 8)]
+    sequence = engine_for(tiny).sequence(len(ids), 8)
+    got = [sequence.prefill(ids)]
     for token in (100, 2000, 31414):
-        got.append(engine.step(token))
+        got.append(sequence.step(token))
     full = ids + [100, 2000, 31414]
     with torch.no_grad():
         expected = tiny(torch.tensor([full])).logits[0]
