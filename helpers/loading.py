@@ -365,8 +365,13 @@ def load_model(
     try:
         tokenizer = load_tokenizer(source, local)
         with _reporting_progress(progress):
-            model = OPTForCausalLM.from_pretrained(source, revision=revision, local_files_only=local, **arguments)
-        if chosen is not None and chosen.dtype == "int8-dynamic":
+            # transformers would fill missing or misshapen weights with random values and only log it (or
+            # raise pointing at a report the silenced log never shows): ask for its findings and judge them
+            model, loading_info = OPTForCausalLM.from_pretrained(
+                source, revision=revision, local_files_only=local, output_loading_info=True,
+                ignore_mismatched_sizes=True, **arguments)
+        damage = _damage(loading_info)
+        if chosen is not None and chosen.dtype == "int8-dynamic" and not damage:
             model = quantize_dynamic_int8(model)
     except (torch.cuda.OutOfMemoryError, MemoryError):
         raise
@@ -377,6 +382,12 @@ def load_model(
                 "re-download or re-convert it."
             ) from None
         raise ModelLoadError(offline_message(source, f"the download failed ({exc})")) from None
+    if damage:
+        unload(model)
+        raise ModelLoadError(
+            f"The model in {source} is damaged: {damage}. Loading it would fill those weights with random "
+            "values. Re-download or re-convert the model (or fix config.json if it belongs to another model)."
+        )
     model.eval()
     seconds = time.perf_counter() - start
     size = find_size(name_or_path) or size_from_config(model.config, name=Path(source).name)
@@ -395,6 +406,42 @@ def load_model(
         offload_folder=made_folder,
     )
     return LoadedModel(model, tokenizer, info)
+
+
+def _layers_and_names(keys: list[str]) -> str:
+    """'layers 2, 3 (fc1.weight, fc1.bias, ...)' for per-layer names; others listed as they are."""
+    layers, names, others = set(), [], []
+    for key in keys:
+        match = re.match(r"model\.decoder\.layers\.(\d+)\.(.+)", key)
+        if match:
+            layers.add(int(match.group(1)))
+            if match.group(2) not in names:
+                names.append(match.group(2))
+        else:
+            others.append(key)
+    parts = []
+    if layers:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        parts.append(f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, sorted(layers)))} ({shown})")
+    if others:
+        parts.append(", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else ""))
+    return "; ".join(parts)
+
+
+def _damage(loading_info: dict) -> str | None:
+    """What transformers found missing from, or misshapen in, the weights it loaded; None when nothing."""
+    missing = sorted(loading_info.get("missing_keys") or [])
+    mismatched = sorted(loading_info.get("mismatched_keys") or [])
+    found = []
+    if missing:
+        found.append(f"{len(missing)} weight tensor(s) that config.json asks for are not in the weight files: "
+                     f"{_layers_and_names(missing)}")
+    if mismatched:
+        key, in_file, expected = mismatched[0]
+        found.append(f"{len(mismatched)} weight tensor(s) have another shape than config.json implies "
+                     f"({_layers_and_names([k for k, _, _ in mismatched])}; e.g. {key} is {list(in_file)} in the "
+                     f"file, {list(expected)} by config.json)")
+    return "; ".join(found) or None
 
 
 def _dtype_label(model: torch.nn.Module, plan: Option | None) -> str:

@@ -62,6 +62,17 @@ def config_shapes_wrong(folder: Path):
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def config_more_layers_than_weights(folder: Path):  # config asks for 4 layers, the weights hold 2
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 4
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def one_layer_missing(folder: Path):
+    tensors = {k: v.clone() for k, v in load_file(_weights(folder)).items() if ".layers.1." not in k}
+    save_file(tensors, _weights(folder), metadata={"format": "pt"})
+
+
 def sharded_missing_shard(folder: Path):
     tensors = {k: v.clone() for k, v in load_file(_weights(folder)).items()}
     names = sorted(tensors)
@@ -110,7 +121,9 @@ FOLDER_CASES = [
     (lfs_pointer, "git lfs pull"),
     (pickle_in_safetensors_name, "incomplete or damaged"),
     (config_not_json, "cannot be read"),
-    (config_shapes_wrong, "incomplete or damaged"),
+    (config_shapes_wrong, r"damaged: .* another shape than config.json implies .*layers 0, 1"),
+    (config_more_layers_than_weights, r"damaged: 32 weight tensor\(s\) .* not in the weight files: layers 2, 3"),
+    (one_layer_missing, r"damaged: 16 weight tensor\(s\) .* not in the weight files: layer 1 \(fc1"),
     (sharded_missing_shard, "incomplete or damaged"),
     (malicious_bin, "incomplete or damaged"),
     (tokenizer_garbage, "incomplete or damaged"),
@@ -132,6 +145,7 @@ def test_hugging_face_folders(tmp_path, damage, message):
     with pytest.raises(ModelLoadError, match=message) as info:
         load_model(str(folder))
     assert str(folder) in str(info.value) or "folder" in str(info.value)
+    assert "above report" not in str(info.value)  # transformers' report is silenced: never point at it
     assert not (folder / "pwned").exists()
 
 
