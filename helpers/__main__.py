@@ -111,14 +111,31 @@ def _read_prompt(prompt: str) -> str:
     return sys.stdin.read()
 
 
+def _memory_flags(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """--gpu-memory and --cpu-memory in bytes, checked before anything loads."""
+    from .planner import parse_bytes
+
+    try:
+        return tuple(parse_bytes(v) if v else None for v in (args.gpu_memory, args.cpu_memory))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _run_generate(args: argparse.Namespace) -> int:
+    from .settings import check_top_logprobs
+
     settings = _settings_from_args(args)
     if args.logprobs and not args.json:
         raise UsageError("--logprobs lists numbers per token: use it with --json.")
+    check_top_logprobs(args.logprobs, "--logprobs")
+    _memory_flags(args)
     prompt = _read_prompt(args.prompt)
     _quiet_libraries()
     from .generation import generate, stream
-    from .loading import load_model
+    from .loading import load_model, resolve_device, resolve_source
+
+    resolve_device(args.device)  # a wrong device or path is known now, not after the weights load
+    resolve_source(args.model)
 
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, plan=args.plan,
@@ -219,15 +236,14 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from .models import human_bytes
-    from .planner import Budget, parse_bytes, plan
+    from .planner import Budget, plan
 
-    try:
-        gpu = parse_bytes(args.gpu_memory) if args.gpu_memory else None
-        cpu = parse_bytes(args.cpu_memory) if args.cpu_memory else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    gpu, cpu = _memory_flags(args)
     gpus = args.gpus if args.gpus is not None else (1 if gpu and not _gpu_count() else None)
-    budget = Budget.of_machine(gpu_bytes=gpu, gpus=gpus, cpu_bytes=cpu)
+    try:
+        budget = Budget.of_machine(gpu_bytes=gpu, gpus=gpus, cpu_bytes=cpu)
+    except ValueError as exc:
+        raise UsageError(f"--gpus: {exc}") from None
     if args.check:
         _quiet_libraries()
         from .benchmark import check_plan

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
-from .errors import SettingsError
+from .errors import PromptError, SettingsError
 from .generation import GenerationResult, GenerationSettings, generate
 from .metrics import token_logprobs
+from .settings import MAX_TOP_LOGPROBS, check_top_logprobs
 
-MAX_LOGPROBS = 20
+MAX_LOGPROBS = MAX_TOP_LOGPROBS
 MAX_STOPS = 4
 
 
@@ -87,7 +88,12 @@ def complete(
         {"id", "object": "text_completion", "created", "model", "choices": [{"text", "index",
         "logprobs", "finish_reason"}], "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}.
     """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+        prompts = list(prompt)
+    else:
+        raise PromptError(f"prompt must be a string or a list of strings, got {_kind(prompt)}.")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     best_of = n if best_of is None else best_of
     for name, value, low in (("n", n, 1), ("best_of", best_of, 1), ("max_tokens", max_tokens, 1),
@@ -96,8 +102,8 @@ def complete(
             raise SettingsError(f"{name} must be a whole number of at least {low} (got {value!r}).")
     if best_of < n:
         raise SettingsError(f"best_of ({best_of}) must be at least n ({n}): it is how many candidates n are picked from.")
-    if logprobs is not None and (not isinstance(logprobs, int) or not 0 <= logprobs <= MAX_LOGPROBS):
-        raise SettingsError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS} (got {logprobs!r}).")
+    if logprobs is not None:
+        check_top_logprobs(logprobs, "logprobs")
     if len(stops) > MAX_STOPS:
         raise SettingsError(f"At most {MAX_STOPS} stop strings (got {len(stops)}).")
     if not prompts:
@@ -129,6 +135,13 @@ def complete(
         "usage": {"prompt_tokens": usage_prompt, "completion_tokens": usage_completion,
                   "total_tokens": usage_prompt + usage_completion},
     }
+
+
+def _kind(value) -> str:
+    if isinstance(value, (list, tuple)):
+        odd = next((v for v in value if not isinstance(v, str)), None)
+        return f"a list holding {type(odd).__name__} ({odd!r:.40})"
+    return f"{type(value).__name__} ({value!r:.40})"
 
 
 def _mean_logprob(result: GenerationResult) -> float:

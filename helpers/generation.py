@@ -9,7 +9,7 @@ import random
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +20,7 @@ from .decoding import decode, model_device, seed_greedy_steps
 from .errors import ModelUnloadedError, PromptError, SettingsError
 from .loading import check_loaded, is_unloaded
 from .models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
-from .settings import PRESETS, GenerationSettings
+from .settings import PRESETS, GenerationSettings, check_top_logprobs
 
 __all__ = [
     "GenerationResult", "GenerationSettings", "PRESETS", "TextStream", "Timings", "TokenInfo",
@@ -193,10 +193,12 @@ class _TokenQueue(BaseStreamer):
 class _StopWhenSet(StoppingCriteria):
     """Ends `model.generate` (beam search included) within one step once the event is set."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, event: threading.Event, on_step: Callable[[], None] | None = None):
+        self.event, self.on_step = event, on_step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.on_step is not None:
+            self.on_step()
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
@@ -252,8 +254,7 @@ class _Run:
             raise SettingsError(f"Unknown method '{method}'. Use one of: {', '.join(METHODS)}.")
         if not prompts:
             raise PromptError("No prompt was given: pass a string or a non-empty list of strings.")
-        if not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool) or not 0 <= top_logprobs <= 20:
-            raise SettingsError(f"top_logprobs must be a whole number from 0 to 20 (got {top_logprobs!r}).")
+        check_top_logprobs(top_logprobs)
         self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
         self.logprobs = logprobs or top_logprobs > 0
         self.top_logprobs = top_logprobs
@@ -282,6 +283,7 @@ class _Run:
         self.total_seconds = 0.0
         self.completed = False
         self._pending_step = None
+        self.on_step: Callable[[], None] | None = None
 
     def _choose_method(self, method: str) -> str:
         """'auto' is the fastest correct method for this device and batch (see the README's Speed section)."""
@@ -361,7 +363,8 @@ class _Run:
                 torch.manual_seed(self.settings.seed)
             out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                       tokenizer=self.tokenizer if self.settings.stop else None, streamer=streamer,
-                                      stopping_criteria=StoppingCriteriaList([_StopWhenSet(self.stop_event)]), **extra)
+                                      stopping_criteria=StoppingCriteriaList([_StopWhenSet(self.stop_event, None if streamer else self.on_step)]),
+                                      **extra)
         return out[:, ids.shape[1]:].tolist()
 
     def _hf_streamed(self, device: torch.device) -> Iterator[list[int]]:
@@ -426,9 +429,11 @@ class _Run:
                     piece = state.add(token, self._info(row, token))
                     if piece:
                         yield row, piece
+                if self.on_step is not None:  # e.g. the playground handles a waiting Stop click here
+                    self.on_step()
                 if self.stop_event.is_set():
                     break
-        except Exception as exc:
+        except Exception:
             if is_unloaded(self.model):  # whatever failed, it failed because the tensors went mid-step
                 raise ModelUnloadedError.midway() from None
             raise
@@ -607,11 +612,14 @@ def stream(
     top_logprobs: int = 0,
     truncate: bool = False,
     method: str = "auto",
+    on_step: Callable[[], None] | None = None,
     **changes,
 ) -> TextStream:
     """Like `generate` for one prompt, but returns a `TextStream` yielding text as it is produced.
-    Beam search produces its text at the end (beams are only final then)."""
+    Beam search produces its text at the end (beams are only final then). `on_step()` is called in the
+    consuming thread after every decoding step (beam search's too), whether or not text came of it."""
     if not (isinstance(prompt, str) or _is_token_ids(prompt)):
         raise PromptError("stream() takes one prompt (a string or a list of token ids); use generate() for a batch.")
     run = _Run(model, tokenizer, [prompt], _settings(settings, changes), logprobs, top_logprobs, truncate, method)
+    run.on_step = on_step
     return TextStream(run)

@@ -142,9 +142,24 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     return names[dtype]
 
 
+DEVICE_HINT = "Use 'auto', 'cpu', 'cuda', 'cuda:1' (a GPU by number) or 'mps' (Apple silicon)."
+
+
 def resolve_device(device: str) -> str:
+    """'auto' as this machine's best device; any other name checked before anything loads."""
+    if not isinstance(device, str):
+        raise ModelLoadError(f"device must be a name such as 'cpu' or 'cuda', not {type(device).__name__}. {DEVICE_HINT}")
     if device == "auto":
         return default_device()
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"Unknown device '{device}'. {DEVICE_HINT}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"Device '{device}' was asked for, but this machine has no Apple GPU that torch can "
+                             "use. Use device='cpu' or 'auto'.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(
             f"Device '{device}' was asked for, but this machine has no CUDA GPU that torch can see "
@@ -176,6 +191,12 @@ def resolve_source(name: str) -> tuple[str, bool]:
             )
             raise ModelLoadError(f"The folder '{name}' has no config.json, so it is not a Hugging Face model folder.{hint}")
         return str(path.resolve()), True
+    if path.is_file():
+        folder = str(path.parent) if str(path.parent) != "." else "."
+        what = ("an original metaseq checkpoint? Convert it first with `python -m helpers convert-metaseq "
+                f"{name} OUT_FOLDER`, then load OUT_FOLDER" if path.suffix == ".pt" else
+                f"pass the folder that holds it and its config.json instead: {folder}")
+        raise ModelLoadError(f"'{name}' is a file, but a model is loaded from its folder: {what}.")
     if _looks_like_path(name) or path.suffix in (".pt", ".bin", ".safetensors"):
         raise ModelLoadError(
             f"The folder '{name}' does not exist. Check the path (relative paths start from "

@@ -39,9 +39,11 @@ QUALITY = {"float16": "exact (fp16)", "bfloat16": "exact (bf16)", "float32": "ex
 
 def parse_bytes(text: str | int | float) -> int:
     """'15GiB', '15 GB', '16000MiB', '12G' or a number of bytes."""
-    if isinstance(text, (int, float)):
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not 0 <= text < float("inf"):
+            raise ValueError(f"{text!r} is not a memory size: give a number of bytes of at least 0, or text like 15GiB.")
         return int(text)
-    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
     if not match:
         raise ValueError(f"'{text}' is not a memory size: write it like 15GiB, 12GB or 16000MiB.")
     number, unit, binary = float(match[1]), match[2].upper(), match[3]
@@ -64,6 +66,8 @@ class Budget:
     def of_machine(cls, env: Environment | None = None, gpu_bytes: int | None = None, gpus: int | None = None,
                    cpu_bytes: int | None = None) -> Budget:
         """This machine's budget; any figure given overrides what was detected."""
+        if gpus is not None and (not isinstance(gpus, int) or gpus < 0):
+            raise ValueError(f"The number of GPUs must be 0 or more, not {gpus!r}.")
         env = env or detect()
         first = env.gpus[0] if env.gpus else None
         count = gpus if gpus is not None else len(env.gpus)

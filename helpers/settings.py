@@ -13,6 +13,14 @@ from .models import EOS_TOKEN_ID, PAD_TOKEN_ID
 # Past these, sampling is greedy decoding or uniform noise, and logits overflow to inf.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0
 MIN_PENALTY, MAX_PENALTY = 0.01, 100.0
+MAX_TOP_LOGPROBS = 20  # alternatives listed per token
+
+
+def check_top_logprobs(value, name: str = "top_logprobs") -> int:
+    """The number of alternatives to list per token, checked (0 to MAX_TOP_LOGPROBS)."""
+    if not _is_int(value) or not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise SettingsError(f"{name} must be a whole number from 0 to {MAX_TOP_LOGPROBS} (got {value!r}).")
+    return value
 
 
 def _is_int(value) -> bool:

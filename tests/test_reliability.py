@@ -132,3 +132,65 @@ def test_unloading_from_another_thread_stops_an_engine_stream(tokenizer):
     unload(model)
     worker.join(timeout=60)
     assert not worker.is_alive() and len(outcome) == 1
+
+
+# ------------------------------------------------------------------------------ messages, as early as known
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading fails the test: the message must come before any weight is read."""
+    import helpers.loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(helpers.loading, "load_model", refuse)
+
+
+MESSAGE_CASES = [
+    (["generate", "--device", "banana", "hi"], 1, r"Unknown device 'banana'. Use 'auto', 'cpu', 'cuda'"),
+    (["generate", "--logprobs", "100", "--json", "hi"], 1, r"--logprobs must be a whole number from 0 to 20"),
+    (["generate", "--cpu-memory", "lots", "hi"], 2, r"'lots' is not a memory size: write it like 15GiB"),
+    (["plan", "--gpu-memory", "1..2GiB"], 2, r"'1..2GiB' is not a memory size"),
+    (["plan", "--gpu-memory", "lots"], 2, r"'lots' is not a memory size"),
+    (["plan", "--gpus", "-3", "--gpu-memory", "15GiB"], 2, r"--gpus: The number of GPUs must be 0 or more, not -3"),
+]
+
+
+@pytest.mark.parametrize("args, code, message", MESSAGE_CASES, ids=[" ".join(c[0][:3]) for c in MESSAGE_CASES])
+def test_bad_flags_are_refused_before_loading_with_what_to_do(tiny_pre_folder, no_loading, capsys, args, code,
+                                                              message):
+    import re
+
+    from helpers.__main__ import main
+
+    assert main([args[0], "--model", str(tiny_pre_folder), *args[1:]]) == code
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err and "damaged" not in err
+
+
+def test_a_weights_file_given_as_the_model_names_its_folder(tiny_pre_folder, no_loading, capsys):
+    from helpers.__main__ import main
+
+    assert main(["generate", "--model", str(tiny_pre_folder / "model.safetensors"), "hi"]) == 1
+    err = capsys.readouterr().err
+    assert "is a file" in err and f"{tiny_pre_folder}." in err and "does not exist" not in err
+
+
+def test_device_names_are_checked_in_python_too():
+    from helpers.errors import ModelLoadError
+    from helpers.loading import load_model
+
+    for device in ("banana", "cuda:x", "", 3):
+        with pytest.raises(ModelLoadError, match="device"):
+            load_model("opt-125m", device=device, dtype="float32")
+
+
+@pytest.mark.parametrize("prompt", [None, 5, b"bytes", [None], ["a", 3]], ids=repr)
+def test_complete_says_what_a_prompt_must_be(tiny, tokenizer, prompt):
+    from helpers.api import complete
+    from helpers.errors import PromptError
+
+    with pytest.raises(PromptError, match="prompt must be a string or a list of strings, got"):
+        complete(tiny, tokenizer, prompt)
