@@ -10,9 +10,11 @@ import html
 import io
 import json
 import math
+import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ipywidgets as W
@@ -21,6 +23,7 @@ import torch
 from . import environment
 from .errors import HelpersError
 from .generation import GenerationResult, GenerationSettings, TokenInfo, stream
+from .kernel_events import KernelEvents, current_request_id, running_kernel
 from .loading import LoadedModel, load_model
 from .models import SIZES, human_bytes
 from .settings import PRESETS
@@ -42,6 +45,19 @@ def _visible(text: str) -> str:
 
 def _percent(logprob: float) -> str:
     return f"{100 * math.exp(logprob):.1f}%"
+
+
+def titled(container: W.Box, titles: list[str]) -> W.Box:
+    """Name a Tab's or an Accordion's pages: `set_title` is what ipywidgets 7 and 8 both have."""
+    for index, title in enumerate(titles):
+        container.set_title(index, title)
+    return container
+
+
+def _text_html(prompt: str, generated: str) -> str:
+    """The Output tab's markup: the prompt in grey, then what the model wrote."""
+    return (f'<div style="white-space:pre-wrap;font-family:monospace"><span style="color:#777">'
+            f"{html.escape(prompt)}</span>{html.escape(generated)}</div>")
 
 
 @dataclass
@@ -106,6 +122,13 @@ class Playground:
 
     Everything a user can do has a method too (`generate()`, `stop()`, `branch()`, `side_by_side()`,
     `export_history()`), so tests and notebooks can drive it; `wait()` blocks until the current job ends.
+
+    Every job (loading, generating) runs inside the request that asked for it: the constructor's cell,
+    or the click's callback. Front ends such as Colab's show only the widget updates sent while that
+    request is being handled, so nothing is sent from a background thread. Between decoding steps the
+    job handles the widget messages waiting for the kernel (`KernelEvents`), so Stop ends it within one
+    step; the kernel's interrupt (SIGINT) ends a generation the same way and a load with a message.
+    Outside a kernel every call simply runs to its end.
     """
 
     def __init__(self, model: str = "opt-350m", extra_models: list[str] | tuple[str, ...] = (),
@@ -121,12 +144,19 @@ class Playground:
         self.selected_token: int | None = None
         self.last_error: str | None = None
         self._stream = None
-        self._worker: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._job: str | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._events: KernelEvents | None = None
+        self._interrupted = False
+        self._quiet_picker = False
+        self._shown_for: str | None = None
         self._applying_preset = False
-        self.refresh_seconds = 0.05  # how often streamed text and the token view reach the browser
+        self.refresh_seconds = 0.25  # how often streamed text, status and tokens reach the page
         self._build(model)
         if load:
+            if running_kernel() is not None:
+                self._ipython_display_()  # shown first, so the loading progress is seen in this cell
             self._start(self._load, model)
 
     # ------------------------------------------------------------------------------------- layout
@@ -182,11 +212,14 @@ class Playground:
         self.status.add_class("opt-status")
         self.message = W.HTML()
         self.message.add_class("opt-message")
-        self.output = W.Output(layout=W.Layout(border="1px solid #ddd", padding="6px", min_height="80px"))
+        self.output = W.HTML(layout=W.Layout(border="1px solid #ddd", padding="6px", min_height="80px"))
         self.output.add_class("opt-output")
 
         self.tokens_box = W.Box(layout=W.Layout(display="flex", flex_flow="row wrap", align_items="center"))
         self.tokens_box.add_class("opt-tokens")
+        self._token_layout = W.Layout(width="auto", height="26px", margin="1px", padding="0 3px")  # one for all
+        self._token_styles: dict[str, W.ButtonStyle] = {}  # one per shade, shared by the tokens of that shade
+        self._tokens_run: Run | None = None  # the run whose tokens the box shows
         self.alternatives = W.VBox()
         self.alternatives.add_class("opt-alternatives")
         probabilities = W.VBox([
@@ -194,6 +227,7 @@ class Playground:
                    "likely). Hover for its top-5 alternatives; click a token to see them and continue from any "
                    "alternative (a branch).</small>"),
             self.tokens_box, self.alternatives])
+        self._probabilities_page = probabilities
 
         self.branches_view = W.HTML("<i>No branches yet: click a token in Probabilities and pick an alternative.</i>")
         self.branches_view.add_class("opt-branches")
@@ -219,15 +253,16 @@ class Playground:
         self.export_link.add_class("opt-export")
         history = W.VBox([W.HBox([self.export_json, self.export_csv, self.export_link]), self.history_view])
 
-        self.tabs = W.Tab(children=[self.output, probabilities, self.branches_view, side, history],
-                          titles=["Output", "Probabilities", "Branches", "Side by side", "History"])
+        self.tabs = titled(W.Tab(children=[self.output, probabilities, self.branches_view, side, history]),
+                           ["Output", "Probabilities", "Branches", "Side by side", "History"])
         self.tabs.add_class("opt-tabs")
+        self.tabs.observe(self._on_tab, names="selected_index")
         grid = W.GridBox([self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.typical_p,
                           self.repetition_penalty, self.no_repeat_ngram_size, self.num_beams, self.penalty_alpha,
                           W.HBox([self.seed, self.fixed_seed])],
                          layout=W.Layout(grid_template_columns="repeat(2, 50%)"))
-        settings = W.Accordion(children=[W.VBox([W.HBox([self.preset, self.do_sample]), grid, self.stop_strings])],
-                               titles=["Decoding settings"])
+        settings = titled(W.Accordion(children=[W.VBox([W.HBox([self.preset, self.do_sample]), grid,
+                                                        self.stop_strings])]), ["Decoding settings"])
         settings.selected_index = 0
         self.widget = W.VBox([
             W.HBox([self.model_picker, self.progress]), self.model_status, self.prompt, settings,
@@ -235,8 +270,16 @@ class Playground:
         ], layout=W.Layout(width="100%"))
         self.widget.add_class("opt-playground")
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self, **kwargs) -> None:
+        """Show the app; once per cell (the constructor shows it before loading, a trailing `app` does not
+        show it twice)."""
+        from IPython.display import display
+
+        request = current_request_id()
+        if request is not None and request == self._shown_for:
+            return
+        self._shown_for = request
+        display(self.widget)
 
     # ------------------------------------------------------------------------------------- settings
 
@@ -275,23 +318,62 @@ class Playground:
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
+        return self._job is not None
 
     def _start(self, target: Callable, *args) -> bool:
-        """Run a job in a background thread (the kernel stays free for the Stop button); one at a time."""
-        with self._lock:
-            if self.busy:
-                self._say("Busy with the current job: press Stop, or wait for it to finish.", "warning")
-                return False
-            self._worker = threading.Thread(target=self._guarded, args=(target, *args), daemon=True)
-            self.generate_button.disabled = self.compare_button.disabled = True
-            self._worker.start()
-            return True
+        """Run a job now, inside the request that asked for it; one at a time (a click that arrives while
+        one runs is told so). False if it could not start."""
+        if self.busy:
+            self._say("Busy with the current job: press Stop, or wait for it to finish.", "warning")
+            return False
+        self._job, self._interrupted = target.__name__, False
+        self._idle.clear()
+        self._events = KernelEvents()
+        self.generate_button.disabled = self.compare_button.disabled = True
+        try:
+            with self._interrupts():
+                self._guarded(target, *args)
+        finally:
+            self._job, self._events = None, None
+            self._idle.set()
+        return True
+
+    @contextmanager
+    def _interrupts(self):
+        """In a kernel, the interrupt (SIGINT) stops a generation at its next step like Stop, and raises
+        KeyboardInterrupt anywhere else (a load)."""
+        if self._events is None or not self._events.supported:
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            self._interrupted = True
+            if self._stream is None:
+                raise KeyboardInterrupt
+            self._stream.stop()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _pump(self) -> None:
+        """Handle the widget messages waiting for the kernel (a Stop click) while a job runs."""
+        if self._events is not None:
+            self._events.pump()
 
     def _guarded(self, target: Callable, *args) -> None:
         """Any failure becomes a message in the widget, which stays usable."""
         try:
             target(*args)
+            if self._interrupted:
+                self._say("Interrupted: the generation stopped there (the kernel's interrupt works like Stop).",
+                          "warning")
+        except KeyboardInterrupt:
+            self._say("Interrupted: nothing is running now; the app is ready.", "warning")
+            if self._events is None or not self._events.supported:
+                raise  # plain Python: Ctrl-C ends the program as usual, after the cleanup below
         except HelpersError as exc:
             self._say(str(exc), "error")
         except torch.cuda.OutOfMemoryError:
@@ -308,10 +390,9 @@ class Playground:
             self.progress.layout.visibility = "hidden"
 
     def wait(self, timeout: float | None = 120) -> None:
-        """Block until the current job (loading, generating) ends."""
-        worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
+        """Block until the current job (loading, generating) ends. Jobs run in the call that starts them,
+        so this only waits when another thread started one."""
+        self._idle.wait(timeout)
 
     def _say(self, text: str, kind: str = "info") -> None:
         self.last_error = text if kind == "error" else None
@@ -321,7 +402,16 @@ class Playground:
     # ------------------------------------------------------------------------------------- models
 
     def _on_model_change(self, change) -> None:
-        self._start(self._load, change["new"])
+        if not self._quiet_picker:
+            self._start(self._load, change["new"])
+
+    def _show_picked(self, name: str) -> None:
+        """Put the picker back on `name` without loading anything."""
+        self._quiet_picker = True
+        try:
+            self.model_picker.value = name
+        finally:
+            self._quiet_picker = False
 
     def _memory_text(self) -> str:
         if torch.cuda.is_available():
@@ -329,12 +419,46 @@ class Playground:
         return f"RAM {human_bytes(environment.resident_memory_bytes())}"
 
     def _load(self, name: str) -> LoadedModel:
+        """Load `name` as the playground's model. The working model stays loaded while the new one loads
+        when both fit, else it goes first; if the new one fails, the old one is what is left (loaded back
+        when it had gone), the picker shows it and the status says what happened."""
         if self.loaded is not None and self.loaded_name == name and self.loaded.model is not None:
             return self.loaded
         self._say("")
-        if self.loaded is not None:
-            self.loaded.unload()
-            self.loaded, self.loaded_name = None, None
+        previous, previous_name = self.loaded, self.loaded_name
+        if previous is not None and previous.model is None:
+            previous = previous_name = None
+        if previous is not None and self._needs_bytes(name) > self._budget_bytes():
+            previous.unload()
+            self.loaded = None
+        try:
+            new = self._load_one(name)
+        except BaseException as exc:
+            if previous_name is None:
+                self.model_status.value = f"<b>{html.escape(name)}</b> did not load: no model is loaded."
+                raise
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            if previous.model is None:  # it made room for the new one: load it back
+                self.loaded = self._load_one(previous_name)
+                kept = "loaded back"
+            else:
+                self.loaded = previous
+                kept = "still loaded"
+            self.loaded_name = previous_name
+            self._show_picked(previous_name)
+            self.model_status.value = (f"Loading <b>{html.escape(name)}</b> {reason}; <b>{html.escape(previous_name)}"
+                                       f"</b> is {kept}: {html.escape(self.loaded.info.summary())}; "
+                                       f"{self._memory_text()}")
+            raise
+        if previous is not None and previous.model is not None:
+            previous.unload()
+        self.loaded, self.loaded_name = new, name
+        self.model_status.value = (f"<b>{html.escape(name)}</b>: {html.escape(new.info.summary())}; "
+                                   f"{self._memory_text()}")
+        return new
+
+    def _load_one(self, name: str) -> LoadedModel:
+        """Call the loader with the progress bar and the status line following it."""
         self.model_status.value = f"Loading <b>{html.escape(name)}</b> \u2026 ({self._memory_text()} before)"
         self.progress.value, self.progress.max = 0, 1
         self.progress.layout.visibility = "visible"
@@ -346,11 +470,10 @@ class Playground:
             self.model_status.value = (f"Loading <b>{html.escape(name)}</b>: {html.escape(stage)} {done}"
                                        f"{f'/{total}' if total else ''} ({time.perf_counter() - start:.0f} s)")
 
-        self.loaded = self._loader(name, device=self.device, dtype=self.dtype, progress=report)
-        self.loaded_name = name
-        self.model_status.value = (f"<b>{html.escape(name)}</b>: {html.escape(self.loaded.info.summary())}; "
-                                   f"{self._memory_text()}")
-        return self.loaded
+        try:
+            return self._loader(name, device=self.device, dtype=self.dtype, progress=report)
+        finally:
+            self.progress.layout.visibility = "hidden"
 
     # ------------------------------------------------------------------------------------- generating
 
@@ -384,34 +507,33 @@ class Playground:
     def _generate(self, prompt, settings: GenerationSettings, branch: dict | None) -> Run:
         loaded = self._load(self.model_picker.value)
         label = f"run {len(self.runs) + 1}" if branch is None else branch["label"]
-        text_stream = stream(loaded.model, loaded.tokenizer, prompt, settings, top_logprobs=TOP_ALTERNATIVES)
+        text_stream = stream(loaded.model, loaded.tokenizer, prompt, settings, top_logprobs=TOP_ALTERNATIVES,
+                             on_step=self._pump)
         self._stream = text_stream
         self.stop_button.disabled = False
         run = Run(label=label, model=self.loaded_name, prompt_ids=[], prompt="", tokens=[])
         prefix_tokens = branch["prefix_tokens"] if branch else []
         if branch:
             run.parent, run.branched_at, run.replaced = branch["parent"], branch["at"], branch["replaced"]
-        self.output.clear_output()
-        self.output.append_stdout(branch["display_prompt"] + branch["prefix_text"] if branch else prompt)
+        shown_prompt = branch["display_prompt"] + branch["prefix_text"] if branch else prompt
+        self.output.value = _text_html(shown_prompt, "")
         self.current, self.selected_token = run, None
         self._clear(self.alternatives)
         run.tokens = list(prefix_tokens)
         self._show_tokens(run, fresh=True)
         start = shown = time.perf_counter()
-        pending = []
+        pieces: list[str] = []
         for piece in text_stream:
-            pending.append(piece)
+            pieces.append(piece)
             now = time.perf_counter()
-            if now - shown >= self.refresh_seconds:  # batch the updates: each one is a message to the browser
+            if now - shown >= self.refresh_seconds:  # a few redraws a second: each one costs the page a render
                 shown = now
-                self.output.append_stdout("".join(pending))
-                pending.clear()
+                self.output.value = _text_html(shown_prompt, "".join(pieces))
                 run.tokens = prefix_tokens + list(text_stream.tokens)
                 self._show_tokens(run)
                 n = len(text_stream.token_ids)
                 self.status.value = f"{n} tokens \u00b7 {n / (now - start):.1f} tokens/s \u00b7 generating\u2026"
-        if pending:
-            self.output.append_stdout("".join(pending))
+        self.output.value = _text_html(shown_prompt, "".join(pieces))
         result = text_stream.result
         run.result, run.tokens = result, prefix_tokens + list(result.tokens or [])
         run.prompt_ids = result.prompt_token_ids[: len(result.prompt_token_ids) - len(prefix_tokens)]
@@ -442,9 +564,10 @@ class Playground:
         p = math.exp(token.logprob) if token.logprob is not None else 0.0
         lines = [f"{_percent(token.logprob)} for {token.text!r}" if token.logprob is not None else repr(token.text)]
         lines += [f"{i + 1}. {text!r} {_percent(lp)}" for i, (_, text, lp) in enumerate(token.top)]
-        button = W.Button(description=_visible(token.text), tooltip="\n".join(lines),
-                          layout=W.Layout(width="auto", height="26px", margin="1px", padding="0 3px"))
-        button.style.button_color = probability_color(p)
+        color = probability_color(p)
+        style = self._token_styles.get(color) or self._token_styles.setdefault(color, W.ButtonStyle(button_color=color))
+        button = W.Button(description=_visible(token.text), tooltip="\n".join(lines), layout=self._token_layout,
+                          style=style)
         button.add_class("opt-token")
         button.on_click(lambda _, i=index: self.select_token(i))
         return button
@@ -459,12 +582,24 @@ class Playground:
             stack.extend(getattr(widget, "children", ()))
             widget.close()
 
+    def _probabilities_open(self) -> bool:
+        index = self.tabs.selected_index
+        return index is not None and self.tabs.children[index] is self._probabilities_page
+
+    def _on_tab(self, change) -> None:
+        if self._probabilities_open() and self.current is not None:
+            self._show_tokens(self.current)
+
     def _show_tokens(self, run: Run, fresh: bool = False) -> None:
-        """Add buttons for the tokens not shown yet (all of them, after the prompt, when `fresh`)."""
-        if fresh:
+        """Add buttons for the tokens not shown yet (all of them, after the prompt, for a new run). Only
+        while the Probabilities tab is open: opening it draws what it missed."""
+        if fresh or self._tokens_run is not run:
             self._clear(self.tokens_box)
             shown_prompt = run.prompt or self.prompt.value
             self.tokens_box.children = (W.HTML(f'<span style="color:#777">{html.escape(shown_prompt[-200:])}</span>'),)
+            self._tokens_run = run
+        if not self._probabilities_open():
+            return
         have = len(self.tokens_box.children) - 1
         new = [self._token_button(run, i, t) for i, t in enumerate(run.tokens[have:], start=have)]
         if new:
@@ -594,7 +729,7 @@ class Playground:
                 self.model_status.value = (f"Side by side: <b>{html.escape(name)}</b> ({len(columns) + 1}/{len(models)})"
                                            f"{'' if together else ' · one model in memory at a time'}")
                 if name == self.loaded_name or not together:
-                    loaded = self._load(name)  # unloads the previous model first
+                    loaded = self._load(name)  # the previous model goes first when both do not fit
                 else:  # they all fit: keep the playground's own model loaded beside the others
                     extra[name] = loaded = self._loader(name, device=self.device, dtype=self.dtype)
                 result = self._column(name, loaded, prompt, settings, columns, len(models))
@@ -609,7 +744,7 @@ class Playground:
 
     def _column(self, name: str, loaded: LoadedModel, prompt: str, settings: GenerationSettings,
                 columns: list, count: int) -> GenerationResult:
-        text_stream = stream(loaded.model, loaded.tokenizer, prompt, settings)
+        text_stream = stream(loaded.model, loaded.tokenizer, prompt, settings, on_step=self._pump)
         self._stream = text_stream
         self.stop_button.disabled = False
         header, body = W.HTML(f"<b>{html.escape(name)}</b>"), W.HTML()

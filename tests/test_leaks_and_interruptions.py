@@ -105,12 +105,13 @@ def test_stop_in_the_widget_leaves_the_model_loaded_and_usable(mid_folder):
     app.wait()
     app.preset.value = "the seed's greedy"
     app.max_new_tokens.value = 400
-    app.generate()
+    worker = threading.Thread(target=app.generate)  # in a kernel, the Stop click is handled between steps
+    worker.start()
     deadline = time.time() + 60
     while (app._stream is None or len(app._stream.token_ids) < 3) and time.time() < deadline:
         time.sleep(0.01)
     app.stop()
-    app.wait()
+    worker.join(60)
     model = app.loaded.model
     assert app.runs[-1].result.finish_reason == "stopped"
     app.max_new_tokens.value = 5

@@ -1,8 +1,10 @@
 """The playground driven programmatically: generate, stream, stop, switch models, branch, compare, export."""
 
 import csv
+import html
 import io
 import json
+import re
 import threading
 import time
 
@@ -41,7 +43,18 @@ def app(folders):
 
 
 def printed(pg) -> str:
-    return "".join(o.get("text", "") for o in pg.output.outputs)
+    return html.unescape(re.sub(r"<[^>]+>", "", pg.output.value))
+
+
+def in_background(pg, call, *args):
+    """Start a job the way a second front-end message would meet it: from another thread (in a kernel
+    the job handles the Stop click itself between steps)."""
+    worker = threading.Thread(target=call, args=args)
+    worker.start()
+    deadline = time.time() + 60
+    while not pg.busy and worker.is_alive() and time.time() < deadline:
+        time.sleep(0.005)
+    return worker
 
 
 def test_generate_streams_text_and_reports_the_run(app):
@@ -49,11 +62,13 @@ def test_generate_streams_text_and_reports_the_run(app):
     app.preset.value = "the seed's greedy"
     app.max_new_tokens.value = 16
     assert app.generate_button.disabled is False
+    shown = []
+    app.output.observe(lambda change: shown.append(change["new"]), names="value")
     app.generate_button.click()
     app.wait()
     run = app.runs[-1]
     assert printed(app) == run.prompt + run.text and run.text == run.result.text
-    assert len(app.output.outputs) > 4  # appended piece by piece, not at the end
+    assert len(set(shown)) > 4  # drawn piece by piece, not at the end
     assert "tokens/s" in app.status.value and "first token" in app.status.value and "RAM" in app.status.value
     assert app.history[-1]["output"] == run.text and app.history[-1]["settings"]["do_sample"] is False
     assert not app.last_error and not app.generate_button.disabled and app.stop_button.disabled
@@ -64,12 +79,13 @@ def test_stop_ends_the_generation_mid_stream(app, folders):
     app.wait()
     app.preset.value = "the seed's greedy"
     app.max_new_tokens.value = 512
-    app.generate()
+    worker = in_background(app, app.generate)
     deadline = time.time() + 60
     while (app._stream is None or len(app._stream.token_ids) < 3) and time.time() < deadline:
         time.sleep(0.01)
     app.stop_button.click()
     app.wait()
+    worker.join()
     result = app.runs[-1].result
     assert result.finish_reason == "stopped" and 3 <= len(result.token_ids) < 512
     assert "finished: stopped" in app.status.value
@@ -79,12 +95,13 @@ def test_a_second_click_does_not_start_a_second_generation(app, folders):
     app.model_picker.value = folders["mid"]
     app.wait()
     app.max_new_tokens.value = 200
-    assert app.generate() is True
+    worker = in_background(app, app.generate)
     assert app.generate_button.disabled
     assert app.generate() is False  # what a second click does while the first runs
     assert "Already generating" in app.message.value
     app.stop()
     app.wait()
+    worker.join()
     assert len(app.runs) == 1 and len(app.history) == 1
 
 
@@ -110,6 +127,8 @@ def test_probabilities_view_shades_tokens_and_lists_alternatives(app):
     app.generate()
     app.wait()
     run = app.current
+    assert len(app.tokens_box.children) == 1  # drawn only once the tab is open
+    app.tabs.selected_index = 1
     buttons = app.tokens_box.children[1:]
     assert len(buttons) == len(run.tokens) == len(run.result.token_ids)
     for button, token in zip(buttons, run.tokens):
@@ -214,6 +233,45 @@ def test_an_exception_inside_generation_is_shown_and_nothing_is_left_running(app
     app.max_new_tokens.value = 3
     app.generate()
     app.wait()
+    assert app.runs[-1].result.token_ids
+
+
+@pytest.mark.parametrize("room", ["both fit", "one at a time"])
+def test_a_switch_to_a_model_that_cannot_load_leaves_the_working_one(app, monkeypatch, room):
+    """Offline, opt-125m is not in the cache: the switch fails, and the model that worked still does."""
+    if room == "one at a time":
+        monkeypatch.setattr(app, "_budget_bytes", lambda: 0)  # the old model must make room first
+    working, model = app.loaded_name, app.loaded.model
+    app.model_picker.value = "opt-125m"
+    app.wait()
+    assert "HF_HUB_OFFLINE" in app.message.value
+    assert app.loaded_name == working and app.model_picker.value == working and app.loaded.model is not None
+    status = app.model_status.value
+    assert "opt-125m</b> failed" in status and ("still loaded" if room == "both fit" else "loaded back") in status
+    assert (app.loaded.model is model) == (room == "both fit")
+    app.max_new_tokens.value = 3
+    app.generate()
+    assert app.runs[-1].result.token_ids and not app.last_error
+
+
+def test_tabs_and_settings_have_names_on_ipywidgets_7_and_8(app):
+    assert [app.tabs.get_title(i) for i in range(5)] == ["Output", "Probabilities", "Branches", "Side by side",
+                                                         "History"]
+    settings = next(c for c in app.widget.children if isinstance(c, widgets.W.Accordion))
+    assert settings.get_title(0) == "Decoding settings"
+
+
+def test_ctrl_c_outside_a_kernel_ends_the_call_and_leaves_the_app_usable(app, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(widgets, "stream", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        app.generate()
+    assert not app.busy and not app.generate_button.disabled and "Interrupted" in app.message.value
+    monkeypatch.undo()
+    app.max_new_tokens.value = 3
+    app.generate()
     assert app.runs[-1].result.token_ids
 
 
