@@ -1,0 +1,1 @@
+"""Original metaseq OPT checkpoints, read without metaseq and converted to Hugging Face folders, by stage."""
