@@ -199,9 +199,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.as_dict())
         return 0
-    for note in report.notes:
-        print(f"note: {note}", file=sys.stderr)
-    arch = report.architecture
+    arch = report.architecture  # the notes were printed as they came (progress)
     print(f"Converted {report.layout} checkpoint ({arch['layers']} layers, d_model {arch['d_model']}, "
           f"{arch['heads']} heads, {report.parameters / 1e6:.1f}M parameters, {report.dtype}) to {report.destination}")
     print(f"Generate with: python -m helpers generate --model {report.destination} \"Hello\"")
