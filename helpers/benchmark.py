@@ -3,6 +3,7 @@ roofline for each decoding method, measured side by side in one run, with the qu
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import json
@@ -47,8 +48,9 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
 def measure_bandwidth(device: str | torch.device = "cpu", buffer_bytes: int = 1 << 30,
                       tensors: list[torch.Tensor] | None = None) -> dict:
     """Memory bandwidth, measured now. On a GPU: a device-to-device copy of `buffer_bytes` (reads and
-    writes counted). On the CPU: reading `tensors` once (a model's weights: the very bytes a decode step
-    reads, where they live) or a fresh buffer, with torch's sum and with numpy's matrix-vector product;
+    writes counted) and a sum over it (reads alone, as a decode step reads its weights). On the CPU:
+    reading `tensors` once (a model's weights: the very bytes a decode step reads, where they live) or a
+    fresh buffer, with torch's sum and with numpy's matrix-vector product;
     the faster is the roofline's bandwidth (a shared machine's bandwidth to a fresh buffer drifts by tens
     of percent, and caches may flatter it, so the weights themselves make the steadier yardstick)."""
     device = torch.device(device)
@@ -58,12 +60,12 @@ def measure_bandwidth(device: str | torch.device = "cpu", buffer_bytes: int = 1 
         dst = torch.empty_like(src)
         out = {"buffer_bytes": n * 4, "copy": 2 * n * 4 / _median_seconds(lambda: dst.copy_(src), device)}
         del dst
-        tensors = [src.view(-1, 4096)] if device.type == "cpu" else []
+        tensors = [src.view(-1, 4096)]
     else:
         out = {"buffer_bytes": sum(t.numel() * t.element_size() for t in tensors)}
+    read = sum(t.numel() * t.element_size() for t in tensors)  # a sum reads its input once and writes nothing
+    out["read_sum"] = read / _median_seconds(lambda: [t.sum() for t in tensors], device)
     if device.type == "cpu":
-        read = sum(t.numel() * t.element_size() for t in tensors)
-        out["read_sum"] = read / _median_seconds(lambda: [t.sum() for t in tensors], device)
         matrices = [t.detach().numpy() for t in tensors if t.dim() == 2 and t.dtype == torch.float32]
         vectors = {m.shape[1]: np.ones(m.shape[1], dtype=np.float32) for m in matrices}
         if matrices:
@@ -244,6 +246,11 @@ class Measurement:
     token_ids: list[int] = field(default_factory=list)  # first row, to check methods agree
     quality: Quality | None = None
     skipped: str | None = None  # why it did not run here
+    # The warm-up: the first call on this model, so compilation (the static cache on CUDA) and start-up are in it.
+    first_call_seconds: float | None = None
+    first_call_new_tokens: int | None = None
+    first_call_time_to_first_token: float | None = None
+    first_call_extra_seconds: float | None = None  # beyond what a warm call of its length takes: the compiling
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -292,8 +299,14 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     run = METHODS[method].run
     device = model_device(model)
     prompts = [prompt_of_length(tokenizer, prompt_tokens)] * batch
+    first_tokens = new_tokens if device.type == "cuda" else min(new_tokens, 4)
+    first_seconds = first_ttft = None
     if warmup:  # on a GPU the whole length: compiled static-cache graphs are specialised to it
-        run(model, tokenizer, prompts, new_tokens if device.type == "cuda" else min(new_tokens, 4))
+        _sync(device)
+        start = time.perf_counter()
+        _, first_ttft = run(model, tokenizer, prompts, first_tokens)
+        _sync(device)
+        first_seconds = time.perf_counter() - start
     gc.collect()
     seconds, ttfts, ids, bandwidths, peaks = [], [], [], [], []
 
@@ -332,6 +345,9 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     step_bytes = bytes_per_decode_step(model, prompt_tokens + new_tokens / 2, batch)
     fractions = [step_bytes * (new_tokens - 1) / (t - ttft) / bw for t, bw in zip(seconds, bandwidths) if t > ttft]
     peak = max(peaks)
+    first_extra = None
+    if first_seconds is not None:  # a warm call of the warm-up's length: the first token, then decoding
+        first_extra = first_seconds - (ttft + (first_tokens - 1) / decode if decode else total)
     return Measurement(
         method=method, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, total_seconds=total,
         time_to_first_token=ttft, tokens_per_second=batch * new_tokens / total, decode_tokens_per_second=decode,
@@ -339,6 +355,8 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
         roofline_fraction=statistics.median(fractions) if fractions and new_tokens > 1 else None,
         bandwidth_bytes_per_second=statistics.median(bandwidths) if bandwidths else None,
         bandwidths=bandwidths, repeats=repeats, runs_seconds=seconds, token_ids=ids[0],
+        first_call_seconds=first_seconds, first_call_new_tokens=first_tokens if warmup else None,
+        first_call_time_to_first_token=first_ttft, first_call_extra_seconds=first_extra,
     )
 
 
@@ -465,7 +483,7 @@ def run_suite(model: str, methods: list[str] | None = None, *, device: str = "au
     prompt = prompt_of_length(tokenizer, prompt_tokens)
     reference = None
     if any(METHODS[m].prepare for m in methods):  # the unquantized greedy continuation quality is judged on
-        reference = _via_generate("auto")(net, tokenizer, [prompt], new_tokens)[0][0]
+        reference = _via_generate("cached")(net, tokenizer, [prompt], new_tokens)[0][0]  # the same tokens, uncompiled
     measurements = []
     try:
         for method in methods:
@@ -476,14 +494,17 @@ def run_suite(model: str, methods: list[str] | None = None, *, device: str = "au
                                  for batch in batches]
                 continue
             subject = spec.prepare(context) if spec.prepare else net
-            for batch in batches:
-                progress(f"{method}: batch {batch}, {repeats} runs of {new_tokens} new tokens after a "
-                         f"{prompt_tokens}-token prompt")
-                m = measure(subject, tokenizer, method, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                            batch=batch, repeats=repeats, bandwidth="each", bandwidth_tensors=yardstick)
-                if spec.prepare:
-                    m.quality = quality_against(subject, net, tokenizer, prompt, reference, m.token_ids)
-                measurements.append(m)
+            rows = []
+            with _parked(net, spec.prepare is not None and device_type == "cuda"):
+                for batch in batches:
+                    progress(f"{method}: batch {batch}, {repeats} runs of {new_tokens} new tokens after a "
+                             f"{prompt_tokens}-token prompt")
+                    rows.append(measure(subject, tokenizer, method, prompt_tokens=prompt_tokens,
+                                        new_tokens=new_tokens, batch=batch, repeats=repeats, bandwidth="each",
+                                        bandwidth_tensors=yardstick))
+            for m in rows if spec.prepare else []:
+                m.quality = quality_against(subject, net, tokenizer, prompt, reference, m.token_ids)
+            measurements += rows
             del subject
             gc.collect()
     finally:
@@ -495,6 +516,26 @@ def run_suite(model: str, methods: list[str] | None = None, *, device: str = "au
         settings={"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batches": list(batches),
                   "repeats": repeats, "methods": methods},
     )
+
+
+@contextlib.contextmanager
+def _parked(model: OPTForCausalLM, park: bool):
+    """Keep `model` in RAM while the block runs, so a GPU's peak memory is the quantized copy's own rather
+    than both models'; it comes back for the quality comparison."""
+    device = model_device(model)
+    moved = False
+    if park:
+        try:
+            model.to("cpu")
+            moved = True
+        except (RuntimeError, ValueError):  # a model accelerate dispatched may refuse: then both stay
+            pass
+        torch.cuda.empty_cache()
+    try:
+        yield
+    finally:
+        if moved:
+            model.to(device)
 
 
 def loop_comparison(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompt: str,
@@ -522,11 +563,12 @@ def loop_comparison(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, p
 
 def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None = None,
                cpu_memory: str | int | None = None, prompt_tokens: int = 16, new_tokens: int = 256,
-               progress: Callable[[str], None] = lambda line: None) -> dict:
+               generation_method: str = "auto", progress: Callable[[str], None] = lambda line: None) -> dict:
     """Load `model` (random weights in a size's real shape, or a folder) with a memory plan and generate
     `new_tokens` under the budget (on a GPU, capped with `set_per_process_memory_fraction`, as a T4's
     15 GiB in a bigger card), then compare the planner's predicted peak with the measured one: GPU
-    memory allocated (first GPU) when the plan uses a GPU, else the growth of resident memory."""
+    memory allocated (first GPU) when the plan uses a GPU, else the growth of resident memory.
+    `generation_method` is `generate()`'s (its default picks the static cache, compiled, on one GPU)."""
     from .loading import load_model, size_of
     from .models import find_size
     from .planner import Budget, choose, parse_bytes, plan
@@ -567,7 +609,8 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
             prompt = prompt_of_length(loaded.tokenizer, prompt_tokens)
             progress(f"generating {new_tokens} tokens")
             result = loaded.generate(prompt, GenerationSettings.greedy(max_new_tokens=new_tokens,
-                                                                        min_new_tokens=new_tokens))
+                                                                        min_new_tokens=new_tokens),
+                                     method=generation_method)
         measured = (torch.cuda.max_memory_allocated(0) - baseline) if uses_gpu else rss.peak - baseline
         predicted = option.gpu_bytes_each[0] if uses_gpu else option.cpu_bytes - _process_bytes(option)
         loaded.unload()
@@ -581,6 +624,8 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
         "predicted_bytes": int(predicted), "measured_bytes": int(measured),
         "relative_error": (predicted - measured) / measured if measured else None,
         "new_tokens": len(result.token_ids), "tokens_per_second": result.timings.tokens_per_second,
+        "generation_method": generation_method, "time_to_first_token": result.timings.time_to_first_token,
+        "generate_seconds": result.timings.total_seconds,  # a first call: any compiling is in it
         "option": option.as_dict(), "hardware": hardware_facts(),
     }
 

@@ -81,3 +81,19 @@ def save_tiny_model(path: str | Path, variant: str = "pre-ln", seed: int = 0, **
     tiny_model(variant, seed=seed, **overrides).save_pretrained(path)
     opt_tokenizer().save_pretrained(path)
     return path
+
+
+def save_random_model(size: str | OPTSize, path: str | Path, dtype: torch.dtype = torch.float16,
+                      device: str = "cpu", max_shard_size: str | int | None = None) -> Path:
+    """Write an OPT of a real size with random weights and OPT's tokenizer to `path`, in shards of
+    `max_shard_size` ("10GB" gives the hub's own layout of the larger sizes). Made on `device`: a GPU
+    fills 13B parameters in a moment, where the CPU's generator takes a minute."""
+    from .loading import opt_tokenizer
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = random_model(size, dtype=dtype, device=device)
+    model.save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    opt_tokenizer().save_pretrained(path)
+    del model
+    return path
