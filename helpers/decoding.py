@@ -32,7 +32,13 @@ CACHE_ARG = "cache" if "cache" in inspect.signature(OPTForCausalLM.forward).para
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
+    """Where the model's inputs go: the token table's device, or, where accelerate offloaded it (to disk:
+    the tensor is on `meta`), the device its hook runs it on."""
+    embeddings = model.get_input_embeddings()
+    execution = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    if execution is not None and embeddings.weight.device.type == "meta":
+        return torch.device(execution)
+    return embeddings.weight.device
 
 
 def seed_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,

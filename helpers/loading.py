@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 from transformers import AutoTokenizer, GPT2Tokenizer, OPTForCausalLM, PreTrainedTokenizerBase
 
 from .cpu_engine import drop_engine
+from .decoding import model_device
 from .environment import default_device, resident_memory_bytes
 from .errors import ModelLoadError, ModelUnloadedError, UnknownModelError
 from .fetch import hub_endpoint, hub_offline, hub_reachable, is_lfs_pointer, lfs_pull_hint, offline_message
@@ -192,7 +194,7 @@ def resolve_source(name: str) -> tuple[str, bool]:
             raise ModelLoadError(f"The folder '{name}' has no config.json, so it is not a Hugging Face model folder.{hint}")
         return str(path.resolve()), True
     if path.is_file():
-        folder = str(path.parent) if str(path.parent) != "." else "."
+        folder = str(path.parent)
         what = ("an original metaseq checkpoint? Convert it first with `python -m helpers convert-metaseq "
                 f"{name} OUT_FOLDER`, then load OUT_FOLDER" if path.suffix == ".pt" else
                 f"pass the folder that holds it and its config.json instead: {folder}")
@@ -265,8 +267,9 @@ def weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
         if isinstance(module, DynamicInt8Linear):
             candidates += [t for t in (module.weight(), module.bias()) if t is not None]
     for tensor in candidates:
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
+        key = id(tensor) if tensor.device.type == "meta" else tensor.data_ptr()  # offloaded: no memory, no address
+        if key not in seen:
+            seen.add(key)
             out.append(tensor)
     return out
 
@@ -384,31 +387,38 @@ def load_model(
         device = "cuda" if any(str(d).isdigit() for d in arguments.get("device_map", {}).values()) else "cpu"
     start, before = time.perf_counter(), _memory_now(device)
     try:
-        tokenizer = load_tokenizer(source, local)
-        with _reporting_progress(progress):
-            # transformers would fill missing or misshapen weights with random values and only log it (or
-            # raise pointing at a report the silenced log never shows): ask for its findings and judge them
-            model, loading_info = OPTForCausalLM.from_pretrained(
-                source, revision=revision, local_files_only=local, output_loading_info=True,
-                ignore_mismatched_sizes=True, **arguments)
-        damage = _damage(loading_info)
-        if chosen is not None and chosen.dtype == "int8-dynamic" and not damage:
-            model = quantize_dynamic_int8(model)
-    except (torch.cuda.OutOfMemoryError, MemoryError):
-        raise
-    except Exception as exc:  # safetensors, pickle and hub clients each raise their own types
-        if local:
+        try:
+            tokenizer = load_tokenizer(source, local)
+            with _reporting_progress(progress):
+                # transformers would fill missing or misshapen weights with random values and only log it (or
+                # raise pointing at a report the silenced log never shows): ask for its findings and judge them
+                model, loading_info = OPTForCausalLM.from_pretrained(
+                    source, revision=revision, local_files_only=local, output_loading_info=True,
+                    ignore_mismatched_sizes=True, **arguments)
+            damage = _damage(loading_info)
+            if chosen is not None and chosen.dtype == "int8-dynamic" and not damage:
+                model = quantize_dynamic_int8(model)
+        except (torch.cuda.OutOfMemoryError, MemoryError):
+            raise
+        except Exception as exc:  # safetensors, pickle and hub clients each raise their own types
+            if local:
+                raise ModelLoadError(
+                    f"Could not load the model in {source}: {exc}. The folder may be incomplete or damaged; "
+                    "re-download or re-convert it."
+                ) from None
+            raise ModelLoadError(offline_message(source, f"the download failed ({exc})")) from None
+        if damage:
+            unload(model)
             raise ModelLoadError(
-                f"Could not load the model in {source}: {exc}. The folder may be incomplete or damaged; "
-                "re-download or re-convert it."
-            ) from None
-        raise ModelLoadError(offline_message(source, f"the download failed ({exc})")) from None
-    if damage:
-        unload(model)
-        raise ModelLoadError(
-            f"The model in {source} is damaged: {damage}. Loading it would fill those weights with random "
-            "values. Re-download or re-convert the model (or fix config.json if it belongs to another model)."
-        )
+                f"The model in {source} is damaged: {damage}. Loading it would fill those weights with random "
+                "values. Re-download or re-convert the model (or fix config.json if it belongs to another model)."
+            )
+    except BaseException:  # a failed, refused or interrupted load leaves no offload folder behind
+        if made_folder is not None:
+            shutil.rmtree(made_folder, ignore_errors=True)
+        raise
+    if made_folder is not None:  # removed by unload(), else when the model is freed or Python exits
+        weakref.finalize(model, shutil.rmtree, made_folder, True)
     model.eval()
     seconds = time.perf_counter() - start
     size = find_size(name_or_path) or size_from_config(model.config, name=Path(source).name)
@@ -420,7 +430,7 @@ def load_model(
         size=size,
         parameters=sum(t.numel() * (2 if t.dtype == torch.uint8 else 1) for t in weight_tensors(model)),
         dtype=_dtype_label(model, chosen),
-        device=", ".join(sorted(placed)) if len(placed) > 1 else str(next(model.parameters()).device),
+        device=", ".join(sorted(placed)) if len(placed) > 1 or "disk" in placed else str(model_device(model)),
         weight_bytes=_weight_bytes(model),
         memory_used_bytes=max(0, _memory_now(device) - before),
         load_seconds=seconds,
@@ -552,6 +562,11 @@ def unload(model: torch.nn.Module | LoadedModel | None) -> None:
     if hasattr(model, "hf_device_map"):  # dispatched by accelerate: its hooks pin the tensors
         from accelerate.hooks import remove_hook_from_module
 
+        for module in model.modules():  # removing an offload hook would first read its weights back in: skip that
+            hook = getattr(module, "_hf_hook", None)
+            for one in getattr(hook, "hooks", [hook]):
+                if getattr(one, "offload", False):
+                    one.offload = False
         remove_hook_from_module(model, recurse=True)
     try:
         model.to("meta")

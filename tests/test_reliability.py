@@ -194,3 +194,64 @@ def test_complete_says_what_a_prompt_must_be(tiny, tokenizer, prompt):
 
     with pytest.raises(PromptError, match="prompt must be a string or a list of strings, got"):
         complete(tiny, tokenizer, prompt)
+
+
+# ------------------------------------------------------------------------------ the planner's disk offload
+
+
+def _offload_folders() -> set[str]:
+    import glob
+    import tempfile
+
+    return set(glob.glob(f"{tempfile.gettempdir()}/opt-offload-*"))
+
+
+def _budget_that_only_disk_offload_fits(folder) -> int:
+    from helpers.loading import size_of
+    from helpers.planner import CPU_PROCESS_BYTES, Budget, plan
+
+    need = {o.method: o.cpu_bytes for o in plan(size_of(str(folder)), Budget(cpu_bytes=CPU_PROCESS_BYTES))}
+    assert need["disk-offload"] < min(need["fp32-cpu"], need["int8-cpu"])
+    return (need["disk-offload"] + min(need["fp32-cpu"], need["int8-cpu"])) // 2
+
+
+def test_the_planners_disk_offload_choice_generates_and_leaves_no_folder(tiny_pre_folder, tokenizer):
+    import gc
+
+    from helpers.loading import load_model
+
+    before = _offload_folders()
+    budget = _budget_that_only_disk_offload_fits(tiny_pre_folder)
+    reference = load_model(str(tiny_pre_folder), device="cpu", dtype="float32")
+    offloaded = load_model(str(tiny_pre_folder), cpu_memory=budget)
+    assert offloaded.info.plan.method == "disk-offload" and "disk" in offloaded.info.device
+    assert offloaded.info.parameters == reference.info.parameters  # offloaded tensors are counted too
+    for settings in (GREEDY, GenerationSettings(max_new_tokens=12, seed=4)):
+        assert offloaded.generate("Hello", settings).token_ids == reference.generate("Hello", settings).token_ids
+    assert "".join(offloaded.stream("Hello", GREEDY)) == reference.generate("Hello", GREEDY).text
+    assert len(_offload_folders() - before) == 1
+    offloaded.unload()
+    assert _offload_folders() == before
+    dropped = load_model(str(tiny_pre_folder), cpu_memory=budget)  # never unloaded: freed, or at exit
+    assert len(_offload_folders() - before) == 1
+    del dropped
+    gc.collect()
+    assert _offload_folders() == before
+
+
+def test_a_refused_disk_offload_load_leaves_no_folder(tmp_path):
+    import json
+
+    from helpers.errors import ModelLoadError
+    from helpers.fixtures import save_tiny_model
+    from helpers.loading import load_model
+
+    folder = save_tiny_model(tmp_path / "m", "pre-ln")
+    budget = _budget_that_only_disk_offload_fits(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 3  # damaged: refused after the weights were offloaded
+    (folder / "config.json").write_text(json.dumps(config))
+    before = _offload_folders()
+    with pytest.raises(ModelLoadError, match="damaged"):
+        load_model(str(folder), cpu_memory=budget)
+    assert _offload_folders() == before
