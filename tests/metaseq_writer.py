@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from transformers import OPTForCausalLM
 
+from helpers.fixtures import tiny_model
+
 TOP_ORDER = ["decoder.embed_tokens.weight", "decoder.project_in_dim.weight", "decoder.embed_positions.weight",
              "decoder.layer_norm.weight", "decoder.layer_norm.bias", "decoder.project_out_dim.weight"]
 LAYER_ORDER_SPLIT = ["self_attn.k_proj.weight", "self_attn.k_proj.bias", "self_attn.v_proj.weight", "self_attn.v_proj.bias",
@@ -16,6 +18,18 @@ LAYER_ORDER_FUSED = ["self_attn.qkv_proj.weight", "self_attn.qkv_proj.bias"]
 LAYER_ORDER_REST = ["self_attn.out_proj.weight", "self_attn.out_proj.bias", "self_attn_layer_norm.weight",
                     "self_attn_layer_norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
                     "final_layer_norm.weight", "final_layer_norm.bias"]
+
+
+def metaseq_vocabulary(symbols: int) -> int:
+    """The embedding rows metaseq gives a dictionary: 4 specials (<s>, <pad>, </s>, <unk>) and the symbols,
+    padded to a multiple of 8 (as OPT's 50,265 entries became 50,272)."""
+    return -(-(4 + symbols) // 8) * 8
+
+
+def metaseq_model(variant: str = "pre-ln", seed: int = 0, symbols: int = 1000, positions: int = 100) -> OPTForCausalLM:
+    """A tiny OPT as metaseq trains one on its own small dictionary, with a short learned-position table
+    (max_target_positions + 2 rows): neither is OPT's 50,272 or 2048."""
+    return tiny_model(variant, seed=seed, vocab_size=metaseq_vocabulary(symbols), max_position_embeddings=positions)
 
 
 def metaseq_state(model: OPTForCausalLM, version: bool = True) -> dict[str, torch.Tensor]:

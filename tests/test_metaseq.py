@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from metaseq_writer import metaseq_state, write_checkpoint
+from metaseq_writer import metaseq_model, metaseq_state, write_checkpoint
 from transformers import OPTForCausalLM
 
 from helpers.__main__ import main
@@ -37,28 +37,50 @@ def _logits(model, tokenizer, text=PROMPT):
         return model(ids).logits[0].float()
 
 
+IDS = [2, 31, 7, 412, 999, 5, 64, 300, 17, 812]  # BOS, then ids of metaseq_model's 1,000-symbol dictionary
+
+
+def _logits_of(model, ids=IDS):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_every_layout_converts_to_the_same_model(tmp_path, tokenizer, variant, layout):
-    source = tiny_model(variant, seed=11)
+def test_every_layout_converts_to_the_same_model(tmp_path, variant, layout):
+    """metaseq's own small dictionary (1,008 rows) and positions (100), in every layout."""
+    source = metaseq_model(variant, seed=11)
     args = LAYOUTS[layout]
     write_checkpoint(source, tmp_path / "ckpt", **args)
     extra = {"num_heads": 4} if args.get("cfg", "namespace") is None else {}
     report = convert(tmp_path / "ckpt", tmp_path / "hf", **extra)
     assert report.model_parallel == args.get("parts", 1)
     assert report.parameters == sum(p.numel() for p in source.parameters())
+    assert (report.architecture["vocab_size"], report.architecture["max_positions"]) == (1008, 100)
+    assert any("1,008 rows, not OPT's 50,272" in note for note in report.notes)
 
     fp16 = args.get("dtype") == torch.float16
     assert report.dtype == ("float16" if fp16 else "float32")
     model, tok, info = load_model(str(tmp_path / "hf"))  # our loader: fp32 on the CPU
-    assert tok(PROMPT).input_ids[0] == 2 and info.dtype == "float32"
+    assert tok("Hello").input_ids[0] == 2 and info.dtype == "float32"  # OPT's tokenizer is still written
     reference = source.half().float() if fp16 else source  # the same values the file holds
-    torch.testing.assert_close(_logits(model, tokenizer), _logits(reference, tokenizer), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_logits_of(model), _logits_of(reference), atol=1e-5, rtol=0)
     plain = OPTForCausalLM.from_pretrained(tmp_path / "hf", dtype="auto")  # plain transformers, the file's dtype
     assert plain.dtype == (torch.float16 if fp16 else torch.float32)
-    expected = _logits(source.half() if fp16 else source, tokenizer)
-    torch.testing.assert_close(_logits(plain, tokenizer), expected, atol=2e-2 if fp16 else 1e-5, rtol=0)
+    assert plain.config.vocab_size == 1008 and plain.config.max_position_embeddings == 100
+    expected = _logits_of(source.half() if fp16 else source)
+    torch.testing.assert_close(_logits_of(plain), expected, atol=2e-2 if fp16 else 1e-5, rtol=0)
     settings = GenerationSettings.greedy(max_new_tokens=12)
-    assert generate(model, tok, PROMPT, settings).token_ids == generate(reference, tokenizer, PROMPT, settings).token_ids
+    assert generate(model, tok, IDS, settings).token_ids == generate(reference, tok, IDS, settings).token_ids
+
+
+def test_opts_own_vocabulary_converts_without_a_note(tmp_path, tokenizer):
+    source = tiny_model("pre-ln", seed=4)
+    write_checkpoint(source, tmp_path / "ckpt", parts=2, flat=True, dtype=torch.float16)
+    report = convert(tmp_path / "ckpt", tmp_path / "hf")
+    assert report.architecture["vocab_size"] == 50272 and not any("vocabulary" in n for n in report.notes)
+    converted = load_model(str(tmp_path / "hf")).model
+    torch.testing.assert_close(_logits(converted, tokenizer), _logits(source.half().float(), tokenizer),
+                               atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -164,32 +186,54 @@ def test_missing_part(tmp_path):
 def test_extra_part(tmp_path):
     paths = write_checkpoint(tiny_model("pre-ln"), tmp_path / "mp", parts=2)
     (tmp_path / "mp" / "reshard-model_part-2.pt").write_bytes(paths[1].read_bytes())
-    with pytest.raises(CheckpointError, match="split into 2 .* 3 were found"):
+    with pytest.raises(CheckpointError, match="Found 3 .* each holds 1/2 of the model .* 1 of them do not belong"):
         convert(tmp_path / "mp", tmp_path / "hf")
 
 
 def test_extra_part_without_cfg_is_caught_by_the_shapes(tmp_path):
     paths = write_checkpoint(tiny_model("pre-ln"), tmp_path / "mp", parts=2, cfg=None)
     (tmp_path / "mp" / "reshard-model_part-2.pt").write_bytes(paths[1].read_bytes())
-    with pytest.raises(CheckpointError, match="add up to 75,408 over 3 part"):
+    with pytest.raises(CheckpointError, match="each holds 1/2 of the model"):
         convert(tmp_path / "mp", tmp_path / "hf", num_heads=4)
 
 
-def test_a_lone_flat_part_without_cfg_is_caught_by_the_shapes(tmp_path):
-    from helpers.metaseq import Architecture, _unflatten, read_part
-
-    flat = write_checkpoint(tiny_model("pre-ln"), tmp_path / "flat", parts=2, flat=True, cfg=None)
-    tiny = Architecture(layers=2, d_model=64, ffn=256, heads=4, word_embed_proj_dim=64, pre_layer_norm=True,
-                        vocab_size=None)
-    with pytest.raises(CheckpointError, match="add up to 25,136 over 1 part"):
-        _unflatten(read_part(flat[0]), tiny, parts=1)  # half the vocabulary, read as a whole model
-
-
-def test_a_missing_flat_part_is_caught_by_the_cfg(tmp_path):
-    flat = write_checkpoint(tiny_model("pre-ln"), tmp_path / "flat", parts=2, flat=True)
+def test_a_missing_flat_part_is_caught_by_the_flat_sizes_whatever_the_cfg_says(tmp_path):
+    flat = write_checkpoint(metaseq_model("pre-ln"), tmp_path / "flat", parts=2, flat=True)
     flat[1].unlink()
-    with pytest.raises(CheckpointError, match="split into 2 model-parallel parts, but 1 were found"):
+    raw = torch.load(flat[0], weights_only=False)
+    raw["cfg"]["common"].model_parallel_size = 1  # a cfg that lies: the flat layer sizes do not
+    torch.save(raw, flat[0])
+    with pytest.raises(CheckpointError, match=r"holds 1/2 of the model each .* 1 model-parallel part\(s\) missing"):
         convert(tmp_path / "flat", tmp_path / "hf")
+
+
+def test_a_duplicate_part_number(tmp_path):
+    paths = write_checkpoint(tiny_model("pre-ln"), tmp_path / "mp", parts=2)
+    (tmp_path / "mp" / "reshard-model_part-01.pt").write_bytes(paths[1].read_bytes())
+    with pytest.raises(CheckpointError, match="part 1 is there twice .*reshard-model_part-01.pt, reshard-model_part-1.pt"):
+        convert(tmp_path / "mp", tmp_path / "hf")
+
+
+def test_parts_whose_shapes_disagree(tmp_path):
+    write_checkpoint(metaseq_model("pre-ln"), tmp_path / "mp", parts=2)
+    other = write_checkpoint(tiny_model("pre-ln", vocab_size=1008, max_position_embeddings=100, ffn_dim=128),
+                             tmp_path / "other", parts=2)
+    (tmp_path / "mp" / "reshard-model_part-1.pt").write_bytes(other[1].read_bytes())
+    with pytest.raises(CheckpointError, match="reshard-model_part-1.pt does not hold a 1/2 model-parallel share .*fc1"):
+        convert(tmp_path / "mp", tmp_path / "hf")
+
+
+def test_a_full_size_file_is_a_singleton_whatever_its_cfg_says(tmp_path):
+    source = metaseq_model("post-ln", seed=8)
+    path = write_checkpoint(source, tmp_path / "one", name="restored.pt")[0]
+    raw = torch.load(path, weights_only=False)
+    raw["cfg"]["common"].model_parallel_size = 2  # as convert_to_singleton leaves it
+    torch.save(raw, path)
+    report = convert(path, tmp_path / "hf")
+    assert report.model_parallel == 1 and any("model_parallel_size 2, but the tensors are full size" in n
+                                                for n in report.notes)
+    torch.testing.assert_close(_logits_of(OPTForCausalLM.from_pretrained(tmp_path / "hf")), _logits_of(source),
+                               atol=1e-5, rtol=0)
 
 
 def test_parts_from_different_checkpoints(tmp_path):
@@ -249,7 +293,7 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path):
 
 
 def test_a_failure_leaves_no_half_written_model(tmp_path, monkeypatch):
-    import helpers.metaseq as metaseq
+    import helpers.checkpoints.convert as stages
 
     _one_file(tmp_path)
     calls = []
@@ -258,21 +302,11 @@ def test_a_failure_leaves_no_half_written_model(tmp_path, monkeypatch):
         calls.append(1)
         raise CheckpointError("simulated failure after the weights were written")
 
-    monkeypatch.setattr(metaseq, "_check_against_model", fail_after_writing)
+    monkeypatch.setattr(stages, "check_against_model", fail_after_writing)
     with pytest.raises(CheckpointError, match="simulated"):
         convert(tmp_path / "ckpt", tmp_path / "hf")
     assert calls and not (tmp_path / "hf").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf.partial")]
-
-
-def test_an_existing_destination_needs_overwrite(tmp_path):
-    _one_file(tmp_path)
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "keep.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match="--overwrite"):
-        convert(tmp_path / "ckpt", tmp_path / "hf")
-    convert(tmp_path / "ckpt", tmp_path / "hf", overwrite=True)
-    assert not (tmp_path / "hf" / "keep.txt").exists() and (tmp_path / "hf" / "config.json").exists()
 
 
 def test_finding_parts(tmp_path):
