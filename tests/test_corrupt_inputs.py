@@ -206,6 +206,24 @@ def ms_flat_damaged(folder: Path):
     torch.save(raw, path)
 
 
+def ms_duplicate_part(folder: Path):
+    paths = write_checkpoint(tiny_model("pre-ln"), folder, parts=2)
+    shutil.copy(paths[1], folder / "reshard-model_part-01.pt")
+
+
+def ms_shapes_disagree(folder: Path):
+    write_checkpoint(tiny_model("pre-ln"), folder, parts=2)
+    other = write_checkpoint(tiny_model("pre-ln", ffn_dim=128), folder.parent / "other", parts=2)
+    shutil.copy(other[1], folder / "reshard-model_part-1.pt")
+
+
+def ms_lone_half_part(folder: Path):  # one of two parts, renamed as a single file, its cfg gone
+    path = write_checkpoint(tiny_model("pre-ln"), folder, parts=2)[0]
+    torch.save(torch.load(path, weights_only=False)["model"], folder / "restored.pt")
+    for part in folder.glob("reshard-*.pt"):
+        part.unlink()
+
+
 def ms_mixed_dtypes(folder: Path):  # harmless: converted to one dtype, and said so
     path = _single(folder)
     raw = torch.load(path, weights_only=False)
@@ -226,11 +244,14 @@ METASEQ_CASES = [
     (ms_lfs_pointer, CheckpointError, "git lfs pull"),
     (ms_wrong_format, CheckpointError, "not a PyTorch checkpoint"),
     (ms_missing_part, CheckpointError, r"part\(s\) 1 missing"),
-    (ms_extra_part, CheckpointError, "split into 2"),
+    (ms_extra_part, CheckpointError, "do not belong"),
     (ms_foreign_part, CheckpointError, "disagree"),
     (ms_malicious, UnsafeCheckpointError, "nothing in it was executed"),
     (ms_not_opt, CheckpointError, "not a metaseq OPT checkpoint"),
     (ms_flat_damaged, CheckpointError, "needs"),
+    (ms_duplicate_part, CheckpointError, "part 1 is there twice"),
+    (ms_shapes_disagree, CheckpointError, "does not hold a 1/2 model-parallel share"),
+    (ms_lone_half_part, CheckpointError, r"1/2 of the model each .* part\(s\) missing"),
     (ms_mixed_dtypes, None, None),
     (ms_parts_in_two_dtypes, None, None),
 ]
@@ -258,4 +279,4 @@ def test_metaseq_checkpoints(tmp_path, tokenizer, damage, error, message):
 
 def test_every_case_is_a_helpers_error():
     assert issubclass(ModelLoadError, HelpersError) and issubclass(CheckpointError, HelpersError)
-    assert len(FOLDER_CASES) + len(METASEQ_CASES) == 25
+    assert len(FOLDER_CASES) + len(METASEQ_CASES) == 30
