@@ -90,6 +90,8 @@ def test_released_layout_of_opt_125m_without_cfg_converts_with_size(tmp_path, to
 
     source = random_model("opt-125m", dtype=torch.float16, seed=5)
     write_checkpoint(source, tmp_path / "125m", parts=2, flat=True, cfg=None)
+    with pytest.raises(CheckpointError, match="have the sizes of opt-125m: --size opt-125m"):
+        convert(tmp_path / "125m", tmp_path / "hf")
     report = convert(tmp_path / "125m", tmp_path / "hf", size="opt-125m")
     assert report.layout == "FSDP-flattened, 2-way model parallel" and report.parameters == 125_239_296
     converted = load_model(str(tmp_path / "hf")).model
