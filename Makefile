@@ -8,15 +8,23 @@ PORT ?= 8888
 PYTEST_ARGS ?=
 MODEL ?= opt-350m
 VOILA_PORT ?= 8866
+# Colab's published versions (../shared/colab/) in a second environment, for `make test-colab`.
+COLAB_RUNTIME ?= $(or $(OPT_SHARED_DIR),../shared)/colab/colab-gpu-runtime.txt
+COLAB_VENV ?= .venv-colab
+COLAB_PY := $(COLAB_VENV)/bin/python
+COLAB_STAMP := $(COLAB_VENV)/.installed-stamp
 
-.PHONY: install lab playground bench bench-gpu plan-check-gpu figures test test-fast system-packages clean help
+.PHONY: install install-colab lab playground bench bench-gpu plan-check-gpu gpu-check gpu-wheels figures test test-fast test-colab system-packages clean help
 
 help:
 	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m)"
 	@echo "make lab         install what is missing, then start JupyterLab on $(HOST) with the notebooks"
 	@echo "make bench       CPU benchmark into benchmarks/ (make bench-gpu on a GPU machine)"
+	@echo "make gpu-check   the prepared GPU run (~7 min) into benchmarks/gpu-*; DRY=1: the same on the CPU, tiny shapes"
+	@echo "make gpu-wheels  download the wheels a GPU machine without a network lacks into .gpu-wheels/"
 	@echo "make test        install what is missing (Chromium and git-lfs too, as root), lint, then run every test"
 	@echo "make test-fast   the tests without the browser and notebook layers"
+	@echo "make test-colab  the unit, widget and notebook tests again under Colab's versions (in .venv-colab)"
 	@echo "make clean       remove the virtual environment and caches"
 
 $(STAMP): pyproject.toml requirements.txt requirements-test.txt constraints.txt
@@ -27,6 +35,21 @@ $(STAMP): pyproject.toml requirements.txt requirements-test.txt constraints.txt
 	touch $@
 
 install: $(STAMP)
+
+# Colab's preinstalled packages first (torch 2.13.0 CPU standing in for Colab's CUDA build), then what the
+# notebooks' setup cell adds there (helpers/install.py: what is missing, bitsandbytes as on a GPU runtime),
+# then the test tools; every step under Colab's versions as constraints, so none of them can change.
+$(COLAB_STAMP): $(COLAB_RUNTIME) pyproject.toml requirements.txt requirements-test.txt constraints.txt helpers/install.py | $(STAMP)
+	test -x $(COLAB_PY) || $(PYTHON) -m venv $(COLAB_VENV)
+	$(PY) tests/colab_runtime.py $(COLAB_RUNTIME) constraints.txt > $(COLAB_VENV)/constraints.txt
+	$(COLAB_PY) -m pip install -q --upgrade pip
+	$(COLAB_PY) -m pip install -q -c $(COLAB_VENV)/constraints.txt torch==2.13.0 -r $(COLAB_RUNTIME)
+	PIP_CONSTRAINT=$(COLAB_VENV)/constraints.txt $(COLAB_PY) -I helpers/install.py requirements.txt --gpu
+	$(COLAB_PY) -m pip install -q -c $(COLAB_VENV)/constraints.txt -r requirements-test.txt
+	$(COLAB_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+install-colab: $(COLAB_STAMP)
 
 lab: install
 	$(VENV)/bin/jupyter lab --ip=$(HOST) --port=$(PORT) --no-browser --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -39,8 +62,8 @@ system-packages:
 	git lfs version >/dev/null 2>&1 || missing="$$missing git-lfs"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q $$missing; \
-	  else echo "The tests need:$$missing. Install with: sudo apt-get install -y$$missing"; exit 1; fi; \
+	    export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	  else echo "The tests need:$$missing. Install with: sudo apt-get install -y --no-install-recommends$$missing"; exit 1; fi; \
 	fi
 
 # CPU benchmark of the committed results (about 3 minutes); on a GPU machine, make bench-gpu.
@@ -59,6 +82,21 @@ bench-gpu: install
 	  --methods generate --json benchmarks/gpu-opt-66b.json
 	$(PY) -m helpers leaks --model opt-1.3b --device cuda --cycles 20 --out benchmarks/gpu-leaks-opt-1.3b.json
 
+# One prepared measuring run on one GPU, about 7 minutes (helpers/gpu_check.py: the T4 fits, loading RAM, every
+# decoding method against the roofline, load/unload cycles, a batch sweep) into benchmarks/gpu-*.json and .png.
+# DRY=1 runs the same steps on the CPU with tiny shapes (into test-artifacts/gpu-check-dry/). Where the venv is
+# not there (the project's GPU machine), GPU_PY=python3 uses the machine's own Python and installs nothing.
+GPU_PY ?= $(PY)
+GPU_OUT ?= $(if $(DRY),test-artifacts/gpu-check-dry,benchmarks)
+gpu-check: $(if $(filter $(PY),$(GPU_PY)),install)
+	$(GPU_PY) -m helpers.gpu_check $(if $(DRY),--dry-run) --wheels .gpu-wheels --out $(GPU_OUT)
+
+# bitsandbytes (pinned in constraints.txt) as a wheel for the GPU machine's Python 3.12 (it is py3-none: any
+# Python); carried there with the working tree and installed offline by gpu-check.
+gpu-wheels: install
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 -c constraints.txt -d .gpu-wheels bitsandbytes
+
 # On a GPU machine: predicted against measured peak memory under a T4's 15 GiB (figures into benchmarks/).
 plan-check-gpu: install
 	$(PY) -m helpers plan --model opt-6.7b --gpu-memory 15GiB --check --method fp16 --out benchmarks/plan-check-opt-6.7b-fp16.json
@@ -74,17 +112,33 @@ figures: install
 	  'SEED_MODEL="opt-125m"' RANDOM_WEIGHTS=True 'SAVE_FIGURE="../docs/decoding-strategies.png"'
 
 # The playground as an app (Voila). MODEL is a size, a hub id or a local folder: make playground MODEL=./opt-350m
+# (a folder is resolved from where make runs: the notebook itself runs in notebooks/).
+# A closed or reloaded page's kernel is shut down at once by Voila's own beforeunload request, which Voila
+# 0.5 sends without the _xsrf cookie it never set (voila#1458): the XSRF check is off for it (the server binds
+# $(HOST); its only POST/DELETE endpoints need the kernel's id). A kernel whose page went without saying so
+# (a crashed tab, a lost connection) is culled after VOILA_CULL_IDLE seconds idle and disconnected; a page
+# left open keeps its kernel. The page template `opt` (share/jupyter) is Voila's lab without its CDN links.
+MODEL_ARG = $(if $(or $(wildcard $(MODEL)),$(filter ./% ../%,$(MODEL))),$(abspath $(MODEL)),$(MODEL))
+VOILA_CULL_IDLE ?= 120
 playground: install
-	OPT_MODEL=$(MODEL) $(VENV)/bin/voila notebooks/05_playground.ipynb --no-browser --port=$(VOILA_PORT) \
-	  --Voila.ip=$(HOST) --ServerApp.allow_root=True
+	JUPYTER_PATH=$(CURDIR)/share/jupyter$(if $(JUPYTER_PATH),:$(JUPYTER_PATH)) OPT_MODEL=$(MODEL_ARG) \
+	  $(VENV)/bin/voila notebooks/05_playground.ipynb --no-browser --port=$(VOILA_PORT) --Voila.ip=$(HOST) \
+	  --ServerApp.allow_root=True --template=opt '--Voila.tornado_settings={"disable_check_xsrf": True}' \
+	  --MappingKernelManager.cull_interval=10 --MappingKernelManager.cull_idle_timeout=$(VOILA_CULL_IDLE)
 
-test: install system-packages
+test: install install-colab system-packages
 	$(VENV)/bin/ruff check helpers tests
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-colab
+
+# The unit, widget and notebook layers again under Colab's versions (.venv-colab, built once; browser tests
+# stay in the main layer: Colab's front end is not Voila's or JupyterLab's).
+test-colab: $(COLAB_STAMP)
+	$(COLAB_PY) -m pytest -m "not browser" -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not browser and not notebook" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) $(COLAB_VENV) .pytest_cache test-artifacts
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -53,6 +53,21 @@ def on_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
+def enable_colab_widgets() -> bool:
+    """On Colab with ipywidgets 8, switch on Colab's custom widget manager, without which ipywidgets 8's
+    widgets do not show there (googlecolab/colabtools#3020); ipywidgets 7.7, which Colab ships, needs
+    nothing. Returns whether it switched it on."""
+    import ipywidgets
+    from packaging.version import Version
+
+    if not on_colab() or Version(ipywidgets.__version__).major < 8:
+        return False
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    return True
+
+
 def detect_gpus() -> tuple[GPU, ...]:
     if not torch.cuda.is_available():
         return ()

@@ -42,6 +42,16 @@ def test_skeleton_title_badge_setup_and_one_parameters_cell(name):
         assert not names & assigned, f"{name}: a later cell redefines a parameter"
 
 
+def test_every_setup_cell_installs_only_what_is_missing():
+    """One setup cell for all: helpers/install.py (pip's dry run; nothing installed changes) instead of a
+    blanket `pip install -r`, and Colab's custom widget manager only through enable_colab_widgets."""
+    setups = {name: "".join(json.loads((NOTEBOOKS / name).read_text())["cells"][1]["source"]) for name in ALL}
+    assert len(set(setups.values())) == 1, "the notebooks' setup cells differ"
+    setup = setups[ALL[0]]
+    assert '"install.py"' in setup and "package=repo" in setup and "enable_colab_widgets()" in setup
+    assert "pip" not in setup and "enable_custom_widget_manager" not in setup
+
+
 def test_00_setup_reports_the_machine_and_the_fit_table():
     nb = run_notebook("00_setup.ipynb", {"CONTEXT": 1024})
     text = outputs_text(nb)
