@@ -203,3 +203,17 @@ def test_a_running_conversions_partial_output_is_not_taken_for_a_stale_one(tmp_p
     theirs = claim(tmp_path / "other", lambda note: None)
     convert(checkpoint, tmp_path / "hf")
     assert (theirs / ".helpers-partial.json").exists()
+
+
+def test_a_full_disk_says_so_and_leaves_nothing(tmp_path, checkpoint, monkeypatch):
+    import errno
+
+    import helpers.checkpoints.convert as stages
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stages.ShardWriter, "flush", full)
+    with pytest.raises(CheckpointError, match="ran out of space .* Nothing was left behind"):
+        convert(checkpoint, tmp_path / "hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

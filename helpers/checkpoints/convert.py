@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -122,8 +123,12 @@ def _convert(src: Path, dst: Path, size, num_heads, dtype, overwrite, max_shard_
         )
         mark_as_output(tmp, report.as_dict())
         publish(tmp, dst, overwrite)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise CheckpointError(f"The disk ran out of space while writing {dst} (the converted model takes about "
+                                  "as much as the checkpoint): free some space or choose a folder on another disk. "
+                                  "Nothing was left behind.") from None
         raise
     return report
 

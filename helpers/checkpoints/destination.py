@@ -172,12 +172,16 @@ def claim(dst: Path, say: Callable[[str], None]) -> Path:
     """Clean up leftovers beside `dst`, then create this conversion's partial output folder, marked with
     this process, beside `dst` (so the final rename stays on one file system)."""
     target = dst.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent):
-        _clean_leftovers(target.parent, target, say)
-        tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        (tmp / CLAIM).write_text(json.dumps({**_me(), "destination": str(target)}))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target.parent):
+            _clean_leftovers(target.parent, target, say)
+            tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            (tmp / CLAIM).write_text(json.dumps({**_me(), "destination": str(target)}))
+    except OSError as exc:
+        raise CheckpointError(f"Cannot write the converted model beside {dst} ({exc.strerror or exc}): choose a "
+                              "folder you can write to.") from None
     return tmp
 
 
