@@ -23,7 +23,7 @@ from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 from .decoding import model_device
 from .environment import PeakResidentMemory, detect, resident_memory_bytes
 from .generation import GenerationSettings, encode_prompt, generate
-from .models import size_from_config
+from .models import OPTSize, size_from_config
 
 SCHEMA = "opt-notebooks/bench/v1"
 
@@ -453,14 +453,14 @@ class Report:
         Path(path).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
 
 
-def benchmark_model(model: str, device: str = "auto", dtype: str = "auto") -> BenchContext:
-    """Random weights in a real OPT shape for a size name, else the model in a local folder."""
+def benchmark_model(model: str | OPTSize, device: str = "auto", dtype: str = "auto") -> BenchContext:
+    """Random weights in a real OPT shape for a size name (or an `OPTSize`), else the model in a local folder."""
     from .fixtures import random_model
     from .loading import load_model, opt_tokenizer, resolve_device, resolve_dtype
     from .models import find_size
 
     device = resolve_device(device)
-    size = find_size(model)
+    size = model if isinstance(model, OPTSize) else find_size(model)
     if size is not None:
         net = random_model(size, dtype=resolve_dtype(dtype, device), device=device)
         return BenchContext(net, opt_tokenizer(), f"{size.name} (random weights)")
@@ -468,7 +468,7 @@ def benchmark_model(model: str, device: str = "auto", dtype: str = "auto") -> Be
     return BenchContext(loaded.model, loaded.tokenizer, model, source_folder=loaded.info.source)
 
 
-def run_suite(model: str, methods: list[str] | None = None, *, device: str = "auto", dtype: str = "auto",
+def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device: str = "auto", dtype: str = "auto",
               batches: list[int] = (1,), prompt_tokens: int = 10, new_tokens: int = 128, repeats: int = 3,
               progress: Callable[[str], None] = lambda line: None) -> Report:
     """Measure every method at every batch size on the same model, in one process; quantized methods
