@@ -202,7 +202,13 @@ def _run_convert(args: argparse.Namespace) -> int:
     arch = report.architecture  # the notes were printed as they came (progress)
     print(f"Converted {report.layout} checkpoint ({arch['layers']} layers, d_model {arch['d_model']}, "
           f"{arch['heads']} heads, {report.parameters / 1e6:.1f}M parameters, {report.dtype}) to {report.destination}")
-    print(f"Generate with: python -m helpers generate --model {report.destination} \"Hello\"")
+    from .models import VOCAB_SIZE
+
+    if arch["vocab_size"] == VOCAB_SIZE:
+        print(f"Generate with: python -m helpers generate --model {report.destination} \"Hello\"")
+    else:  # OPT's tokenizer would give ids the model may not have: it needs the dictionary it was trained with
+        print(f"Load it with transformers: OPTForCausalLM.from_pretrained({report.destination!r}), and turn text into "
+              "ids with the dictionary the model was trained with.")
     return 0
 
 
