@@ -121,6 +121,18 @@ def _memory_flags(args: argparse.Namespace) -> tuple[int | None, int | None]:
         raise UsageError(str(exc)) from None
 
 
+def _check_outputs(*outputs: tuple[str | None, str, bool]) -> None:
+    """(path, flag, is a figure) for each file the command will write: checked before the work starts."""
+    from .outputs import check_output_file
+
+    for path, flag, figure in outputs:
+        if path:
+            try:
+                check_output_file(path, flag, figure)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     from .settings import check_top_logprobs
 
@@ -249,6 +261,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--gpus: {exc}") from None
     if args.check:
+        _check_outputs((args.out, "--out", False))
         _quiet_libraries()
         from .benchmark import check_plan
 
@@ -345,6 +358,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                         ("--new-tokens", args.new_tokens), ("--repeats", args.repeats)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
+    _check_outputs((args.json, "--json", False), (args.plot, "--plot", True))
     _quiet_libraries()
     from .benchmark import run_suite
     from .tables import text_table
@@ -362,6 +376,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.plot:
         from .plots import benchmark_figure
 
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         benchmark_figure(report.as_dict()).savefig(args.plot, dpi=120, bbox_inches="tight")
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
@@ -387,6 +402,7 @@ def _add_leaks(sub: argparse._SubParsersAction) -> None:
 def _run_leaks(args: argparse.Namespace) -> int:
     if args.cycles < 2:
         raise UsageError("--cycles must be at least 2 (growth is measured from the first cycle on)")
+    _check_outputs((args.out, "--out", False))
     _quiet_libraries()
     from .benchmark import leak_check
     from .models import human_bytes

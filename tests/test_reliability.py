@@ -255,3 +255,51 @@ def test_a_refused_disk_offload_load_leaves_no_folder(tmp_path):
     with pytest.raises(ModelLoadError, match="damaged"):
         load_model(str(folder), cpu_memory=budget)
     assert _offload_folders() == before
+
+
+# ------------------------------------------------------------------------------ where results go, checked first
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """The benchmark, leak and plan checks fail the test: the output must be refused before they start."""
+    import helpers.benchmark
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the work started before its output path was checked")
+
+    for name in ("run_suite", "leak_check", "check_plan"):
+        monkeypatch.setattr(helpers.benchmark, name, refuse)
+
+
+@pytest.mark.parametrize("command, flag, name, message", [
+    (["bench"], "--json", "", r"--json .* is a folder; give a file name in it"),
+    (["bench"], "--plot", "", r"--plot .* is a folder"),
+    (["bench"], "--plot", "x.xyz", r"matplotlib cannot draw '.xyz'; end the name with one of .*\.png"),
+    (["bench"], "--plot", "x", r"matplotlib cannot draw 'no extension'"),
+    (["leaks", "--model", "opt-125m"], "--out", "", r"--out .* is a folder"),
+    (["plan", "--model", "opt-125m", "--check"], "--out", "", r"--out .* is a folder"),
+    (["bench"], "--json", "/proc/no/such.json", r"cannot be written: /proc is not a folder this user may write to"),
+])
+def test_results_that_could_not_be_written_are_refused_before_the_work(tmp_path, no_work, capsys, command, flag,
+                                                                       name, message):
+    import re
+
+    from helpers.__main__ import main
+
+    target = name if name.startswith("/") else str(tmp_path / name) if name else str(tmp_path)
+    assert main([*command, flag, target]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+
+
+def test_results_go_into_new_folders(tmp_path, monkeypatch, capsys):
+    import helpers.benchmark
+    from helpers.__main__ import main
+
+    monkeypatch.setattr(helpers.benchmark, "leak_check", lambda *a, **k: {
+        "model": "m", "cuda_allocated_bytes_after_each": [0], "resident_growth_bytes": 0,
+        "resident_growth_after_first_bytes": 0, "threads_after_each": [1, 1], "faults_injected": 0})
+    out = tmp_path / "new" / "deeper" / "leaks.json"
+    assert main(["leaks", "--model", "opt-125m", "--cycles", "2", "--out", str(out)]) == 0
+    assert out.is_file()
