@@ -14,12 +14,13 @@ COLAB_VENV ?= .venv-colab
 COLAB_PY := $(COLAB_VENV)/bin/python
 COLAB_STAMP := $(COLAB_VENV)/.installed-stamp
 
-.PHONY: install install-colab lab playground bench bench-gpu plan-check-gpu gpu-check gpu-wheels figures test test-fast test-colab system-packages clean help
+.PHONY: install install-colab lab playground bench bench-playground bench-gpu plan-check-gpu gpu-check gpu-wheels figures test test-fast test-colab system-packages clean help
 
 help:
 	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m)"
 	@echo "make lab         install what is missing, then start JupyterLab on $(HOST) with the notebooks"
 	@echo "make bench       CPU benchmark into benchmarks/ (make bench-gpu on a GPU machine)"
+	@echo "make bench-playground  the playground's streaming speed in Chromium against the command line's"
 	@echo "make gpu-check   the prepared GPU run (~7 min) into benchmarks/gpu-*; DRY=1: the same on the CPU, tiny shapes"
 	@echo "make gpu-wheels  download the wheels a GPU machine without a network lacks into .gpu-wheels/"
 	@echo "make test        install what is missing (Chromium and git-lfs too, as root), lint, then run every test"
@@ -72,6 +73,11 @@ bench: install
 	  --json benchmarks/cpu-opt-125m.json --plot benchmarks/cpu-opt-125m.png
 	$(PY) -m helpers bench --model opt-350m --device cpu --dtype float32 --new-tokens 128 \
 	  --methods hf-generate,generate,int8-dynamic --json benchmarks/cpu-opt-350m.json --plot benchmarks/cpu-opt-350m.png
+
+# The playground streaming with its page open in Chromium, against `python -m helpers generate` on the same model.
+bench-playground: install system-packages
+	$(PY) -m helpers.playground_bench --model opt-125m --json benchmarks/playground-opt-125m.json
+	$(PY) -m helpers.playground_bench --model tiny --json benchmarks/playground-tiny.json
 
 bench-gpu: install
 	$(PY) -m helpers bench --model opt-1.3b --device cuda --dtype float16 --new-tokens 128 \
