@@ -733,7 +733,7 @@ class Playground:
                 else:  # they all fit: keep the playground's own model loaded beside the others
                     extra[name] = loaded = self._loader(name, device=self.device, dtype=self.dtype)
                 result = self._column(name, loaded, prompt, settings, columns, len(models))
-                if result.finish_reason == "stopped":
+                if result.finish_reason == "stopped" or self._interrupted:
                     break
         finally:
             for loaded in extra.values():
@@ -754,11 +754,14 @@ class Playground:
         columns.append(column)
         self.compare_columns.children = tuple(columns)
         pieces, shown = [], 0.0
-        for piece in text_stream:
-            pieces.append(piece)
-            if time.perf_counter() - shown >= self.refresh_seconds:
-                shown = time.perf_counter()
-                body.value = html.escape(prompt) + "<b>" + html.escape("".join(pieces)) + "</b>"
+        try:
+            for piece in text_stream:
+                pieces.append(piece)
+                if time.perf_counter() - shown >= self.refresh_seconds:
+                    shown = time.perf_counter()
+                    body.value = html.escape(prompt) + "<b>" + html.escape("".join(pieces)) + "</b>"
+        finally:
+            self._stream = None  # an interrupt while the next model loads must end that load
         body.value = html.escape(prompt) + "<b>" + html.escape("".join(pieces)) + "</b>"
         result = text_stream.result
         t = result.timings
