@@ -29,8 +29,17 @@ def _quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
+def _stdout_takes_unicode() -> bool:
+    """Whether standard output's encoding can write any text (PYTHONIOENCODING=ascii, a latin-1 terminal cannot)."""
+    try:
+        "é€😀".encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def _print_json(data: dict) -> None:
-    json.dump(data, sys.stdout, ensure_ascii=False, indent=2)
+    json.dump(data, sys.stdout, ensure_ascii=not _stdout_takes_unicode(), indent=2)  # \u escapes are still exact JSON
     sys.stdout.write("\n")
 
 
@@ -162,6 +171,9 @@ def _run_generate(args: argparse.Namespace) -> int:
                      "dtype": info.dtype})
         return 0
     text_stream = stream(model, tokenizer, prompt, settings, **common)
+    unicode_ok = _stdout_takes_unicode()
+    if not unicode_ok and hasattr(sys.stdout, "reconfigure"):  # write what it cannot show as \u escapes
+        sys.stdout.reconfigure(errors="backslashreplace")
     sys.stdout.write(prompt)
     sys.stdout.flush()
     for piece in text_stream:
@@ -169,6 +181,9 @@ def _run_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     result = text_stream.result
+    if not unicode_ok and not (prompt + result.text).isascii():
+        print(f"note: standard output's encoding ({sys.stdout.encoding}) cannot show some of this text, so those "
+              "characters were written as backslash escapes (\\xe9, \\u200e). Set PYTHONIOENCODING=utf-8, or use --json.", file=sys.stderr)
     seed = f", seed {result.settings.seed}" if result.settings.mode in ("sample", "beam-sample") else ""
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -438,8 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if sys.stderr is None:  # started with its error output closed: messages go nowhere, but nothing fails
+        sys.stderr = open(os.devnull, "w")
+    if sys.stdout is None:
+        print("error: standard output is closed, so the results would be lost. Run the command with its output "
+              "going to a terminal, a file (> out.txt) or a pipe.", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        parser = build_parser()  # imports torch: the first seconds, when a Ctrl-C is likeliest
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     from .errors import HelpersError
     from .signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 

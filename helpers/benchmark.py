@@ -583,20 +583,20 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget.gpu_bytes / total), 0)
     folder, tmp = model, None
-    if find_size(model) is not None:  # random weights in the size's shape, written once as safetensors
-        from .fixtures import random_model
-        from .loading import opt_tokenizer
+    try:  # the temporary folder goes however this ends (an error, Ctrl-C, SIGTERM through helpers.signals)
+        if find_size(model) is not None:  # random weights in the size's shape, written once as safetensors
+            from .fixtures import random_model
+            from .loading import opt_tokenizer
 
-        file_dtype = torch.float16 if uses_gpu else torch.float32  # as published, or as the CPU computes
-        progress(f"writing random {size.name} weights ({str(file_dtype)[6:]}) for the plan to load")
-        tmp = tempfile.TemporaryDirectory(prefix="opt-plan-")
-        net = random_model(size, dtype=file_dtype, device="cpu")
-        net.save_pretrained(tmp.name)
-        opt_tokenizer().save_pretrained(tmp.name)
-        folder = tmp.name
-        del net
-        gc.collect()
-    try:
+            file_dtype = torch.float16 if uses_gpu else torch.float32  # as published, or as the CPU computes
+            progress(f"writing random {size.name} weights ({str(file_dtype)[6:]}) for the plan to load")
+            tmp = tempfile.TemporaryDirectory(prefix="opt-plan-")
+            net = random_model(size, dtype=file_dtype, device="cpu")
+            net.save_pretrained(tmp.name)
+            opt_tokenizer().save_pretrained(tmp.name)
+            folder = tmp.name
+            del net
+            gc.collect()
         _warm_up_imports()
         _release_freed_memory()  # freed heap pages go back to the OS, so new allocations show in RSS
         baseline = torch.cuda.memory_allocated(0) if uses_gpu else resident_memory_bytes()
@@ -671,18 +671,18 @@ def leak_check(model: str, cycles: int = 20, *, device: str = "auto", new_tokens
     from .models import find_size
 
     folder, tmp = model, None
-    if find_size(model) is not None:
-        from .fixtures import random_model
-        from .loading import opt_tokenizer
-
-        tmp = tempfile.TemporaryDirectory(prefix="opt-leaks-")
-        net = random_model(model, dtype=torch.float16, device="cpu")
-        net.save_pretrained(tmp.name)
-        opt_tokenizer().save_pretrained(tmp.name)
-        folder = tmp.name
-        del net
     rss, cuda, threads, faults = [], [], [], 0
     try:
+        if find_size(model) is not None:
+            from .fixtures import random_model
+            from .loading import opt_tokenizer
+
+            tmp = tempfile.TemporaryDirectory(prefix="opt-leaks-")
+            net = random_model(model, dtype=torch.float16, device="cpu")
+            net.save_pretrained(tmp.name)
+            opt_tokenizer().save_pretrained(tmp.name)
+            folder = tmp.name
+            del net
         for cycle in range(cycles):
             loaded = load_model(folder) if device == "auto" else load_model(folder, device=device)
             loaded.generate("The memory of a long afternoon", max_new_tokens=new_tokens, do_sample=False)

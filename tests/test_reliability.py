@@ -3,7 +3,13 @@ weights, results checked before work starts, out-of-memory refused up front, SIG
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -303,3 +309,75 @@ def test_results_go_into_new_folders(tmp_path, monkeypatch, capsys):
     out = tmp_path / "new" / "deeper" / "leaks.json"
     assert main(["leaks", "--model", "opt-125m", "--cycles", "2", "--out", str(out)]) == 0
     assert out.is_file()
+
+
+# ------------------------------------------------------------------------------ the command line as a process
+
+
+def _cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "helpers", *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, **popen)
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.6, 1.2, 2.5])
+def test_ctrl_c_in_the_first_seconds_of_generate_prints_one_line(tiny_pre_folder, delay):
+    proc = _cli("generate", "--model", str(tiny_pre_folder), "--max-new-tokens", "2000", "--min-new-tokens", "2000",
+                "Hello", stdout=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert "Traceback" not in err, err
+    assert proc.returncode in (130, -signal.SIGINT)  # -2: before Python's own handler exists
+    if proc.returncode == 130:
+        assert err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_sigterm_during_plan_check_removes_its_temporary_folder(tmp_path):
+    proc = _cli("plan", "--model", "opt-125m", "--check", "--new-tokens", "2000", stdout=subprocess.DEVNULL,
+                env={"TMPDIR": str(tmp_path)})
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob("opt-plan-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert list(tmp_path.glob("opt-plan-*")), "the check never made its folder"
+    time.sleep(1.0)  # inside the work: writing the weights or loading them
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("opt-plan-*"))
+
+
+def test_sigterm_is_an_interrupt_only_inside_and_in_the_main_thread():
+    from helpers.signals import Terminated, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as caught, sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert isinstance(caught.value, Terminated) and signal.getsignal(signal.SIGTERM) is before
+    elsewhere: list = []
+    worker = threading.Thread(target=lambda: elsewhere.append(sigterm_as_interrupt().__enter__()))
+    worker.start()
+    worker.join()
+    assert signal.getsignal(signal.SIGTERM) is before  # a worker thread cannot install it, and did not try
+
+
+def test_an_ascii_terminal_gets_escapes_and_exact_json(tiny_pre_folder):
+    prompt = "Ünïcödé 😀"
+    env = {"PYTHONIOENCODING": "ascii"}
+    streamed = _cli("generate", "--model", str(tiny_pre_folder), "--greedy", "--max-new-tokens", "40", prompt,
+                    stdout=subprocess.PIPE, env=env)
+    out, err = streamed.communicate(timeout=120)
+    assert streamed.returncode == 0 and "UnicodeEncodeError" not in err, err
+    assert out.startswith("\\xdcn\\xefc\\xf6d\\xe9 \\U0001f600") and "backslash escapes" in err
+    as_json = _cli("generate", "--model", str(tiny_pre_folder), "--greedy", "--max-new-tokens", "40", "--json",
+                   prompt, stdout=subprocess.PIPE, env=env)
+    out, err = as_json.communicate(timeout=120)
+    assert as_json.returncode == 0, err
+    assert json.loads(out)["prompt"] == prompt and out.isascii()
+
+
+def test_a_closed_standard_output_is_refused_with_a_message(tiny_pre_folder):
+    proc = subprocess.run(f'"{sys.executable}" -m helpers generate --model "{tiny_pre_folder}" hi >&-', shell=True,
+                          capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1 and "standard output is closed" in proc.stderr
+    assert "AttributeError" not in proc.stderr
