@@ -468,11 +468,27 @@ def benchmark_model(model: str | OPTSize, device: str = "auto", dtype: str = "au
     return BenchContext(loaded.model, loaded.tokenizer, model, source_folder=loaded.info.source)
 
 
+def _check_random_model_fits(model: str | OPTSize, device: str, dtype: str, *, context: int, batch: int) -> None:
+    """Before random weights in a size's shape are made: refuse, with the planner's figures, what would not fit."""
+    from .loading import resolve_device, resolve_dtype
+    from .models import dtype_name, find_size
+    from .planner import Budget, check_fits
+
+    size = model if isinstance(model, OPTSize) else find_size(model)
+    device = resolve_device(device)
+    kind = (device.split(":")[0], dtype_name(resolve_dtype(dtype, device)))
+    method = {("cpu", "float32"): "fp32-cpu", ("cuda", "float16"): "fp16", ("cuda", "bfloat16"): "bf16"}.get(kind)
+    if size is not None and method is not None:
+        check_fits(size, method, Budget.of_machine(), context=context, batch=batch,
+                   what=f"Benchmarking {size.name} ({kind[1]} on {device})")
+
+
 def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device: str = "auto", dtype: str = "auto",
               batches: list[int] = (1,), prompt_tokens: int = 10, new_tokens: int = 128, repeats: int = 3,
               progress: Callable[[str], None] = lambda line: None) -> Report:
     """Measure every method at every batch size on the same model, in one process; quantized methods
     also get their quality against the unquantized model."""
+    _check_random_model_fits(model, device, dtype, context=prompt_tokens + new_tokens, batch=max(batches))
     context = benchmark_model(model, device, dtype)
     net, tokenizer = context.model, context.tokenizer
     device_type = model_device(net).type

@@ -105,6 +105,17 @@ def default_device() -> str:
     return "cpu"
 
 
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory that new tensors on `device` can still take: free GPU memory (plus what torch's allocator
+    holds unused) on CUDA, available RAM on the CPU; None where it cannot be known (mps)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        return psutil.virtual_memory().available
+    return None
+
+
 def resident_memory_bytes() -> int:
     """This process's resident set size."""
     return psutil.Process().memory_info().rss

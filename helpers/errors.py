@@ -36,6 +36,11 @@ class ModelUnloadedError(HelpersError, RuntimeError):
                    "with load_model(...) to generate.")
 
 
+class MemoryBudgetError(HelpersError, MemoryError):
+    """Work that would not fit in this machine's memory, refused before it starts (instead of the kernel's
+    out-of-memory kill)."""
+
+
 class CheckpointError(HelpersError, ValueError):
     """A checkpoint file or folder that cannot be read or converted."""
 

@@ -277,6 +277,7 @@ class _Run:
             settings = settings.replace(seed=random.randrange(2**31))  # recorded so the run can be repeated
         self.settings = settings
         self.method = self._choose_method(method)
+        self._check_working_memory()
         self.rows = [_RowText(tokenizer, settings.stop) for _ in prompts]
         self.stop_event = threading.Event()
         self.time_to_first_token: float | None = None
@@ -284,6 +285,31 @@ class _Run:
         self.completed = False
         self._pending_step = None
         self.on_step: Callable[[], None] | None = None
+
+    def _check_working_memory(self) -> None:
+        """Refuse, before the first step, a generation whose cache and working memory (the planner's
+        arithmetic) exceed the memory free on the model's device: an error, not the kernel's OOM kill."""
+        from .environment import free_memory_bytes
+        from .errors import MemoryBudgetError
+        from .models import BYTES_PER_ELEMENT, human_bytes, size_from_config
+        from .planner import generation_bytes
+
+        mode, prompts = self.settings.mode, len(self.prompt_ids)
+        per_prompt = self.settings.num_beams if mode.startswith("beam") else 1
+        if mode == "contrastive":
+            per_prompt = self.settings.top_k  # every candidate runs through the model at each step
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        need = generation_bytes(size_from_config(self.model.config), max(len(ids) for ids in self.prompt_ids),
+                                self.max_new, prompts * per_prompt, dtype if dtype in BYTES_PER_ELEMENT else "float32")
+        device = model_device(self.model)
+        free = free_memory_bytes(device)
+        if free is not None and need > free:
+            rows = f"{prompts} prompt(s) x {per_prompt} {'beams' if mode.startswith('beam') else 'candidates'}" \
+                if per_prompt > 1 else f"{prompts} prompt(s)"
+            raise MemoryBudgetError(
+                f"This generation would need about {human_bytes(need)} for its key/value cache and working memory "
+                f"({rows}, {self.max_new} new tokens), more than the {human_bytes(free)} free on {device}. Use "
+                "fewer beams, fewer prompts at once or fewer new tokens.")
 
     def _choose_method(self, method: str) -> str:
         """'auto' is the fastest correct method for this device and batch (see the README's Speed section)."""

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from .environment import Environment, detect
-from .errors import ModelLoadError
+from .errors import MemoryBudgetError, ModelLoadError
 from .models import OPTSize, get_size, human_bytes
 
 GiB = 1024**3
@@ -168,6 +168,31 @@ def activation_bytes(size: OPTSize, context: int, batch: int, dtype_bytes: int) 
     """The working memory of one forward over the whole context (the prefill): a layer's intermediates
     (the fc1 output and a handful of d_model-wide tensors) and the last position's logits in fp32."""
     return batch * context * (size.ffn + 6 * size.d_model) * dtype_bytes + 2 * batch * size.vocab_size * 4
+
+
+def generation_bytes(size: OPTSize, prompt_tokens: int, new_tokens: int, rows: int, dtype: str) -> int:
+    """Memory one generation needs beyond the weights: the key/value cache of every row (each beam, each
+    contrastive candidate is a row) over the prompt and the new tokens, and the prefill's working memory."""
+    from .models import BYTES_PER_ELEMENT, dtype_name, kv_cache_bytes_per_token
+
+    cache = kv_cache_bytes_per_token(size, dtype) * (prompt_tokens + new_tokens) * rows
+    return cache + activation_bytes(size, prompt_tokens, rows, int(BYTES_PER_ELEMENT[dtype_name(dtype)]))
+
+
+def check_fits(size: OPTSize, method: str, budget: Budget, *, context: int, batch: int, what: str) -> None:
+    """Raise MemoryBudgetError before `what` starts if plan `method` (the way it will load) does not fit."""
+    option = next((o for o in plan(size, budget, context=context, batch=batch) if o.method == method), None)
+    if option is None or option.fits:
+        return
+    raise MemoryBudgetError(
+        f"{what} would not fit in memory: {size.name} as {option.description} needs about "
+        f"{human_bytes(option.cpu_bytes)} of RAM{_and_gpu(option)} (the planner's estimate for a context of "
+        f"{context} and batch {batch}), and this machine has {budget.describe()}. Use a smaller model, or see "
+        f"`python -m helpers plan --model {size.name}` for what fits.")
+
+
+def _and_gpu(option: Option) -> str:
+    return f" and {human_bytes(option.gpu_bytes)} of GPU memory" if option.gpu_bytes else ""
 
 
 def _speed(bytes_on: dict[str, int], budget: Budget, storage: str) -> float:
@@ -381,7 +406,8 @@ def choose(options: list[Option], method: str = "auto", *, model: str = "the mod
         raise ModelLoadError(f"'{method}' is not a plan. Plans: {', '.join(TIERS)}.")
     if named.usable:
         return named
-    why = named.unavailable_reason if not named.available else "it does not fit this budget"
+    why = named.unavailable_reason if not named.available else (
+        f"does not fit this budget (it needs {human_bytes(named.cpu_bytes)} of RAM{_and_gpu(named)})")
     raise ModelLoadError(f"Plan {method} cannot be used for {model}: it {why}.{fallback}")
 
 

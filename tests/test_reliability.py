@@ -381,3 +381,49 @@ def test_a_closed_standard_output_is_refused_with_a_message(tiny_pre_folder):
                           capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 1 and "standard output is closed" in proc.stderr
     assert "AttributeError" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ out of memory, refused up front
+
+
+def test_a_beam_search_that_cannot_fit_is_refused_before_it_starts(tiny, tokenizer, monkeypatch):
+    from helpers.errors import MemoryBudgetError
+
+    with pytest.raises(MemoryBudgetError, match=r"1 prompt\(s\) x 100000 beams.* Use fewer beams"):
+        generate(tiny, tokenizer, "Hi", GenerationSettings.greedy(max_new_tokens=20, num_beams=100000))
+    monkeypatch.setattr("helpers.environment.psutil.virtual_memory", lambda: type("M", (), {"available": 2**20})())
+    with pytest.raises(MemoryBudgetError, match="more than the 1.0 MiB free on cpu"):
+        generate(tiny, tokenizer, ["Hi"] * 8, GenerationSettings.greedy(max_new_tokens=200))
+    monkeypatch.undo()
+    assert generate(tiny, tokenizer, "Hi", GenerationSettings.greedy(max_new_tokens=4, num_beams=4)).token_ids
+
+
+def test_num_beams_100000_on_the_command_line_is_one_line(tiny_pre_folder, capsys):
+    from helpers.__main__ import main
+
+    assert main(["generate", "--model", str(tiny_pre_folder), "--num-beams", "100000", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert "would need about" in err and "Use fewer beams" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def no_random_weights(monkeypatch):
+    import helpers.fixtures
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("random weights were made before the memory check")
+
+    monkeypatch.setattr(helpers.fixtures, "random_model", refuse)
+
+
+def test_bench_of_a_size_that_does_not_fit_is_refused_before_the_weights_are_made(no_random_weights, monkeypatch,
+                                                                                   capsys):
+    from helpers.__main__ import main
+    from helpers.planner import Budget
+
+    six_gib = Budget(cpu_bytes=6 * 2**30)
+    monkeypatch.setattr(Budget, "of_machine", classmethod(lambda cls, *a, **k: six_gib))
+    assert main(["bench", "--model", "opt-2.7b", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "Benchmarking opt-2.7b (float32 on cpu) would not fit in memory" in err
+    assert "GiB of RAM" in err and "python -m helpers plan --model opt-2.7b" in err
