@@ -114,12 +114,15 @@ def front(tmp_path_factory):
 
     from helpers.fixtures import save_tiny_model
 
-    folder = save_tiny_model(tmp_path_factory.mktemp("colab") / "mid", "pre-ln", seed=3, hidden_size=512,
-                             ffn_dim=2048, num_hidden_layers=6, word_embed_proj_dim=512)
+    base = tmp_path_factory.mktemp("colab")
+    folder = save_tiny_model(base / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048, num_hidden_layers=6,
+                             word_embed_proj_dim=512)
+    tiny = save_tiny_model(base / "tiny", "post-ln", seed=4)
     manager, client = start_new_kernel(kernel_name="python3")
     fe = FrontEnd(manager, client)
-    fe.cell = fe.run(f"from helpers.widgets import Playground\napp = Playground(model={str(folder)!r}, device='cpu')\n"
-                     "app", timeout=180)
+    fe.folders = [str(folder), str(tiny)]
+    fe.cell = fe.run(f"from helpers.widgets import Playground\napp = Playground(model={str(folder)!r}, "
+                     f"extra_models=[{str(tiny)!r}], device='cpu')\napp", timeout=180)
     yield fe
     client.stop_channels()
     manager.shutdown_kernel(now=True)
@@ -193,3 +196,33 @@ def test_the_kernel_interrupt_ends_a_generation_and_the_app_still_works(front):
         pass
     assert reply["content"]["status"] == "ok"
     assert not front.page.dropped
+
+
+def test_probabilities_branches_side_by_side_and_history_reach_the_page(front):
+    page = front.page
+    front.set("opt-max-new-tokens", value=8)
+    front.done(front.click("opt-generate"))
+    tabs = page.find("opt-tabs")
+    front.done(front.comm(tabs, {"method": "update", "state": {"selected_index": 1}, "buffer_paths": []}))
+    children = page.models[page.find("opt-tokens")]["children"]
+    tokens = [page.models[c.removeprefix("IPY_MODEL_")] for c in children[1:]]
+    assert len(tokens) == 8 and all("%" in t["tooltip"] for t in tokens)
+    token = children[3].removeprefix("IPY_MODEL_")
+    front.done(front.comm(token, {"method": "custom", "content": {"event": "click"}}))
+    alternatives = [i for i, s in page.models.items() if "opt-alternative" in s.get("_dom_classes", ())
+                    and not s.get("button_style")]  # the chosen token's own button is styled "info"
+    assert alternatives
+    front.done(front.comm(alternatives[0], {"method": "custom", "content": {"event": "click"}}))
+    assert "branch 1" in page.value("opt-branches") and "branch 1" in page.value("opt-history")
+    picker = next(i for i, s in page.models.items() if s.get("_model_name") == "SelectMultipleModel")
+    labels = page.models[picker]["_options_labels"]
+    chosen = [labels.index(f) for f in front.folders]
+    front.done(front.comm(picker, {"method": "update", "state": {"index": chosen}, "buffer_paths": []}))
+    front.done(front.click("opt-compare"), 300)
+    columns = [page.models[c.removeprefix("IPY_MODEL_")] for c in page.models[page.find("opt-columns")]["children"]]
+    assert len(columns) == 2
+    for column in columns:
+        header = page.models[column["children"][0].removeprefix("IPY_MODEL_")]["value"]
+        assert "tokens/s" in header
+    assert page.value("opt-history").count("side by side") == 2
+    assert not page.dropped
