@@ -259,12 +259,12 @@ class Measurement:
 def prompt_of_length(tokenizer: PreTrainedTokenizerBase, tokens: int) -> str:
     """A prompt that encodes to exactly `tokens` ids, BOS included."""
     words = "The quick brown fox jumps over the lazy dog while the model keeps on reading".split()
-    text, i = "", 0
-    while len(tokenizer(text).input_ids) < tokens:
-        text += (" " if text else "") + words[i % len(words)]
-        i += 1
-    ids = tokenizer(text).input_ids[:tokens]
-    return tokenizer.decode(ids[1:])
+    count = tokens
+    while True:  # words split at spaces first, so a longer text's first ids are the shorter one's
+        ids = tokenizer(" ".join(words[i % len(words)] for i in range(count))).input_ids
+        if len(ids) >= tokens:
+            return tokenizer.decode(ids[1:tokens])
+        count *= 2
 
 
 def quality_against(model: OPTForCausalLM, reference: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase,

@@ -177,7 +177,9 @@ def job_fit(folder: str, method: str, gpu_memory: int | None, context: int, new_
     try:
         result = check_plan(folder, method, gpu_memory=gpu_memory, prompt_tokens=context - new_tokens,
                             new_tokens=new_tokens, generation_method=generation_method, progress=_log)
-    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+    except Exception as exc:  # out of memory, also where a compiler wraps it in its own error
+        if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) and "out of memory" not in str(exc).lower():
+            raise
         peak = torch.cuda.max_memory_allocated(0) if torch.cuda.is_available() else None
         return {"fits": False, "error": f"{type(exc).__name__}: {str(exc)[:600]}", "peak_before_failure_bytes": peak,
                 "context": context, "generation_method": generation_method}
@@ -202,7 +204,7 @@ JOBS: dict[str, Callable[..., dict]] = {"load-ram": job_load_ram, "fit": job_fit
 
 
 def _speed_row(m: dict) -> dict:
-    keys = ("method", "batch", "new_tokens", "tokens_per_second", "decode_tokens_per_second", "time_to_first_token",
+    keys = ("method", "batch", "prompt_tokens", "new_tokens", "tokens_per_second", "decode_tokens_per_second", "time_to_first_token",
             "peak_memory_bytes", "roofline_fraction", "bandwidth_bytes_per_second", "first_call_seconds",
             "first_call_time_to_first_token", "first_call_extra_seconds", "skipped")
     return {k: m.get(k) for k in keys}
@@ -432,6 +434,17 @@ class Check:
         except ModelLoadError as exc:
             raise Unavailable(str(exc)) from None
 
+    def _predicted(self, size: OPTSize, method: str, context: int, batch: int = 1) -> dict:
+        """The planner's peak for `method` and whether it fits the run's budget, fitting or not."""
+        from .planner import Budget, plan
+
+        option = next((o for o in plan(size, Budget.of_machine(gpu_bytes=self.p.gpu_memory), context=context,
+                                       batch=batch) if o.method == method), None)
+        if option is None:
+            return {"planner_peak_bytes": None, "planner_fits": None}
+        return {"planner_peak_bytes": option.gpu_bytes_each[0] if option.gpu_bytes_each else option.cpu_bytes,
+                "planner_fits": option.fits}
+
     # ---- the medium model: fp16 under a T4's budget, loading RAM, the batch sweep
 
     def load_ram(self) -> dict:
@@ -458,12 +471,10 @@ class Check:
         attempts += [(c, "auto") for c in contexts[1:]]
         results = []
         for context, generation in attempts:
-            predicted = self._option(size, method, context)
             outcome = self.run.child("fit", folder=str(self.folders[role]), method=method, gpu_memory=self.p.gpu_memory,
                                      context=context, new_tokens=min(new_tokens, context - 1),
                                      generation_method=generation)
-            outcome["planner_gpu_bytes"] = predicted.gpu_bytes_each[0] if predicted.gpu_bytes_each else None
-            outcome["planner_fits"] = predicted.fits
+            outcome.update(self._predicted(size, method, context))
             results.append(outcome)
             if outcome["fits"]:
                 break
@@ -495,8 +506,7 @@ class Check:
         for row in result["rows"]:
             if row["skipped"]:
                 continue
-            option = self._option(p.medium, p.fit_method, 10 + p.sweep_new_tokens, row["batch"])
-            row["planner_peak_bytes"] = option.gpu_bytes_each[0] if option.gpu_bytes_each else option.cpu_bytes
+            row.update(self._predicted(p.medium, p.fit_method, row["prompt_tokens"] + row["new_tokens"], row["batch"]))
             if p.device == "cuda":  # measured on the whole card; a T4 holds the batch if the peak fits its budget
                 row["fits_t4"] = row["peak_memory_bytes"] + CUDA_CONTEXT_BYTES <= T4.gpu_bytes
         return result

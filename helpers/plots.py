@@ -130,7 +130,7 @@ def gpu_check_figure(summary: dict) -> Figure:
                 predicted.append(attempt["predicted_bytes"] / 2**30)
                 measured.append(attempt["measured_bytes"] / 2**30)
             else:
-                predicted.append((attempt.get("planner_gpu_bytes") or 0) / 2**30)
+                predicted.append((attempt.get("planner_peak_bytes") or 0) / 2**30)
                 measured.append((attempt.get("peak_before_failure_bytes") or 0) / 2**30)
             failed.append(not attempt["fits"])
     if labels:

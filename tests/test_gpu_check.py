@@ -219,3 +219,42 @@ def test_a_carried_wheel_installs_offline_and_imports(tmp_path, monkeypatch):
 def test_a_missing_wheel_says_how_to_get_it(tmp_path):
     record = install_offline("bitsandbytes", tmp_path / "empty", tmp_path / "site")
     assert "make gpu-wheels" in record["error"] and record["wheels"] == []
+
+
+def test_running_out_of_memory_is_a_result_not_a_failure(monkeypatch):
+    """On a GPU, out of memory (torch's own error, or a compiler's error wrapping it) means "does not fit"."""
+    import helpers.benchmark
+
+    for error in (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                  RuntimeError("BackendCompilerFailed: ... CUDA out of memory ...")):
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(helpers.benchmark, "check_plan", fail)
+        result = gpu_check.job_fit("folder", "fp16", 15 << 30, 2048, 256, "auto")
+        assert result["fits"] is False and "out of memory" in result["error"] and result["context"] == 2048
+    monkeypatch.setattr(helpers.benchmark, "check_plan", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    with pytest.raises(ValueError):
+        gpu_check.job_fit("folder", "fp16", 15 << 30, 2048, 256, "auto")
+
+
+def test_a_fit_that_runs_out_of_memory_is_tried_uncompiled_then_shorter(tmp_path, monkeypatch):
+    """The GPU profile's attempts: generate()'s default (compiled) first; out of memory, the eager cached
+    loop at the same context; for the 8-bit model (never compiled), a shorter context instead."""
+    check = gpu_check.Check(Run(gpu_check.GPU, tmp_path / "out", tmp_path, None, 60))
+    check.folders = {"medium": tmp_path, "large": tmp_path}
+    monkeypatch.setattr(check, "_option", lambda *a, **k: type("Option", (), {"as_dict": lambda self: {}})())
+    monkeypatch.setattr(check, "_predicted", lambda *a, **k: {"planner_peak_bytes": 1, "planner_fits": True})
+    asked = []
+
+    def child(job, **args):
+        asked.append((args["context"], args["generation_method"]))
+        return {"fits": len(asked) > 1, "context": args["context"], "generation_method": args["generation_method"]}
+
+    monkeypatch.setattr(check.run, "child", child)
+    result = check.fit("medium", "fp16", 256, (2048,))
+    assert asked == [(2048, "auto"), (2048, "cached")] and result["fits"] is False
+    assert result["fits_with"] == {"context": 2048, "generation_method": "cached"}
+    asked.clear()
+    result = check.fit("large", "int8", 64, (2048, 1024))
+    assert asked == [(2048, "auto"), (1024, "auto")] and result["fits_with"]["context"] == 1024
