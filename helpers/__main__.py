@@ -212,7 +212,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", metavar="NAME", help="the OPT size it comes from (opt-125m ... opt-66b), when it has no cfg")
     p.add_argument("--num-heads", type=int, metavar="N", help="the attention head count, when it has no cfg and no --size")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="convert the weights (default: keep)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it holds an earlier conversion (and nothing else)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     p.set_defaults(run=_run_convert)
 
