@@ -30,7 +30,13 @@ from .settings import PRESETS
 
 TOP_ALTERNATIVES = 5
 WIDE = W.Layout(width="100%")
-LABELS = {"description_width": "150px"}
+LABELS = {"description_width": "130px"}
+# Controls flow to as many columns of at least 340 px as fit (one on a phone, two from about 800 px).
+COLUMNS = "repeat(auto-fit, minmax(min(100%, max(340px, 45%)), 1fr))"
+ROW = W.Layout(flex_flow="row wrap", align_items="center")  # a row that wraps instead of squeezing
+# Tables (history, branches) fill the width, cells break long paths and text; below ~450 px they scroll.
+TABLE = ("<style>.opt-table{width:100%;border-collapse:collapse} .opt-table td{overflow-wrap:anywhere} "
+         ".opt-table th,.opt-table td{padding:2px 4px}</style><table class='opt-table'>")
 
 
 def probability_color(p: float) -> str:
@@ -164,20 +170,20 @@ class Playground:
     def _build(self, model: str) -> None:
         options = [(c.label, c.name) for c in self.choices]
         self.model_picker = W.Dropdown(options=options, value=model, description="Model", style=LABELS,
-                                       layout=W.Layout(width="60%"))
+                                       layout=W.Layout(width="auto", flex="1 1 340px", max_width="760px"))
         self.model_picker.add_class("opt-model")
-        self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="30%", visibility="hidden"))
+        self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="auto", flex="0 1 240px", visibility="hidden"))
         self.model_status = W.HTML()
         self.model_status.add_class("opt-model-status")
         self.prompt = W.Textarea(value="Natural language processing is a subfield of",
-                                 placeholder="Type a prompt, then press Generate", layout=W.Layout(width="100%", height="90px"))
+                                 placeholder="Type a prompt, then press Generate", layout=W.Layout(width="auto", height="90px"))
         self.prompt.add_class("opt-prompt")
         self.preset = W.Dropdown(options=["custom", *PRESETS], value="balanced sampling", description="Preset",
                                  style=LABELS)
         self.preset.add_class("opt-preset")
-        slider = dict(continuous_update=False, style=LABELS, layout=W.Layout(width="95%"))
+        slider = dict(continuous_update=False, style=LABELS, layout=W.Layout(width="auto"))
         self.max_new_tokens = W.IntSlider(64, 1, 512, description="max new tokens", **slider)
-        self.do_sample = W.Checkbox(True, description="sample (off: greedy)", indent=False)
+        self.do_sample = W.Checkbox(True, description="sample (off: greedy)", indent=False, layout=W.Layout(width="auto"))
         self.temperature = W.FloatSlider(0.7, min=0.05, max=2.0, step=0.05, description="temperature", **slider)
         self.top_k = W.IntSlider(0, 0, 200, description="top-k (0: off)", **slider)
         self.top_p = W.FloatSlider(0.9, min=0.05, max=1.0, step=0.01, description="top-p", **slider)
@@ -186,10 +192,10 @@ class Playground:
         self.no_repeat_ngram_size = W.IntSlider(0, 0, 10, description="no-repeat n-gram", **slider)
         self.num_beams = W.IntSlider(1, 1, 8, description="beams", **slider)
         self.penalty_alpha = W.FloatSlider(0.0, min=0.0, max=1.0, step=0.05, description="contrastive \u03b1", **slider)
-        self.seed = W.IntText(0, description="seed", style=LABELS, layout=W.Layout(width="70%"))
-        self.fixed_seed = W.Checkbox(False, description="fixed seed", indent=False)
+        self.seed = W.IntText(0, description="seed", style=LABELS, layout=W.Layout(width="auto", flex="0 1 240px"))
+        self.fixed_seed = W.Checkbox(False, description="fixed seed", indent=False, layout=W.Layout(width="auto"))
         self.stop_strings = W.Text("", description="stop strings", placeholder="separate with | ; \\n is a newline",
-                                   style=LABELS, layout=W.Layout(width="95%"))
+                                   style=LABELS, layout=W.Layout(width="auto"))
         self.max_new_tokens.add_class("opt-max-new-tokens")
         self.temperature.add_class("opt-temperature")
         self._controls = [self.max_new_tokens, self.do_sample, self.temperature, self.top_k, self.top_p,
@@ -229,7 +235,8 @@ class Playground:
             self.tokens_box, self.alternatives])
         self._probabilities_page = probabilities
 
-        self.branches_view = W.HTML("<i>No branches yet: click a token in Probabilities and pick an alternative.</i>")
+        self.branches_view = W.HTML("<i>No branches yet: click a token in Probabilities and pick an alternative.</i>",
+                                    layout=W.Layout(overflow="auto"))
         self.branches_view.add_class("opt-branches")
 
         self.compare_picker = W.SelectMultiple(options=options, rows=min(8, len(options)), description="Models",
@@ -241,9 +248,9 @@ class Playground:
         self.compare_columns.add_class("opt-columns")
         side = W.VBox([W.HTML("<small>The same prompt, settings and seed on several sizes, loaded one at a time "
                               "when memory demands.</small>"),
-                       W.HBox([self.compare_picker, self.compare_button]), self.compare_columns])
+                       W.HBox([self.compare_picker, self.compare_button], layout=ROW), self.compare_columns])
 
-        self.history_view = W.HTML("<i>No runs yet.</i>")
+        self.history_view = W.HTML("<i>No runs yet.</i>", layout=W.Layout(overflow="auto"))
         self.history_view.add_class("opt-history")
         self.export_json = W.Button(description="Export JSON", icon="download")
         self.export_csv = W.Button(description="Export CSV", icon="download")
@@ -251,7 +258,7 @@ class Playground:
         self.export_csv.on_click(lambda _: self.export_history("csv"))
         self.export_link = W.HTML()
         self.export_link.add_class("opt-export")
-        history = W.VBox([W.HBox([self.export_json, self.export_csv, self.export_link]), self.history_view])
+        history = W.VBox([W.HBox([self.export_json, self.export_csv, self.export_link], layout=ROW), self.history_view])
 
         self.tabs = titled(W.Tab(children=[self.output, probabilities, self.branches_view, side, history]),
                            ["Output", "Probabilities", "Branches", "Side by side", "History"])
@@ -259,13 +266,13 @@ class Playground:
         self.tabs.observe(self._on_tab, names="selected_index")
         grid = W.GridBox([self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.typical_p,
                           self.repetition_penalty, self.no_repeat_ngram_size, self.num_beams, self.penalty_alpha,
-                          W.HBox([self.seed, self.fixed_seed])],
-                         layout=W.Layout(grid_template_columns="repeat(2, 50%)"))
-        settings = titled(W.Accordion(children=[W.VBox([W.HBox([self.preset, self.do_sample]), grid,
+                          W.HBox([self.seed, self.fixed_seed], layout=ROW)],
+                         layout=W.Layout(grid_template_columns=COLUMNS))
+        settings = titled(W.Accordion(children=[W.VBox([W.HBox([self.preset, self.do_sample], layout=ROW), grid,
                                                         self.stop_strings])]), ["Decoding settings"])
         settings.selected_index = 0
         self.widget = W.VBox([
-            W.HBox([self.model_picker, self.progress]), self.model_status, self.prompt, settings,
+            W.HBox([self.model_picker, self.progress], layout=ROW), self.model_status, self.prompt, settings,
             W.HBox([self.generate_button, self.stop_button]), self.status, self.message, self.tabs,
         ], layout=W.Layout(width="100%"))
         self.widget.add_class("opt-playground")
@@ -678,7 +685,7 @@ class Playground:
                 f"<td>{'' if mean is None else f'{mean:.2f}'}</td></tr>"
             )
         self.branches_view.value = (
-            "<table><tr><th>run</th><th>from</th><th>branched at</th><th>text (where it differs in bold)</th>"
+            f"{TABLE}<tr><th>run</th><th>from</th><th>branched at</th><th>text (where it differs in bold)</th>"
             "<th>mean log-prob</th></tr>" + "".join(rows) + "</table>"
         )
 
@@ -791,7 +798,7 @@ class Playground:
             f"<td>{h['new_tokens']}</td><td>{h['tokens_per_second']}</td><td>{h['finish_reason']}</td></tr>"
             for h in reversed(self.history[-50:])
         )
-        self.history_view.value = ("<table><tr><th>time</th><th>run</th><th>model</th><th>prompt</th><th>output</th>"
+        self.history_view.value = (f"{TABLE}<tr><th>time</th><th>run</th><th>model</th><th>prompt</th><th>output</th>"
                                    "<th>tokens</th><th>tokens/s</th><th>finish</th></tr>" + rows + "</table>")
 
     def history_json(self) -> str:
