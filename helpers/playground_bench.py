@@ -6,7 +6,8 @@ Serves notebooks/05_playground.ipynb with Voila on 127.0.0.1, opens it in Chromi
 browser shares the machine's cores, as on a laptop), and alternates greedy runs of `--new-tokens`
 tokens: `python -m helpers generate --json` in a subprocess, then Generate on the page. The playground's
 tokens/s is the one its status line shows (the same `Timings` as the command line's); the page's is the
-tokens over the time from the click until the page shows the run finished. Medians are kept.
+tokens over the time from the click until the page shows the run finished. Medians are kept; the
+ratios are the medians of each playground run over the command-line run just before it.
 """
 
 from __future__ import annotations
@@ -143,12 +144,16 @@ def measure(model: str, new_tokens: int, repeats: int, chromium: str) -> dict:
     cli_rate = statistics.median(r["tokens_per_second"] for r in cli)
     pg_rate = statistics.median(r["tokens_per_second"] for r in pg)
     page_rate = statistics.median(r["page_tokens_per_second"] for r in pg)
+    # each playground run against the command-line run just before it: a shared machine drifts between pairs
+    pairs = [p["tokens_per_second"] / c["tokens_per_second"] for c, p in zip(cli, pg)]
+    page_pairs = [p["page_tokens_per_second"] / c["tokens_per_second"] for c, p in zip(cli, pg)]
     return {
         "schema": "playground-speed/1", "model": model, "new_tokens": new_tokens, "repeats": repeats,
         "device": "cpu", "dtype": "float32", "cpus": os.cpu_count(), "machine": platform.machine(),
         "load_average": [load_before, os.getloadavg()[0]],  # a shared machine: what else was running
         "command_line_tokens_per_second": cli_rate, "playground_tokens_per_second": pg_rate,
-        "page_tokens_per_second": page_rate, "ratio": pg_rate / cli_rate, "page_ratio": page_rate / cli_rate,
+        "page_tokens_per_second": page_rate, "ratio": statistics.median(pairs),
+        "page_ratio": statistics.median(page_pairs), "pair_ratios": pairs, "page_pair_ratios": page_pairs,
         "command_line_runs": [{k: r[k] for k in ("new_tokens", "tokens_per_second", "total_seconds")} for r in cli],
         "playground_runs": pg,
     }
