@@ -144,7 +144,19 @@ def test_a_real_kernel_interrupt_during_a_cell(mid_folder):
         code = ("r = opt.generate('Hello', max_new_tokens=5, do_sample=False)\n"
                 "assert len(r.token_ids) == 5 and opt.model is not None\n"
                 "import torch; assert torch.get_num_threads() >= 1")
-        assert run(code)["status"] == "ok"
+        after = run(code)
+        if after["status"] == "aborted":
+            # ipykernel 6 (Colab's 6.17.1) aborts the queue after an error reply (stop_on_error) until a
+            # callback it schedules runs, so a request sent at once may be answered `aborted` (1 in 6 here),
+            # as Colab's "Run all" skips the cells after an interrupted one; the next run works. ipykernel 7
+            # marks the end of the abort synchronously: nothing sent after the reply is aborted there.
+            from importlib.metadata import version
+
+            from packaging.version import Version
+
+            assert Version(version("ipykernel")).major < 7, "ipykernel 7 aborted a request sent after the reply"
+            after = run(code)
+        assert after["status"] == "ok", after
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
