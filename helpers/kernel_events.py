@@ -43,20 +43,28 @@ class KernelEvents:
             hasattr(self.kernel, "msg_queue") or self._main_stream() is not None)
 
     def _main_stream(self):
-        """ipykernel 7: the stream the main shell's messages arrive on."""
+        """ipykernel 7: the stream the main shell's messages arrive on (None if this kernel has none)."""
         kernel = self.kernel
         channel = getattr(kernel, "shell_channel_thread", None)
-        if channel is not None:
-            return channel.manager.get_shell_channel_to_subshell_pair(None).to_stream
+        try:
+            if channel is not None:
+                return channel.manager.get_shell_channel_to_subshell_pair(None).to_stream
+        except AttributeError:  # a kernel laid out otherwise: no pumping, nothing broken
+            return None
         return getattr(kernel, "shell_stream", None) if not hasattr(kernel, "msg_queue") else None
 
     def pump(self) -> int:
         """Handle the widget messages waiting now; return how many."""
         if not self.supported:
             return 0
-        if hasattr(self.kernel, "msg_queue"):
-            return self._pump_queue()
-        return self._pump_socket()
+        try:
+            if hasattr(self.kernel, "msg_queue"):
+                return self._pump_queue()
+            return self._pump_socket()
+        except Exception:  # the kernel's internals changed: the job goes on, Stop waits for its end
+            self.supported = False
+            self.kernel.log.error("Could not handle widget messages during a running request", exc_info=True)
+            return 0
 
     # ipykernel 6: flush the shell stream into the kernel's queue, take the widget messages out of it
     def _pump_queue(self) -> int:
@@ -98,10 +106,14 @@ class KernelEvents:
                     asyncio.ensure_future(later)  # runs after the current request, in arrival order
 
     def _is_comm(self, raw) -> bool:
+        """A widget message? (Its header only: the signature is checked when it is handled.)"""
         session = self.kernel.session
-        _, frames = session.feed_identities(raw, copy=False)
-        header = frames[1]
-        header = session.unpack(header.bytes if hasattr(header, "bytes") else header)
+        try:
+            _, frames = session.feed_identities(raw, copy=False)
+            header = frames[1]
+            header = session.unpack(header.bytes if hasattr(header, "bytes") else header)
+        except Exception:  # not one we can read: left to the kernel, which says what is wrong with it
+            return False
         return header.get("msg_type") in COMM_MESSAGES
 
     def _handle(self, raw, stream) -> None:
@@ -123,6 +135,9 @@ class KernelEvents:
     def _parent(self) -> tuple:
         kernel = self.kernel
         var = getattr(kernel, "_shell_parent_ident", None)  # ipykernel 7 keeps it in a ContextVar
-        ident = kernel._get_shell_context_var(var) if var is not None else kernel._parent_ident["shell"]
+        if var is not None:
+            ident = kernel._get_shell_context_var(var)
+        else:
+            ident = getattr(kernel, "_parent_ident", {}).get("shell")
         return ident, kernel.get_parent("shell")
 
