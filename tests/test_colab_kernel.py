@@ -226,3 +226,17 @@ def test_probabilities_branches_side_by_side_and_history_reach_the_page(front):
         assert "tokens/s" in header
     assert page.value("opt-history").count("side by side") == 2
     assert not page.dropped
+
+
+def test_cells_sent_during_a_run_wait_for_it_and_run_in_their_order(front):
+    front.set("opt-max-new-tokens", value=512)
+    generate = front.click("opt-generate")
+    front.read(generating(front, 3), 60)
+    first = front.client.execute("order = ['first']")
+    second = front.client.execute("order.append('second'); print(order, app.busy)")
+    front.done(front.click("opt-stop"), 30)
+    front.done(generate, 30)
+    front.done(second, 60)
+    assert front.idle_at[generate] <= front.busy_at[first] <= front.busy_at[second]  # queued, not run inside
+    assert front.stdout[second].strip() == "['first', 'second'] False"
+    assert "finished: stopped" in front.page.text("opt-status")
