@@ -469,18 +469,18 @@ def benchmark_model(model: str | OPTSize, device: str = "auto", dtype: str = "au
 
 
 def _check_random_model_fits(model: str | OPTSize, device: str, dtype: str, *, context: int, batch: int) -> None:
-    """Before random weights in a size's shape are made: refuse, with the planner's figures, what would not fit."""
-    from .loading import resolve_device, resolve_dtype
-    from .models import dtype_name, find_size
-    from .planner import Budget, check_fits
+    """Before the model is made or loaded: refuse, with the planner's figures, what would not fit."""
+    from .loading import resolve_device, resolve_dtype, size_of
+    from .models import dtype_name
+    from .planner import Budget, check_fits, plain_method
 
-    size = model if isinstance(model, OPTSize) else find_size(model)
+    size = model if isinstance(model, OPTSize) else size_of(model)
     device = resolve_device(device)
-    kind = (device.split(":")[0], dtype_name(resolve_dtype(dtype, device)))
-    method = {("cpu", "float32"): "fp32-cpu", ("cuda", "float16"): "fp16", ("cuda", "bfloat16"): "bf16"}.get(kind)
-    if size is not None and method is not None:
+    dtype = dtype_name(resolve_dtype(dtype, device))
+    method = plain_method(device, dtype)
+    if method is not None:
         check_fits(size, method, Budget.of_machine(), context=context, batch=batch,
-                   what=f"Benchmarking {size.name} ({kind[1]} on {device})")
+                   what=f"Benchmarking {size.name} ({dtype} on {device})")
 
 
 def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device: str = "auto", dtype: str = "auto",

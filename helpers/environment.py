@@ -108,7 +108,7 @@ def default_device() -> str:
 def free_memory_bytes(device: torch.device) -> int | None:
     """Memory that new tensors on `device` can still take: free GPU memory (plus what torch's allocator
     holds unused) on CUDA, available RAM on the CPU; None where it cannot be known (mps)."""
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":

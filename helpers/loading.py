@@ -380,6 +380,8 @@ def load_model(
 
     chosen, made_folder = None, None
     arguments = {"dtype": torch_dtype, "device_map": {"": device} if device != "cpu" else None}
+    if plan is None:  # the device and dtype asked for: refuse before loading what the planner says cannot fit
+        _check_plain_load_fits(name_or_path, source, device, torch_dtype, gpu_memory, cpu_memory, context, batch)
     if plan is not None:
         chosen = _plan_for(name_or_path, source, local, plan, gpu_memory, cpu_memory, context, batch)
         arguments = load_arguments(chosen, offload_folder)
@@ -526,6 +528,21 @@ def _plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None
     return choose(options, method, model=size.name, budget=budget)
+
+
+def _check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtype, gpu_memory, cpu_memory,
+                           context: int, batch: int) -> None:
+    from .models import dtype_name
+    from .planner import check_fits, plain_method
+
+    method = plain_method(device, dtype_name(dtype))
+    if method is None:
+        return
+    size = find_size(name) or size_of(source)
+    budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
+                               cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))
+    check_fits(size, method, budget, context=context, batch=batch,
+               what=f"Loading {size.name} in {dtype_name(dtype)} on {device}")
 
 
 def quantize_dynamic_int8(model: OPTForCausalLM, inplace: bool = True) -> OPTForCausalLM:

@@ -191,6 +191,12 @@ def check_fits(size: OPTSize, method: str, budget: Budget, *, context: int, batc
         f"`python -m helpers plan --model {size.name}` for what fits.")
 
 
+def plain_method(device: str, dtype: str) -> str | None:
+    """The plan that loading on `device` in `dtype` without a plan amounts to (None: none describes it)."""
+    return {("cpu", "float32"): "fp32-cpu", ("cuda", "float16"): "fp16",
+            ("cuda", "bfloat16"): "bf16"}.get((device.split(":")[0], dtype))
+
+
 def _and_gpu(option: Option) -> str:
     return f" and {human_bytes(option.gpu_bytes)} of GPU memory" if option.gpu_bytes else ""
 

@@ -427,3 +427,13 @@ def test_bench_of_a_size_that_does_not_fit_is_refused_before_the_weights_are_mad
     err = capsys.readouterr().err
     assert "Benchmarking opt-2.7b (float32 on cpu) would not fit in memory" in err
     assert "GiB of RAM" in err and "python -m helpers plan --model opt-2.7b" in err
+
+
+def test_a_load_on_a_named_device_that_cannot_fit_is_refused_before_loading(tiny_pre_folder, monkeypatch):
+    from helpers.errors import MemoryBudgetError
+    from helpers.loading import load_model
+    from helpers.planner import CPU_PROCESS_BYTES
+
+    with pytest.raises(MemoryBudgetError, match=r"Loading .* in float32 on cpu would not fit in memory: .* needs about"):
+        load_model(str(tiny_pre_folder), device="cpu", dtype="float32", cpu_memory=CPU_PROCESS_BYTES)
+    assert load_model(str(tiny_pre_folder), device="cpu", dtype="float32").generate("Hi", GREEDY).token_ids
