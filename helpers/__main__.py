@@ -459,8 +459,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: standard output is closed, so the results would be lost. Run the command with its output "
               "going to a terminal, a file (> out.txt) or a pipe.", file=sys.stderr)
         return EXIT_ERROR
+    from .signals import interrupt_after
+
     try:
-        parser = build_parser()  # imports torch: the first seconds, when a Ctrl-C is likeliest
+        with interrupt_after():  # imports torch: the first seconds, when a Ctrl-C is likeliest
+            parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

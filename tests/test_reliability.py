@@ -327,9 +327,21 @@ def test_ctrl_c_in_the_first_seconds_of_generate_prints_one_line(tiny_pre_folder
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert "Traceback" not in err, err
-    assert proc.returncode in (130, -signal.SIGINT)  # -2: before Python's own handler exists
-    if proc.returncode == 130:
-        assert err.strip().splitlines()[-1] == "interrupted"
+    if delay < 0.5 and proc.returncode == -signal.SIGINT:  # before Python's own handler exists: no output at all
+        return
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", (proc.returncode, err)
+
+
+def test_a_ctrl_c_during_imports_is_held_until_they_end():
+    from helpers.signals import interrupt_after
+
+    before = signal.getsignal(signal.SIGINT)
+    reached = []
+    with pytest.raises(KeyboardInterrupt), interrupt_after():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        reached.append(True)  # the block ran to its end
+    assert reached and signal.getsignal(signal.SIGINT) is before
 
 
 def test_sigterm_during_plan_check_removes_its_temporary_folder(tmp_path):
