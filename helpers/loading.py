@@ -333,7 +333,7 @@ def load_model(
     plan: str | None = None,
     gpu_memory: str | int | None = None,
     cpu_memory: str | int | None = None,
-    context: int = 2048,
+    context: int | None = None,
     batch: int = 1,
     offload_folder: str | None = None,
     revision: str | None = None,
@@ -349,7 +349,8 @@ def load_model(
             dtype are both 'auto') picks the best option that fits this machine; a method name
             ('fp16', 'int8', 'nf4', 'fp16-cpu-offload', 'fp32-cpu', ...) asks for that one.
         gpu_memory, cpu_memory: budgets to plan against instead of the machine's ('15GiB').
-        context, batch: the tokens per sequence and the sequences to plan the cache and working memory for.
+        context, batch: the tokens per sequence and the sequences to plan the cache and working memory for
+            (context: the model's whole context by default, 2048 for OPT).
         offload_folder: where disk offload puts weights (default: a temporary folder).
         revision: a hub branch, tag or commit.
         progress: called as progress(stage, done, total) while weights load (a widget's progress bar).
@@ -517,7 +518,7 @@ def size_of(name_or_path: str) -> OPTSize:
     return size_from_config(config, name=Path(source).name)
 
 
-def _plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_memory, context: int,
+def _plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_memory, context: int | None,
               batch: int) -> Option:
     """The planner's choice for this model on this machine (or the given budgets)."""
     size = find_size(name) or size_of(source)
@@ -531,7 +532,7 @@ def _plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_
 
 
 def _check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtype, gpu_memory, cpu_memory,
-                           context: int, batch: int) -> None:
+                           context: int | None, batch: int) -> None:
     from .models import dtype_name
     from .planner import check_fits, plain_method
 

@@ -179,8 +179,9 @@ def generation_bytes(size: OPTSize, prompt_tokens: int, new_tokens: int, rows: i
     return cache + activation_bytes(size, prompt_tokens, rows, int(BYTES_PER_ELEMENT[dtype_name(dtype)]))
 
 
-def check_fits(size: OPTSize, method: str, budget: Budget, *, context: int, batch: int, what: str) -> None:
+def check_fits(size: OPTSize, method: str, budget: Budget, *, context: int | None, batch: int, what: str) -> None:
     """Raise MemoryBudgetError before `what` starts if plan `method` (the way it will load) does not fit."""
+    context = size.max_positions if context is None else context
     option = next((o for o in plan(size, budget, context=context, batch=batch) if o.method == method), None)
     if option is None or option.fits:
         return
@@ -337,11 +338,14 @@ TIERS = ("fp16", "bf16", "fp16-multi-gpu", "int8", "int8-multi-gpu", "nf4", "nf4
          "nf4-cpu-offload", "fp32-cpu", "int8-cpu", "disk-offload")
 
 
-def plan(size: OPTSize | str, budget: Budget | None = None, *, context: int = 2048, batch: int = 1) -> list[Option]:
+def plan(size: OPTSize | str, budget: Budget | None = None, *, context: int | None = None,
+         batch: int = 1) -> list[Option]:
     """Every way to load `size` on `budget` (default: this machine), best first: the ones that fit and can
-    run here, by tier (full precision on GPUs, then 8-bit, 4-bit, offload, CPU, disk), then the rest."""
+    run here, by tier (full precision on GPUs, then 8-bit, 4-bit, offload, CPU, disk), then the rest.
+    `context` defaults to the model's whole context (2048 for OPT; a converted metaseq model's own)."""
     size = get_size(size) if isinstance(size, str) else size
     budget = budget or Budget.of_machine()
+    context = size.max_positions if context is None else context
     if context < 1 or context > size.max_positions:
         raise ValueError(f"context must be between 1 and {size.max_positions} tokens (got {context}).")
     if batch < 1:

@@ -60,7 +60,7 @@ def test_every_layout_converts_to_the_same_model(tmp_path, variant, layout):
 
     fp16 = args.get("dtype") == torch.float16
     assert report.dtype == ("float16" if fp16 else "float32")
-    model, tok, info = load_model(str(tmp_path / "hf"), context=100)  # our loader: fp32 on the CPU
+    model, tok, info = load_model(str(tmp_path / "hf"))  # our loader plans for the model's own 100 positions
     assert tok("Hello").input_ids[0] == 2 and info.dtype == "float32"  # OPT's tokenizer is still written
     reference = source.half().float() if fp16 else source  # the same values the file holds
     torch.testing.assert_close(_logits_of(model), _logits_of(reference), atol=1e-5, rtol=0)
