@@ -240,3 +240,19 @@ def test_cells_sent_during_a_run_wait_for_it_and_run_in_their_order(front):
     assert front.idle_at[generate] <= front.busy_at[first] <= front.busy_at[second]  # queued, not run inside
     assert front.stdout[second].strip() == "['first', 'second'] False"
     assert "finished: stopped" in front.page.text("opt-status")
+
+
+def test_the_kernel_interrupt_during_the_first_load_ends_the_cell_with_a_message(front):
+    code = ("import time\n"
+            "def slow(name, **options):\n    time.sleep(120)\n"
+            f"other = Playground(model={front.folders[1]!r}, device='cpu', loader=slow)\n"
+            "print(other.loaded is None, 'Interrupted' in other.message.value, not other.busy)")
+    cell = front.client.execute(code)
+    loading = f"Loading <b>{html.escape(front.folders[1])}"
+    front.read(lambda: any(loading in str(m.get("value")) for m in front.page.models.values()), 60)
+    time.sleep(0.5)  # the status is set just before the loader is called
+    front.manager.interrupt_kernel()
+    interrupted = time.time()
+    front.done(cell, 30)
+    assert front.idle_at[cell] - interrupted < 5 and front.stdout[cell].strip() == "True True True"
+    assert not front.page.dropped
