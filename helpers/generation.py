@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 METHODS = ("auto", "cached", "cpu-fast", "static", "hf", "seed")
+_STEPS_CARRY_LOGPROBS = ("cached", "cpu-fast")  # their steps hold the log-probabilities: nothing to score afterwards
 # model.generate samples from torch's one process-wide generator (seeded per run), so sampling runs through
 # it take turns: a seeded result must not depend on what else is running. The cached loop and the CPU
 # engine sample from a generator of their own and need no turn.
@@ -477,7 +478,7 @@ class _Run:
             piece = state.flush()
             if piece:
                 yield row, piece
-        if self.logprobs and self.method != "cached":
+        if self.logprobs and self.method not in _STEPS_CARRY_LOGPROBS:
             self._score_afterwards()
         self.completed = True
 

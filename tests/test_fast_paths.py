@@ -44,6 +44,21 @@ def test_engine_logits_match_transformers_step_by_step(tiny, tokenizer):
         torch.testing.assert_close(logits[0], expected[len(ids) - 1 + i], atol=2e-4, rtol=1e-4)
 
 
+def test_engine_logprobs_reach_the_result_unchanged(tiny, tokenizer):
+    calls, seen = [], []
+    hook = tiny.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        s = stream(tiny, tokenizer, "Hello", GenerationSettings.greedy(max_new_tokens=8, min_new_tokens=8),
+                   top_logprobs=5, method="cpu-fast")
+        for _ in s:
+            seen = list(s.tokens)  # the TokenInfo objects streamed so far
+    finally:
+        hook.remove()
+    assert calls == []  # the engine made every step; no forward of transformers' model scored them again
+    assert len(seen) == len(s.result.tokens) == 8 and all(len(t.top) == 5 for t in s.result.tokens)
+    assert all(a is b for a, b in zip(seen, s.result.tokens))  # what streamed is what the result holds
+
+
 def test_repacking_qkv_leaves_transformers_forward_unchanged(tokenizer):
     model = tiny_model("pre-ln", seed=9)
     ids = torch.tensor([encode_prompt(tokenizer, PROMPTS[2])])

@@ -123,7 +123,7 @@ def test_leaving_a_stream_early_counts_as_stopped(tiny, tokenizer):
     assert s.result.finish_reason == "stopped"
 
 
-@pytest.mark.parametrize("method", ["cached", "hf"])
+@pytest.mark.parametrize("method", ["cached", "cpu-fast", "hf"])
 def test_logprobs_are_the_models_own_and_alternatives_are_ranked(tiny, tokenizer, method):
     result = generate(tiny, tokenizer, "Hello", GenerationSettings.greedy(max_new_tokens=8), top_logprobs=5, method=method)
     ids = torch.tensor([result.prompt_token_ids + result.token_ids])
