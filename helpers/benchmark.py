@@ -656,11 +656,12 @@ def _warm_up_imports() -> None:
     """Import what loading and generating import on first use, so the baseline is the process's own."""
     from transformers import OPTForCausalLM
 
-    from .fixtures import tiny_model
+    from .fixtures import random_model
     from .generation import generate
     from .loading import opt_tokenizer
 
-    model, tokenizer = tiny_model("pre-ln"), opt_tokenizer()
+    model = random_model(OPTSize("warm-up", 2, 4, 64, 256, 64, True), dtype=torch.float32)
+    tokenizer = opt_tokenizer()
     generate(model, tokenizer, "warm up", GenerationSettings.greedy(max_new_tokens=2))
     assert isinstance(model, OPTForCausalLM)
     del model, tokenizer
