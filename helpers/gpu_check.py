@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .models import SIZES, OPTSize
+from .models import SIZES, OPTSize, weight_bytes
 from .planner import KNOWN_MACHINES
 from .preflight import REPO, preflight
 
@@ -398,7 +398,7 @@ class Check:
 
     @property
     def torch_dtype(self):
-        from .loading import resolve_dtype
+        from .models import resolve_dtype
 
         return resolve_dtype(self.p.dtype, self.p.device)
 
@@ -406,7 +406,7 @@ class Check:
         from .fixtures import save_random_model
 
         folder = self.run.scratch / size.name
-        need = size.weight_bytes(self.p.dtype) * 1.05
+        need = weight_bytes(size, self.p.dtype) * 1.05
         free = shutil.disk_usage(self.run.scratch).free
         if free < need:
             raise RuntimeError(f"{free / 1e9:.1f} GB of disk free in {self.run.scratch}, {size.name} needs "

@@ -23,7 +23,17 @@ from .decoding import model_device
 from .environment import default_device, resident_memory_bytes
 from .errors import ModelLoadError, ModelUnloadedError, UnknownModelError
 from .fetch import hub_endpoint, hub_offline, hub_reachable, is_lfs_pointer, lfs_pull_hint, offline_message
-from .models import BOS_TOKEN_ID, MAX_POSITIONS, SIZES, OPTSize, find_size, human_bytes, size_from_config
+from .models import (
+    BOS_TOKEN_ID,
+    MAX_POSITIONS,
+    SIZES,
+    OPTSize,
+    dtype_name,
+    find_size,
+    human_bytes,
+    resolve_dtype,
+    size_from_config,
+)
 from .planner import Budget, Option, choose, load_arguments, parse_bytes
 from .planner import plan as make_plan
 
@@ -129,19 +139,6 @@ def ensure_bos(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.model_max_length > MAX_POSITIONS:
         tokenizer.model_max_length = MAX_POSITIONS
     return tokenizer
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
-    """'auto' is fp16 on a GPU and fp32 on the CPU (CPU fp16 matrix products are slow and lossy)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.float16
-    if dtype not in names:
-        raise ValueError(f"Unknown dtype '{dtype}'. Use 'auto', 'float32', 'float16' or 'bfloat16'.")
-    return names[dtype]
 
 
 DEVICE_HINT = "Use 'auto', 'cpu', 'cuda', 'cuda:1' (a GPU by number) or 'mps' (Apple silicon)."
@@ -482,7 +479,7 @@ def _dtype_label(model: torch.nn.Module, plan: Option | None) -> str:
     labels = {"int8": "int8 (bitsandbytes)", "nf4": "nf4 (bitsandbytes)", "int8-dynamic": "int8 (dynamic)"}
     if plan is not None and plan.dtype in labels:
         return labels[plan.dtype]
-    return str(model.dtype).removeprefix("torch.")
+    return dtype_name(model.dtype)
 
 
 def _require_hub(repo_id: str) -> None:

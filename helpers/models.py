@@ -16,7 +16,18 @@ BOS_TOKEN_ID = 2  # "</s>": OPT starts every sequence with it
 PAD_TOKEN_ID = 1
 EOS_TOKEN_ID = 2
 
-BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "nf4": 0.5, "fp4": 0.5}
+# The one dtype table: each way of storing weights -> (the torch dtype the model computes and caches in,
+# bytes per stored element of the quantized matrices). bitsandbytes' int8/nf4/fp4 compute in fp16; torch's
+# dynamic int8 ("int8-dynamic", CPU only) in fp32.
+DTYPES: dict[str, tuple[torch.dtype, float]] = {
+    "float32": (torch.float32, 4), "float16": (torch.float16, 2), "bfloat16": (torch.bfloat16, 2),
+    "int8": (torch.float16, 1), "nf4": (torch.float16, 0.5), "fp4": (torch.float16, 0.5),
+    "int8-dynamic": (torch.float32, 1),
+}
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")  # what a model can be loaded in without quantizing
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
+                 "8bit": "int8", "4bit": "nf4"}
+BYTES_PER_ELEMENT = {name: per for name, (_, per) in DTYPES.items()}
 # bitsandbytes stores one fp32 absmax per block of 64 4-bit weights (plus a small second level when
 # double quantization is on), and one fp32 scale per output row for LLM.int8().
 _NF4_BLOCK = 64
@@ -154,12 +165,32 @@ def dtype_name(dtype: str | torch.dtype) -> str:
     """'float16' for torch.float16, 'fp16' or 'half'; quantized names pass through."""
     if isinstance(dtype, torch.dtype):
         return str(dtype).removeprefix("torch.")
-    aliases = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16",
-               "bf16": "bfloat16", "8bit": "int8", "4bit": "nf4"}
-    name = aliases.get(dtype.lower(), dtype.lower())
-    if name not in BYTES_PER_ELEMENT:
-        raise ValueError(f"Unknown dtype '{dtype}'. Use one of: {', '.join(BYTES_PER_ELEMENT)}.")
+    name = DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype '{dtype}'. Use one of: {', '.join(DTYPES)}.")
     return name
+
+
+def torch_dtype(storage: str | torch.dtype) -> torch.dtype:
+    """The torch dtype a model stored as `storage` computes in (float16 for bitsandbytes' 8/4-bit)."""
+    return storage if isinstance(storage, torch.dtype) else DTYPES[dtype_name(storage)][0]
+
+
+def compute_bytes(storage: str | torch.dtype) -> int:
+    """Bytes per element of the activations and the key/value cache of a model stored as `storage`."""
+    return torch_dtype(storage).itemsize
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    """'auto' is fp16 on a GPU and fp32 on the CPU (CPU fp16 matrix products are slow and lossy)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.float16
+    name = DTYPE_ALIASES.get(dtype, dtype)
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"Unknown dtype '{dtype}'. Use 'auto', {', '.join(map(repr, FLOAT_DTYPES))}.")
+    return torch_dtype(name)
 
 
 @dataclass(frozen=True)
@@ -176,16 +207,28 @@ class ParameterBreakdown:
         return self.layer_matrices + self.embeddings + self.projections + self.small
 
 
-def parameter_breakdown(size: OPTSize) -> ParameterBreakdown:
+@dataclass(frozen=True)
+class LayerParameters:
+    """One decoder layer's parameters: its matrices (q, k, v, out, fc1, fc2), their output rows, the rest."""
+
+    matrices: int
+    rows: int  # int8 keeps one fp32 scale per output row
+    small: int  # attention biases, fc1/fc2 biases, two layer norms
+
+
+def layer_parameters(size: OPTSize) -> LayerParameters:
     d, f = size.d_model, size.ffn
-    per_layer_matrices = 4 * d * d + 2 * d * f
-    per_layer_small = 4 * d + f + d + 2 * (2 * d)  # attention biases, fc1/fc2 biases, two layer norms
+    return LayerParameters(matrices=4 * d * d + 2 * d * f, rows=4 * d + f + d, small=4 * d + f + d + 2 * (2 * d))
+
+
+def parameter_breakdown(size: OPTSize) -> ParameterBreakdown:
+    d, layer = size.d_model, layer_parameters(size)
     final_norm = 2 * d if size.pre_layer_norm else 0
     return ParameterBreakdown(
-        layer_matrices=size.layers * per_layer_matrices,
+        layer_matrices=size.layers * layer.matrices,
         embeddings=size.vocab_size * size.word_embed_proj_dim + (size.max_positions + POSITION_OFFSET) * d,
         projections=2 * d * size.word_embed_proj_dim if size.has_projections else 0,
-        small=size.layers * per_layer_small + final_norm,
+        small=size.layers * layer.small + final_norm,
     )
 
 
@@ -194,27 +237,30 @@ def parameter_count(size: OPTSize) -> int:
     return parameter_breakdown(size).total
 
 
+def storage_bytes(matrices: int, rows: int, rest: int, storage: str | torch.dtype) -> int:
+    """Bytes of weights stored as `storage`: `matrices` parameters in the matrices a quantization shrinks
+    (with their output `rows`), `rest` parameters (biases, norms, embeddings) left in the compute dtype."""
+    name = dtype_name(storage)
+    rest_bytes = rest * compute_bytes(name)
+    if name == "int8":  # LLM.int8(): one byte per weight, one fp32 scale per output row
+        return matrices + 4 * rows + rest_bytes
+    if name in ("nf4", "fp4"):  # half a byte per weight, one fp32 absmax per block
+        return matrices // 2 + 4 * (matrices // _NF4_BLOCK) + rest_bytes
+    if name == "int8-dynamic":  # torch's CPU int8: one byte per weight, a scale per tensor
+        return matrices + rest_bytes
+    return int((matrices + rest) * BYTES_PER_ELEMENT[name])
+
+
 def weight_bytes(size: OPTSize, dtype: str | torch.dtype = "float16") -> int:
     """Bytes the weights take in memory. For int8/nf4 (bitsandbytes) only the decoder layers' matrices
     are quantized; embeddings, lm_head, norms and biases stay in fp16, as bitsandbytes leaves them."""
-    name = dtype_name(dtype)
-    p = parameter_breakdown(size)
-    if name in ("int8", "nf4", "fp4"):
-        rest = (p.embeddings + p.projections + p.small) * 2
-        if name == "int8":
-            rows = size.layers * (4 * size.d_model + size.ffn + size.d_model)
-            return int(p.layer_matrices * 1 + rows * 4 + rest)
-        absmax = p.layer_matrices / _NF4_BLOCK * 4
-        return int(p.layer_matrices * 0.5 + absmax + rest)
-    return int(p.total * BYTES_PER_ELEMENT[name])
+    p, layer = parameter_breakdown(size), layer_parameters(size)
+    return storage_bytes(p.layer_matrices, size.layers * layer.rows, p.embeddings + p.projections + p.small, dtype)
 
 
 def kv_cache_bytes_per_token(size: OPTSize, dtype: str | torch.dtype = "float16") -> int:
     """Bytes of key and value cache one token adds (per sequence in a batch)."""
-    name = dtype_name(dtype)
-    if name in ("int8", "nf4", "fp4"):
-        name = "float16"  # quantized models keep their cache in fp16
-    return int(2 * size.layers * size.d_model * BYTES_PER_ELEMENT[name])
+    return 2 * size.layers * size.d_model * compute_bytes(dtype)
 
 
 def human_bytes(n: float) -> str:

@@ -12,9 +12,22 @@ import importlib.util
 import re
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from .environment import Environment, detect
 from .errors import MemoryBudgetError, ModelLoadError
-from .models import OPTSize, get_size, human_bytes
+from .models import (
+    POSITION_OFFSET,
+    OPTSize,
+    compute_bytes,
+    get_size,
+    human_bytes,
+    kv_cache_bytes_per_token,
+    layer_parameters,
+    storage_bytes,
+    torch_dtype,
+    weight_bytes,
+)
 
 GiB = 1024**3
 CUDA_CONTEXT_BYTES = GiB // 2  # the CUDA context and allocator slack: in a GPU's budget, not in torch's count
@@ -137,30 +150,22 @@ class _Piece:
     layer: bool
 
     def weight_bytes(self, storage: str) -> int:
-        if storage == "int8":
-            return self.matrices + 4 * self.rows + 2 * self.rest
-        if storage == "nf4":
-            return self.matrices // 2 + 4 * (self.matrices // 64) + 2 * self.rest
-        if storage == "int8-dynamic":  # torch's CPU int8: lm_head too, a scale per tensor; the rest fp32
-            return self.matrices + 4 * self.rest
-        per = 4 if storage == "float32" else 2
-        return per * (self.matrices + self.rest)
+        return storage_bytes(self.matrices, self.rows, self.rest, storage)
 
 
 def pieces(size: OPTSize) -> list[_Piece]:
     """OPT as the units a device map places: the token and position tables (with lm_head, tied to the
     token table), the projections of the 350M shape, the final norm, and each decoder layer."""
-    d, f = size.d_model, size.ffn
+    d, layer = size.d_model, layer_parameters(size)
     out = [_Piece("model.decoder.embed_tokens", 0, 0, size.vocab_size * size.word_embed_proj_dim, False),
-           _Piece("model.decoder.embed_positions", 0, 0, (size.max_positions + 2) * d, False)]
+           _Piece("model.decoder.embed_positions", 0, 0, (size.max_positions + POSITION_OFFSET) * d, False)]
     if size.has_projections:
         out += [_Piece("model.decoder.project_in", 0, 0, d * size.word_embed_proj_dim, False),
                 _Piece("model.decoder.project_out", 0, 0, d * size.word_embed_proj_dim, False)]
     if size.pre_layer_norm:
         out.append(_Piece("model.decoder.final_layer_norm", 0, 0, 2 * d, False))
     for i in range(size.layers):
-        out.append(_Piece(f"model.decoder.layers.{i}", 4 * d * d + 2 * d * f, 5 * d + f,
-                          4 * d + f + d + 4 * d, True))
+        out.append(_Piece(f"model.decoder.layers.{i}", layer.matrices, layer.rows, layer.small, True))
     return out
 
 
@@ -170,13 +175,11 @@ def activation_bytes(size: OPTSize, context: int, batch: int, dtype_bytes: int) 
     return batch * context * (size.ffn + 6 * size.d_model) * dtype_bytes + 2 * batch * size.vocab_size * 4
 
 
-def generation_bytes(size: OPTSize, prompt_tokens: int, new_tokens: int, rows: int, dtype: str) -> int:
+def generation_bytes(size: OPTSize, prompt_tokens: int, new_tokens: int, rows: int, dtype: str | torch.dtype) -> int:
     """Memory one generation needs beyond the weights: the key/value cache of every row (each beam, each
     contrastive candidate is a row) over the prompt and the new tokens, and the prefill's working memory."""
-    from .models import BYTES_PER_ELEMENT, dtype_name, kv_cache_bytes_per_token
-
     cache = kv_cache_bytes_per_token(size, dtype) * (prompt_tokens + new_tokens) * rows
-    return cache + activation_bytes(size, prompt_tokens, rows, int(BYTES_PER_ELEMENT[dtype_name(dtype)]))
+    return cache + activation_bytes(size, prompt_tokens, rows, compute_bytes(dtype))
 
 
 def check_fits(size: OPTSize, method: str, budget: Budget, *, context: int | None, batch: int, what: str) -> None:
@@ -228,19 +231,17 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
     module and every layer's cache up front. Only bitsandbytes' fp32 CPU offload runs its modules on the
     CPU, caches included.
     """
-    compute_bytes = 4 if storage in ("float32", "int8-dynamic") else 2
-    kv_per_layer = 2 * size.d_model * compute_bytes * context * batch
+    working = activation_bytes(size, context, batch, compute_bytes(storage))
+    kv_per_layer = kv_cache_bytes_per_token(size, storage) // size.layers * context * batch
     gpus = [d for d in devices if d.startswith("cuda")]
     runs_on_cpu = not gpus or offload_storage == "float32"
     streams = bool(gpus) and ("disk" in devices or ("cpu" in devices and not runs_on_cpu))
     execution = gpus[0] if gpus else "cpu"
-    capacity = {d: budget.gpu_bytes - CUDA_CONTEXT_BYTES - activation_bytes(size, context, batch, compute_bytes)
-                for d in gpus}
+    capacity = {d: budget.gpu_bytes - CUDA_CONTEXT_BYTES - working for d in gpus}
     if gpus:
         capacity["cpu"] = budget.cpu_bytes - CPU_PROCESS_BYTES_CUDA - LOAD_SHARD_BYTES
     else:
-        capacity["cpu"] = (budget.cpu_bytes - CPU_PROCESS_BYTES - TOKENIZER_BYTES
-                           - activation_bytes(size, context, batch, compute_bytes))
+        capacity["cpu"] = budget.cpu_bytes - CPU_PROCESS_BYTES - TOKENIZER_BYTES - working
     capacity["disk"] = float("inf")
     reserve = 0
     if streams:
@@ -275,7 +276,7 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
     peak[execution] += reserve
     for device in gpus:
         if stored[device]:
-            peak[device] += activation_bytes(size, context, batch, compute_bytes)
+            peak[device] += working
     placement["lm_head"] = placement["model.decoder.embed_tokens"]  # tied: they share one tensor
     return placement, stored, peak
 
@@ -287,10 +288,10 @@ def _option(method: str, description: str, size: OPTSize, budget: Budget, storag
     gpus = [d for d in devices if d.startswith("cuda")]
     gpu_each = [peak[d] for d in gpus]
     if gpus:
-        cpu = CPU_PROCESS_BYTES_CUDA + peak["cpu"] + min(LOAD_SHARD_BYTES, size.weight_bytes("float16"))
+        cpu = CPU_PROCESS_BYTES_CUDA + peak["cpu"] + min(LOAD_SHARD_BYTES, weight_bytes(size, "float16"))
     else:
-        compute_bytes = 4 if storage in ("float32", "int8-dynamic") else 2
-        cpu = CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"] + activation_bytes(size, context, batch, compute_bytes)
+        cpu = (CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"]
+               + activation_bytes(size, context, batch, compute_bytes(storage)))
         if storage == "int8-dynamic":  # quantizing holds one layer in fp32 beside the int8 copies, which fbgemm
             layers = [p for p in pieces(size) if p.layer]  # packs again (the fp32 file pages it reads once are
             cpu += layers[0].weight_bytes("float32")  # reclaimable cache, not needed memory)
@@ -432,11 +433,7 @@ def device_map(option: Option) -> dict[str, int | str]:
 
 def load_arguments(option: Option, offload_folder: str | None = None) -> dict:
     """Keyword arguments for `OPTForCausalLM.from_pretrained` that apply `option`."""
-    import torch
-
-    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-              "int8": torch.float16, "nf4": torch.float16, "int8-dynamic": torch.float32}
-    kwargs: dict = {"dtype": dtypes[option.dtype]}
+    kwargs: dict = {"dtype": torch_dtype(option.dtype)}
     devices = set(option.placement.values())
     if devices != {"cpu"}:
         kwargs["device_map"] = device_map(option)

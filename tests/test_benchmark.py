@@ -21,7 +21,7 @@ from helpers.benchmark import (
 )
 from helpers.fixtures import tiny_model
 from helpers.loading import load_model
-from helpers.models import size_from_config
+from helpers.models import kv_cache_bytes_per_token, size_from_config
 
 
 def test_prompt_of_length_is_exact(tokenizer):
@@ -41,7 +41,7 @@ def test_bytes_per_step_counts_each_weight_once_and_the_cache():
     positions = model.model.decoder.embed_positions.weight
     weights = 4 * (params - positions.numel() + positions.shape[1])
     assert bytes_per_decode_step(model, 0, 1) == weights
-    per_token = size_from_config(model.config).kv_cache_bytes_per_token("float32")
+    per_token = kv_cache_bytes_per_token(size_from_config(model.config), "float32")
     assert bytes_per_decode_step(model, 100, 2) == weights + 200 * per_token
 
 

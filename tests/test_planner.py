@@ -12,7 +12,7 @@ from transformers import OPTForCausalLM
 from helpers.__main__ import main
 from helpers.errors import ModelLoadError
 from helpers.loading import load_model
-from helpers.models import SIZES, size_from_config
+from helpers.models import SIZES, kv_cache_bytes_per_token, size_from_config, weight_bytes
 from helpers.planner import (
     Budget,
     GiB,
@@ -76,6 +76,12 @@ def test_quantized_accounting_matches_a_bitsandbytes_model(tiny_pre_folder, kind
     assert predicted == actual
 
 
+@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8", "nf4"])
+def test_the_planner_s_pieces_add_up_to_the_one_weight_bytes(storage):
+    for size in SIZES.values():
+        assert sum(p.weight_bytes(storage) for p in pieces(size)) == weight_bytes(size, storage), size.name
+
+
 def test_the_issue_s_t4_facts():
     assert first_usable("opt-6.7b", T4).method == "fp16"  # 6.7B in fp16 on one T4
     assert first_usable("opt-13b", T4).method == "int8"  # 13B in 8-bit
@@ -115,7 +121,7 @@ def test_device_map_across_fake_gpus_is_complete_and_matches_accelerate():
     assert set(dmap.values()) == {0, 1}
     sizes = compute_module_sizes(model, dtype=torch.float16)
     on_gpu = [sum(sizes[m] for m, d in dmap.items() if d == i and m != "lm_head") for i in (0, 1)]
-    kv = SIZES["opt-13b"].kv_cache_bytes_per_token("float16") // SIZES["opt-13b"].layers * 2048
+    kv = kv_cache_bytes_per_token(SIZES["opt-13b"], "float16") // SIZES["opt-13b"].layers * 2048
     layers = [sum(1 for m, d in dmap.items() if d == i and ".layers." in m) for i in (0, 1)]
     for i in (0, 1):
         assert option.gpu_bytes_each[i] >= on_gpu[i] + layers[i] * kv

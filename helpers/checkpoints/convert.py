@@ -100,7 +100,7 @@ def _convert(src: Path, dst: Path, size, num_heads, dtype, overwrite, max_shard_
                 "final layer norm, which ruins the output; it is kept here.")
         torch_dtype = None
         if dtype is not None:
-            from ..loading import resolve_dtype
+            from ..models import resolve_dtype
 
             torch_dtype = resolve_dtype(dtype, "cpu")
         torch_dtype = common_dtype(parts, torch_dtype, say)
