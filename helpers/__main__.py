@@ -55,7 +55,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="NAME_OR_PATH",
                    help="a size (opt-125m ... opt-66b), a hub id (facebook/opt-350m) or a local model folder")
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="new tokens at most (default 64)")
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token (the seed's decoding)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (the 2022 tutorial's decoding)")
     p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (default 0.7)")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: keep the smallest set of tokens with this much probability (default 0.9)")
     p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens (0: off); with --penalty-alpha, the candidates compared")
@@ -77,7 +77,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logprobs", type=int, default=0, metavar="K",
                    help="with --json: each token's log-probability and its K most likely alternatives")
     p.add_argument("--truncate", action="store_true", help="drop the start of a prompt longer than the context")
-    p.add_argument("--method", default="auto", choices=["auto", "cached", "hf", "seed"], help=argparse.SUPPRESS)
+    p.add_argument("--method", default="auto", choices=["auto", "cached", "hf", "tutorial", "seed"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(run=_run_generate)
 

@@ -23,7 +23,7 @@ from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 from .decoding import model_device
 from .environment import PeakResidentMemory, detect, resident_memory_bytes
 from .generation import GenerationSettings, encode_prompt, generate
-from .models import OPTSize, size_from_config
+from .models import OPTSize, dtype_name, kv_cache_bytes_per_token, size_from_config
 
 SCHEMA = "opt-notebooks/bench/v1"
 
@@ -108,9 +108,8 @@ def _weight_bytes_read(model: OPTForCausalLM) -> int:
 def bytes_per_decode_step(model: OPTForCausalLM, context: float, batch: int) -> int:
     """What one decode step reads: the weights once, plus the key/value cache of `context` tokens for each
     of the `batch` sequences."""
-    cache_dtype = "float32" if model.dtype == torch.float32 else "float16"
     size = size_from_config(model.config)
-    return int(_weight_bytes_read(model) + size.kv_cache_bytes_per_token(cache_dtype) * context * batch)
+    return int(_weight_bytes_read(model) + kv_cache_bytes_per_token(size, model.dtype) * context * batch)
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -169,7 +168,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("seed-loop", "the seed's loop: the whole sequence re-run each step", _via_generate("seed")),
+    Method("seed-loop", "the 2022 tutorial's loop: the whole sequence re-run each step", _via_generate("tutorial")),
     Method("cached-loop", "the explicit cached loop: prefill, then one token a step", _via_generate("cached")),
     Method("hf-generate", "plain model.generate, its defaults (dynamic cache)", _plain_model_generate),
     Method("static-cache", "model.generate with a static cache (compiled on CUDA)", _via_generate("static")),
@@ -278,7 +277,7 @@ def quality_against(model: OPTForCausalLM, reference: OPTForCausalLM, tokenizer:
     start = len(ids) - len(reference_tokens) - 1
     ref, got = ref[start:-1], got[start:-1]
     return Quality(
-        reference_dtype=str(reference.dtype).removeprefix("torch."),
+        reference_dtype=dtype_name(reference.dtype),
         max_logit_error=float((ref - got).abs().max()),
         greedy_agreement=float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
         same_greedy_tokens=tokens == reference_tokens,
@@ -456,8 +455,8 @@ class Report:
 def benchmark_model(model: str | OPTSize, device: str = "auto", dtype: str = "auto") -> BenchContext:
     """Random weights in a real OPT shape for a size name (or an `OPTSize`), else the model in a local folder."""
     from .fixtures import random_model
-    from .loading import load_model, opt_tokenizer, resolve_device, resolve_dtype
-    from .models import find_size
+    from .loading import load_model, opt_tokenizer, resolve_device
+    from .models import find_size, resolve_dtype
 
     device = resolve_device(device)
     size = model if isinstance(model, OPTSize) else find_size(model)
@@ -470,8 +469,8 @@ def benchmark_model(model: str | OPTSize, device: str = "auto", dtype: str = "au
 
 def _check_random_model_fits(model: str | OPTSize, device: str, dtype: str, *, context: int, batch: int) -> None:
     """Before the model is made or loaded: refuse, with the planner's figures, what would not fit."""
-    from .loading import resolve_device, resolve_dtype, size_of
-    from .models import dtype_name
+    from .loading import resolve_device, size_of
+    from .models import dtype_name, resolve_dtype
     from .planner import Budget, check_fits, plain_method
 
     size = model if isinstance(model, OPTSize) else size_of(model)
@@ -527,7 +526,7 @@ def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device:
         context.close()
     return Report(
         model=context.label, parameters=sum(p.numel() for p in net.parameters()),
-        dtype=str(net.dtype).removeprefix("torch."), device=str(model_device(net)), facts=hardware_facts(),
+        dtype=dtype_name(net.dtype), device=str(model_device(net)), facts=hardware_facts(),
         bandwidth=bandwidth, measurements=measurements,
         settings={"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batches": list(batches),
                   "repeats": repeats, "methods": methods},
@@ -556,9 +555,9 @@ def _parked(model: OPTForCausalLM, park: bool):
 
 def loop_comparison(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompt: str,
                     new_tokens: int = 30) -> list[dict]:
-    """The seed's loop beside the cached loop on one prompt: text, seconds, tokens/s, same tokens or not."""
+    """The 2022 tutorial's loop beside the cached loop on one prompt: text, seconds, tokens/s, same tokens or not."""
     rows, reference = [], None
-    for method, label in (("seed", "the seed's loop (no cache)"), ("cached", "cached loop (prefill + one token)"),
+    for method, label in (("tutorial", "the tutorial's loop (no cache)"), ("cached", "cached loop (prefill + one token)"),
                           ("auto", "generate(): the fastest path here")):
         settings = GenerationSettings.greedy(max_new_tokens=new_tokens)
         result = generate(model, tokenizer, prompt, settings, method=method)

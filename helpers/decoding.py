@@ -1,4 +1,4 @@
-"""The decoding loops: the seed's loop (the reference) and the cached loop it should have been:
+"""The decoding loops: the 2022 tutorial's loop (the reference) and the cached loop it should have been:
 prefill once, then decode one token at a time, with sampling and contrastive search on top."""
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return embeddings.weight.device
 
 
-def seed_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
-                      eos_token_id: int | None = None) -> Iterator[int]:
-    """The seed's loop, kept as the reference: every step re-runs the WHOLE sequence through the
+def tutorial_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
+                          eos_token_id: int | None = None) -> Iterator[int]:
+    """The 2022 tutorial's loop, kept as the reference: every step re-runs the WHOLE sequence through the
     model (no KV cache) and appends the argmax of the last position. Yields each new token id."""
     ids = list(input_ids)
     device = model_device(model)
@@ -56,10 +56,10 @@ def seed_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_token
             return
 
 
-def seed_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
-                eos_token_id: int | None = None) -> list[int]:
-    """The seed's greedy loop (see `seed_greedy_steps`); returns the new token ids."""
-    return list(seed_greedy_steps(model, input_ids, max_new_tokens, eos_token_id))
+def tutorial_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
+                    eos_token_id: int | None = None) -> list[int]:
+    """The tutorial's greedy loop (see `tutorial_greedy_steps`); returns the new token ids."""
+    return list(tutorial_greedy_steps(model, input_ids, max_new_tokens, eos_token_id))
 
 
 def prefill(model: OPTForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -80,8 +80,8 @@ def decode_one_token(model: OPTForCausalLM, tokens: torch.Tensor, attention_mask
 @torch.inference_mode()
 def cached_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
                   eos_token_id: int | None = None) -> list[int]:
-    """The seed's greedy decoding done with a KV cache: the prompt is run once, then each step runs
-    only the newest token. Same tokens as `seed_greedy`, a fraction of the work."""
+    """The tutorial's greedy decoding done with a KV cache: the prompt is run once, then each step runs
+    only the newest token. Same tokens as `tutorial_greedy`, a fraction of the work."""
     device = model_device(model)
     ids = torch.tensor([input_ids], device=device)
     mask = torch.ones_like(ids)

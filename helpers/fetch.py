@@ -1,4 +1,4 @@
-"""Getting model repositories: a git-lfs clone as the seed did, or a hub download with progress bars;
+"""Getting model repositories: a git-lfs clone as the 2022 tutorial did, or a hub download with progress bars;
 files still left as Git LFS pointers are caught here, before anything tries to unpickle them."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _git_has_lfs() -> bool:
 
 
 def clone(repo: str, dest: str | Path, *, include: str | None = None) -> Path:
-    """Clone a model repository with its large files, as the seed did (`git lfs install; git clone ...`).
+    """Clone a model repository with its large files, as the 2022 tutorial did (`git lfs install; git clone ...`).
 
     Args:
         repo: a hub repo id (`patrickvonplaten/opt_metaseq_350m`) or any git URL (https://, file://, a path).

@@ -16,7 +16,7 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .decoding import decode, model_device, seed_greedy_steps
+from .decoding import decode, model_device, tutorial_greedy_steps
 from .errors import ModelUnloadedError, PromptError, SettingsError
 from .loading import check_loaded, is_unloaded
 from .models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
@@ -27,7 +27,8 @@ __all__ = [
     "encode_prompt", "generate", "stream",
 ]
 
-METHODS = ("auto", "cached", "cpu-fast", "static", "hf", "seed")
+METHODS = ("auto", "cached", "cpu-fast", "static", "hf", "tutorial")
+_METHOD_ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first, still accepted
 _STEPS_CARRY_LOGPROBS = ("cached", "cpu-fast")  # their steps hold the log-probabilities: nothing to score afterwards
 # model.generate samples from torch's one process-wide generator (seeded per run), so sampling runs through
 # it take turns: a seeded result must not depend on what else is running. The cached loop and the CPU
@@ -124,7 +125,7 @@ def _is_token_ids(prompt) -> bool:
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
     """Token ids of a prompt, starting with OPT's BOS (`</s>`, id 2) exactly once, also when the
-    tokenizer adds none (the seed's bart-large tokenizer) or the text itself starts with '</s>'.
+    tokenizer adds none (the 2022 tutorial's bart-large tokenizer) or the text itself starts with '</s>'.
     A list of token ids is taken as it is (BOS added if missing)."""
     if _is_token_ids(prompt):
         vocab = len(tokenizer)
@@ -251,6 +252,7 @@ class _Run:
     def __init__(self, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                  settings: GenerationSettings, logprobs: bool, top_logprobs: int, truncate: bool, method: str):
         check_loaded(model)
+        method = _METHOD_ALIASES.get(method, method)
         if method not in METHODS:
             raise SettingsError(f"Unknown method '{method}'. Use one of: {', '.join(METHODS)}.")
         if not prompts:
@@ -292,16 +294,15 @@ class _Run:
         arithmetic) exceed the memory free on the model's device: an error, not the kernel's OOM kill."""
         from .environment import free_memory_bytes
         from .errors import MemoryBudgetError
-        from .models import BYTES_PER_ELEMENT, human_bytes, size_from_config
+        from .models import human_bytes, size_from_config
         from .planner import generation_bytes
 
         mode, prompts = self.settings.mode, len(self.prompt_ids)
         per_prompt = self.settings.num_beams if mode.startswith("beam") else 1
         if mode == "contrastive":
             per_prompt = self.settings.top_k  # every candidate runs through the model at each step
-        dtype = str(self.model.dtype).removeprefix("torch.")
         need = generation_bytes(size_from_config(self.model.config), max(len(ids) for ids in self.prompt_ids),
-                                self.max_new, prompts * per_prompt, dtype if dtype in BYTES_PER_ELEMENT else "float32")
+                                self.max_new, prompts * per_prompt, self.model.dtype)
         device = model_device(self.model)
         free = free_memory_bytes(device)
         if free is not None and need > free:
@@ -328,8 +329,8 @@ class _Run:
             if device == "cuda" and batch == 1 and getattr(self.model, "hf_quantizer", None) is None:
                 return "static"
             return "cached"
-        if method == "seed" and mode != "greedy":
-            raise SettingsError("The seed's loop only does greedy decoding: use do_sample=False, or method='auto'.")
+        if method == "tutorial" and mode != "greedy":
+            raise SettingsError("The tutorial's loop only does greedy decoding: use do_sample=False, or method='auto'.")
         if method in ("cached", "cpu-fast", "static") and mode.startswith("beam"):
             raise SettingsError(f"method '{method}' does not do beam search: use method='auto' or 'hf' with num_beams > 1.")
         if method in ("hf", "static") and mode == "contrastive":
@@ -359,9 +360,9 @@ class _Run:
                 yield step.tokens.tolist()
             return
         self._pending_step = None
-        if self.method == "seed":  # the seed's loop has no batch: rows one after another, each streamed
+        if self.method == "tutorial":  # the tutorial's loop has no batch: rows one after another, each streamed
             for row, ids in enumerate(self.prompt_ids):
-                for token in seed_greedy_steps(self.model, ids, self.max_new, EOS_TOKEN_ID):
+                for token in tutorial_greedy_steps(self.model, ids, self.max_new, EOS_TOKEN_ID):
                     yield [token if i == row else None for i in range(len(self.prompt_ids))]
             return
         if self.settings.mode.startswith("beam"):  # beams are final only at the end: nothing to stream
@@ -561,7 +562,8 @@ def generate(
         method: 'auto' picks the fastest correct method for the device and batch: 'cpu-fast' (the lean
             CPU engine) for one prompt of an fp32 model on the CPU, 'static' (`model.generate` with a
             static cache, compiled on CUDA) for one prompt on a GPU, 'hf' (`model.generate`) for beam
-            search, 'cached' (the cached loop) otherwise. 'seed' is the seed's loop (greedy only).
+            search, 'cached' (the cached loop) otherwise. 'tutorial' ('seed' also works) is the 2022
+            tutorial's loop (greedy only).
 
     Returns:
         A `GenerationResult` for a string prompt; a list of them for a list of prompts.

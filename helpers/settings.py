@@ -34,7 +34,7 @@ def _is_number(value) -> bool:
 @dataclass(frozen=True)
 class GenerationSettings:
     """How to pick each next token. Defaults are a good general setting (nucleus sampling);
-    `GenerationSettings.greedy()` is the seed's argmax decoding.
+    `GenerationSettings.greedy()` is the 2022 tutorial's argmax decoding.
 
     The mode follows from the fields: `num_beams > 1` is beam search, `penalty_alpha > 0` (with
     `top_k > 1`) is contrastive search, else `do_sample` chooses sampling or greedy.
@@ -68,7 +68,7 @@ class GenerationSettings:
 
     @classmethod
     def greedy(cls, max_new_tokens: int = 30, **changes) -> GenerationSettings:
-        """The seed's decoding: always the most likely token."""
+        """The tutorial's decoding: always the most likely token."""
         return cls(max_new_tokens=max_new_tokens, do_sample=False, **changes)
 
     def replace(self, **changes) -> GenerationSettings:

@@ -1,4 +1,4 @@
-"""The seed's loop, the cached loop, generate() and model.generate agree; streaming, stops, log-probs."""
+"""The 2022 tutorial's loop, the cached loop, generate() and model.generate agree; streaming, stops, log-probs."""
 
 import threading
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.decoding import cached_greedy, seed_greedy
+from helpers.decoding import cached_greedy, tutorial_greedy
 from helpers.errors import PromptError, SettingsError
 from helpers.generation import GenerationSettings, encode_prompt, generate, stream
 
@@ -24,11 +24,11 @@ def hf_greedy(model, ids, n):
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_all_greedy_implementations_give_identical_tokens(tiny, tokenizer, prompt):
     ids = encode_prompt(tokenizer, prompt)
-    reference = seed_greedy(tiny, ids, 24)
+    reference = tutorial_greedy(tiny, ids, 24)
     assert len(reference) == 24
     assert cached_greedy(tiny, ids, 24) == reference
     assert hf_greedy(tiny, ids, 24) == reference
-    for method in ("auto", "cached", "hf", "seed"):
+    for method in ("auto", "cached", "hf", "tutorial", "seed"):
         result = generate(tiny, tokenizer, prompt, GREEDY, method=method)
         assert result.token_ids == reference[: len(result.token_ids)], method
         assert result.finish_reason == ("length" if len(result.token_ids) == 24 else "eos")
@@ -38,8 +38,8 @@ def test_batch_with_left_padding_matches_single_prompts_and_model_generate(tiny,
     results = generate(tiny, tokenizer, PROMPTS, GREEDY)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     hf = tiny.generate(**batch, max_new_tokens=24, do_sample=False)[:, batch.input_ids.shape[1]:]
-    seed_loop = generate(tiny, tokenizer, PROMPTS, GREEDY, method="seed")
-    assert [r.token_ids for r in seed_loop] == [r.token_ids for r in results]
+    tutorial_loop = generate(tiny, tokenizer, PROMPTS, GREEDY, method="tutorial")
+    assert [r.token_ids for r in tutorial_loop] == [r.token_ids for r in results]
     for prompt, result, row in zip(PROMPTS, results, hf.tolist()):
         single = generate(tiny, tokenizer, prompt, GREEDY)
         assert result.token_ids == single.token_ids == row[: len(result.token_ids)]

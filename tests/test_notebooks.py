@@ -62,7 +62,7 @@ def test_01_generate_runs_the_seed_walkthrough(tiny_pre_folder):
     nb = run_notebook("01_generate.ipynb", {"MODEL": str(tiny_pre_folder), "DEVICE": "cpu", "MAX_NEW_TOKENS": 12})
     text = outputs_text(nb)
     assert "[2, 42968" in text  # the first prompt's ids start with OPT's BOS
-    assert "the seed's loop (no cache)" in text and "cached loop" in text
+    assert "the tutorial's loop (no cache)" in text and "cached loop" in text
     assert "Text classification is a machine learning technique" in text
     assert "tokens/s, first token after" in text
 
