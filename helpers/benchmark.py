@@ -627,7 +627,7 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
                                                                         min_new_tokens=new_tokens),
                                      method=generation_method)
         measured = (torch.cuda.max_memory_allocated(0) - baseline) if uses_gpu else rss.peak - baseline
-        predicted = option.gpu_bytes_each[0] if uses_gpu else option.cpu_bytes - _process_bytes(option)
+        predicted = option.predicted_peak_bytes
         loaded.unload()
     finally:
         if tmp is not None:
@@ -665,12 +665,6 @@ def _warm_up_imports() -> None:
     assert isinstance(model, OPTForCausalLM)
     del model, tokenizer
     gc.collect()
-
-
-def _process_bytes(option) -> int:
-    from .planner import CPU_PROCESS_BYTES, CPU_PROCESS_BYTES_CUDA
-
-    return CPU_PROCESS_BYTES_CUDA if option.gpu_bytes_each else CPU_PROCESS_BYTES
 
 
 # ------------------------------------------------------------------------------------------ leaks

@@ -118,6 +118,19 @@ class Option:
     def usable(self) -> bool:
         return self.fits and self.available
 
+    @property
+    def needs_bytes(self) -> int:
+        """What it takes from the memory it is short of first: the GPU's when it uses one, else RAM."""
+        return self.gpu_bytes or self.cpu_bytes
+
+    @property
+    def predicted_peak_bytes(self) -> int:
+        """The peak a measurement sees: memory allocated on the first GPU when it uses one, else the RAM
+        the process grows by (the process itself, Python, torch and transformers, is not counted)."""
+        if self.gpu_bytes_each:
+            return self.gpu_bytes_each[0]
+        return self.cpu_bytes - CPU_PROCESS_BYTES
+
     def as_dict(self) -> dict:
         data = asdict(self)
         data.pop("placement")
