@@ -25,20 +25,11 @@ from transformers import (
 )
 
 from .models import EOS_TOKEN_ID, PAD_TOKEN_ID
+from .opt.model_state import model_device
 from .settings import GenerationSettings
 
 # transformers 5.2x renamed the forward argument `past_key_values` to `cache`; accept both releases.
 CACHE_ARG = "cache" if "cache" in inspect.signature(OPTForCausalLM.forward).parameters else "past_key_values"
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where the model's inputs go: the token table's device, or, where accelerate offloaded it (to disk:
-    the tensor is on `meta`), the device its hook runs it on."""
-    embeddings = model.get_input_embeddings()
-    execution = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
-    if execution is not None and embeddings.weight.device.type == "meta":
-        return torch.device(execution)
-    return embeddings.weight.device
 
 
 def tutorial_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,

@@ -16,10 +16,10 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .decoding import decode, model_device, tutorial_greedy_steps
+from .decoding import decode, tutorial_greedy_steps
 from .errors import ModelUnloadedError, PromptError, SettingsError
-from .loading import check_loaded, is_unloaded
 from .models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
+from .opt.model_state import check_loaded, is_unloaded, model_device
 from .settings import PRESETS, GenerationSettings, check_top_logprobs
 
 __all__ = [

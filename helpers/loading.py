@@ -19,7 +19,6 @@ import torch
 from transformers import AutoTokenizer, GPT2Tokenizer, OPTForCausalLM, PreTrainedTokenizerBase
 
 from .cpu_engine import drop_engine
-from .decoding import model_device
 from .environment import default_device, resident_memory_bytes
 from .errors import ModelLoadError, ModelUnloadedError, UnknownModelError
 from .fetch import hub_endpoint, hub_offline, hub_reachable, is_lfs_pointer, lfs_pull_hint, offline_message
@@ -34,12 +33,12 @@ from .models import (
     resolve_dtype,
     size_from_config,
 )
+from .opt.model_state import is_unloaded, mark_unloaded, model_device
 from .planner import Budget, Option, choose, load_arguments, parse_bytes
 from .planner import plan as make_plan
 
 TOKENIZER_DIR = Path(__file__).parent / "data" / "opt-tokenizer"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_UNLOADED = "_helpers_unloaded"
 
 
 @dataclass
@@ -571,7 +570,7 @@ def unload(model: torch.nn.Module | LoadedModel | None) -> None:
     if isinstance(model, LoadedModel):
         model.unload()
         return
-    if model is None or getattr(model, _UNLOADED, False):
+    if model is None or is_unloaded(model):
         return
     drop_engine(model)
     if hasattr(model, "hf_device_map"):  # dispatched by accelerate: its hooks pin the tensors
@@ -591,20 +590,5 @@ def unload(model: torch.nn.Module | LoadedModel | None) -> None:
                 for key, tensor in store.items():
                     if tensor is not None:
                         store[key] = torch.empty(0, device="meta")
-    setattr(model, _UNLOADED, True)
-    model.register_forward_pre_hook(_refuse_unloaded)  # model(ids), model.generate: the error, not meta logits
+    mark_unloaded(model)
     _release_freed_memory()
-
-
-def _refuse_unloaded(module: torch.nn.Module, args) -> None:
-    raise ModelUnloadedError.after()
-
-
-def is_unloaded(model: torch.nn.Module) -> bool:
-    return bool(getattr(model, _UNLOADED, False))
-
-
-def check_loaded(model: torch.nn.Module) -> None:
-    """Raise a clear error for a model that was unloaded."""
-    if is_unloaded(model):
-        raise ModelUnloadedError.after()
