@@ -24,6 +24,7 @@ from transformers import (
     TypicalLogitsWarper,
 )
 
+from .cpu_engine import engine_for, one_torch_thread
 from .models import EOS_TOKEN_ID, PAD_TOKEN_ID
 from .opt.model_state import model_device
 from .settings import GenerationSettings
@@ -171,8 +172,6 @@ class _EngineSteps:
     """The same steps through the lean CPU engine (one sequence)."""
 
     def __init__(self, model: OPTForCausalLM, max_new_tokens: int):
-        from .cpu_engine import engine_for
-
         self.engine, self.max_new_tokens = engine_for(model), max_new_tokens
         self.sequence = None
 
@@ -213,8 +212,6 @@ def decode(
     processors = logits_processors(settings, input_ids.shape[1])
     threads = contextlib.nullcontext()
     if engine:
-        from .cpu_engine import one_torch_thread
-
         steps = _EngineSteps(model, max_new_tokens)
         threads = one_torch_thread() if steps.engine.numpy_blas else threads
     else:

@@ -16,10 +16,13 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .cpu_engine import supported
 from .decoding import decode, tutorial_greedy_steps
-from .errors import ModelUnloadedError, PromptError, SettingsError
-from .models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
+from .environment import free_memory_bytes
+from .errors import MemoryBudgetError, ModelUnloadedError, PromptError, SettingsError
+from .models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, human_bytes, size_from_config
 from .opt.model_state import check_loaded, is_unloaded, model_device
+from .planner import generation_bytes
 from .settings import PRESETS, GenerationSettings, check_top_logprobs
 
 __all__ = [
@@ -292,11 +295,6 @@ class _Run:
     def _check_working_memory(self) -> None:
         """Refuse, before the first step, a generation whose cache and working memory (the planner's
         arithmetic) exceed the memory free on the model's device: an error, not the kernel's OOM kill."""
-        from .environment import free_memory_bytes
-        from .errors import MemoryBudgetError
-        from .models import human_bytes, size_from_config
-        from .planner import generation_bytes
-
         mode, prompts = self.settings.mode, len(self.prompt_ids)
         per_prompt = self.settings.num_beams if mode.startswith("beam") else 1
         if mode == "contrastive":
@@ -315,8 +313,6 @@ class _Run:
 
     def _choose_method(self, method: str) -> str:
         """'auto' is the fastest correct method for this device and batch (see the README's Speed section)."""
-        from .cpu_engine import supported
-
         mode, batch = self.settings.mode, len(self.prompt_ids)
         device = model_device(self.model).type
         if method == "auto":
