@@ -21,8 +21,9 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from .decoding import model_device
-from .environment import PeakResidentMemory, detect, resident_memory_bytes
+from .environment import detect, resident_memory_bytes
 from .generation import GenerationSettings, encode_prompt, generate
+from .loading import PeakMemory
 from .models import OPTSize, dtype_name, kv_cache_bytes_per_token, size_from_config
 
 SCHEMA = "opt-notebooks/bench/v1"
@@ -316,14 +317,13 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        with PeakResidentMemory() as rss:
+        with PeakMemory(device) as peak:
             _sync(device)
             start = time.perf_counter()
             ids, ttft = run(model, tokenizer, prompts, new_tokens)
             _sync(device)
             seconds.append(time.perf_counter() - start)
-        peaks.append(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak)
+        peaks.append(peak.bytes)
         if before is not None:  # a shared machine's bandwidth drifts: the run gets the mean of both sides
             after = bandwidth_now()
             bandwidths.append((before + after) / 2)
@@ -446,6 +446,13 @@ class Report:
     @classmethod
     def read(cls, path: str | Path) -> Report:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def read_all(cls, folder: str | Path) -> list[tuple[Path, Report]]:
+        """Every benchmark report in `folder`, by file name; other results there (playground speed, plan checks,
+        the GPU check) have their own schema and are left out."""
+        paths = sorted(Path(folder).glob("*.json"))
+        return [(path, cls.read(path)) for path in paths if json.loads(path.read_text()).get("schema") == SCHEMA]
 
     def write(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -614,11 +621,8 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
             gc.collect()
         _warm_up_imports()
         _release_freed_memory()  # freed heap pages go back to the OS, so new allocations show in RSS
-        baseline = torch.cuda.memory_allocated(0) if uses_gpu else resident_memory_bytes()
-        if uses_gpu:
-            torch.cuda.reset_peak_memory_stats(0)
         progress(f"loading with plan {option.method}")
-        with PeakResidentMemory() as rss:
+        with PeakMemory("cuda:0" if uses_gpu else "cpu") as peak:
             loaded = load_model(folder, plan=option.method, gpu_memory=gpu_memory, cpu_memory=cpu_memory,
                                 context=context)
             prompt = prompt_of_length(loaded.tokenizer, prompt_tokens)
@@ -626,7 +630,7 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
             result = loaded.generate(prompt, GenerationSettings.greedy(max_new_tokens=new_tokens,
                                                                         min_new_tokens=new_tokens),
                                      method=generation_method)
-        measured = (torch.cuda.max_memory_allocated(0) - baseline) if uses_gpu else rss.peak - baseline
+        measured = peak.added
         predicted = option.predicted_peak_bytes
         loaded.unload()
     finally:

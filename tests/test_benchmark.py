@@ -3,6 +3,7 @@ the roofline arithmetic holds, and its JSON has its schema."""
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from helpers.benchmark import (
     METHODS,
     SCHEMA,
     BenchContext,
+    Report,
     bytes_per_decode_step,
     default_methods,
     measure,
@@ -145,3 +147,24 @@ def test_plot_from_committed_results():
         if data.get("schema") == SCHEMA:
             assert benchmark_figure(data).axes
     assert torch.get_num_threads() >= 1
+
+
+def test_read_all_keeps_only_benchmark_reports(tmp_path):
+    """notebook 07 reads benchmarks/, which also holds the playground's speed rows and other results."""
+    committed = Path(__file__).resolve().parents[1] / "benchmarks"
+    for path in committed.glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "playground-x.json").write_text(json.dumps({"schema": "playground-speed/1", "model": "x"}))
+    found = Report.read_all(tmp_path)
+    names = [path.name for path, _ in found]
+    assert "playground-x.json" not in names and "cpu-opt-125m.json" in names
+    assert all(isinstance(report, Report) and report.measurements for _, report in found)
+
+
+def test_the_peak_measurement_sees_memory_freed_before_the_block_ends():
+    from helpers.loading import PeakMemory
+
+    with PeakMemory("cpu") as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert peak.added >= 60 * 2**20 and peak.bytes >= peak.baseline + peak.added
