@@ -13,9 +13,9 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from .decoding import decode, model_device
-from .environment import PeakResidentMemory
 from .errors import HelpersError
 from .generation import GenerationSettings, encode_prompt, generate
+from .loading import PeakMemory
 from .metrics import perplexity, repetition
 from .settings import PRESETS
 
@@ -73,28 +73,6 @@ def loaded(name: str, *, random_weights: bool = False, device: str = "auto") -> 
         gc.collect()
 
 
-class _Peak:
-    """Peak memory while active: GPU memory allocated, or this process's peak resident memory."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._rss = PeakResidentMemory().__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            self.bytes = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._rss.__exit__(*exc)
-            self.bytes = self._rss.peak
-        return False
-
-
 def _row(subject: Subject, label: str, result, peak: int | None = None) -> dict:
     measures = repetition(result.token_ids)
     row = {
@@ -146,7 +124,7 @@ def compare_sizes(models: list[str], prompts: list[str] = SEED_PROMPTS,
                 generate(subject.model, subject.tokenizer, prompts[0], GenerationSettings.greedy(2))
                 for label, settings in decodings.items():
                     progress(f"{name}: {label}")
-                    with _Peak(model_device(subject.model)) as peak:
+                    with PeakMemory(model_device(subject.model)) as peak:
                         results = [generate(subject.model, subject.tokenizer, p, settings) for p in prompts]
                     rows += [_row(subject, label, r, peak.bytes) for r in results]
         except HelpersError as exc:

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, GPT2Tokenizer, OPTForCausalLM, PreTrainedTokenizerBase
 
 from .cpu_engine import drop_engine
-from .environment import default_device, resident_memory_bytes
+from .environment import PeakResidentMemory, default_device, resident_memory_bytes
 from .errors import ModelLoadError, ModelUnloadedError, UnknownModelError
 from .fetch import hub_endpoint, hub_offline, hub_reachable, is_lfs_pointer, lfs_pull_hint, offline_message
 from .models import (
@@ -276,6 +276,37 @@ def _weight_bytes(model: torch.nn.Module) -> int:
 
 def _memory_now(device: str) -> int:
     return torch.cuda.memory_allocated() if device.startswith("cuda") else resident_memory_bytes()
+
+
+class PeakMemory:
+    """The one peak measurement: while the block runs, the most memory allocated on a CUDA `device` (its
+    peak counter reset on entry), elsewhere this process's peak resident memory (`PeakResidentMemory`).
+    `baseline` is the reading at entry, `bytes` the peak, `added` the difference."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.baseline = self.bytes = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+        else:
+            self._resident = PeakResidentMemory().__enter__()
+            self.baseline = self._resident.peak
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.device.type == "cuda":
+            self.bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._resident.__exit__(*exc)
+            self.bytes = self._resident.peak
+        return False
+
+    @property
+    def added(self) -> int:
+        return self.bytes - self.baseline
 
 
 class _ProgressBar:
