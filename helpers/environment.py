@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import torch
 
-from .models import SIZES, OPTSize, human_bytes, human_count
+from .models import SIZES, OPTSize, human_bytes, human_count, kv_cache_bytes_per_token, weight_bytes
 
 # Room kept free beside the weights for activations, the CUDA context and the allocator's slack.
 GPU_HEADROOM_BYTES = 1 << 30
@@ -123,7 +123,7 @@ def resident_memory_bytes() -> int:
 
 def fits_fp16(size: OPTSize, memory_bytes: int, context: int = 2048, headroom: int = GPU_HEADROOM_BYTES) -> bool:
     """Whether a size's fp16 weights plus a full-context KV cache fit in `memory_bytes`."""
-    need = size.weight_bytes("float16") + size.kv_cache_bytes_per_token("float16") * context + headroom
+    need = weight_bytes(size, "float16") + kv_cache_bytes_per_token(size, "float16") * context + headroom
     return need <= memory_bytes
 
 
@@ -134,10 +134,10 @@ def fit_table(env: Environment | None = None, context: int = 2048) -> list[dict]
     gpu = env.gpus[0] if env.gpus else None
     rows = []
     for size in SIZES.values():
-        weights = size.weight_bytes("float16")
-        cache = size.kv_cache_bytes_per_token("float16") * context
+        weights = weight_bytes(size, "float16")
+        cache = kv_cache_bytes_per_token(size, "float16") * context
         need = weights + cache + GPU_HEADROOM_BYTES
-        cpu_need = size.weight_bytes("float32") + 2 * cache + GPU_HEADROOM_BYTES
+        cpu_need = weight_bytes(size, "float32") + 2 * cache + GPU_HEADROOM_BYTES
         rows.append(
             {
                 "model": size.name,

@@ -68,12 +68,6 @@ class OPTSize:
     def parameter_count(self) -> int:
         return parameter_count(self)
 
-    def weight_bytes(self, dtype: str | torch.dtype = "float16") -> int:
-        return weight_bytes(self, dtype)
-
-    def kv_cache_bytes_per_token(self, dtype: str | torch.dtype = "float16") -> int:
-        return kv_cache_bytes_per_token(self, dtype)
-
 
 _METASEQ = "patrickvonplaten/opt_metaseq_{}"
 

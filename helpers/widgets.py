@@ -110,15 +110,16 @@ def model_choices(extra: list[str], env: environment.Environment | None = None) 
         if best is None:
             smallest = min(options, key=lambda o: o.gpu_bytes + o.cpu_bytes)
             needs = smallest.gpu_bytes + smallest.cpu_bytes
-            out.append(Model(size.name, f"{size.name} \u26a0 too big here (needs {human_bytes(needs)})", False, needs))
+            out.append(Model(size.name, f"{size.name} \u26a0 too big here (needs {human_bytes(needs)})", False,
+                             smallest.needs_bytes))
             continue
         if best.method == "disk-offload":
             out.append(Model(size.name, f"{size.name} \u26a0 only from disk here ({best.speed_class})", False,
-                             best.gpu_bytes + best.cpu_bytes))
+                             best.needs_bytes))
             continue
         plain = best.method in ("fp16", "fp32-cpu")
         label = size.name if plain else f"{size.name} \u00b7 {best.method} ({best.speed_class})"
-        out.append(Model(size.name, label, True, best.gpu_bytes or best.cpu_bytes))
+        out.append(Model(size.name, label, True, best.needs_bytes))
     out += [Model(name, name, None) for name in extra]
     return out
 
@@ -706,9 +707,10 @@ class Playground:
         return self._start(self._side_by_side, models, text, settings)
 
     def _needs_bytes(self, name: str) -> int:
-        """Predicted memory of a model in this playground's dtype (weights, full-context cache, headroom)."""
-        from .loading import resolve_device, resolve_dtype, size_of
-        from .models import dtype_name
+        """What `name` takes loaded as this playground loads it: the planner's figure for its plan."""
+        from .loading import resolve_device, size_of
+        from .models import dtype_name, resolve_dtype
+        from .planner import Budget, plain_method, plan
 
         choice = next((c for c in self.choices if c.name == name), None)
         if choice is not None and choice.needs_bytes is not None:
@@ -717,15 +719,18 @@ class Playground:
             size = size_of(name)
         except HelpersError:
             return 0  # loading it will say what is wrong
-        dtype = dtype_name(resolve_dtype(self.dtype, resolve_device(self.device)))
-        return (size.weight_bytes(dtype) + size.kv_cache_bytes_per_token(dtype) * 2048
-                + environment.GPU_HEADROOM_BYTES)
+        device = resolve_device(self.device)
+        method = plain_method(device, dtype_name(resolve_dtype(self.dtype, device)))
+        options = plan(size, Budget.of_machine())
+        named = next((o for o in options if o.method == method), None)
+        return (named or next((o for o in options if o.usable), options[0])).needs_bytes
 
     def _budget_bytes(self) -> int:
-        if torch.cuda.is_available():
-            free, _ = torch.cuda.mem_get_info()
-            return free
-        return environment.detect().ram_available_bytes
+        """Memory free where this playground loads models: the GPU's, else RAM."""
+        from .loading import resolve_device
+
+        free = environment.free_memory_bytes(torch.device(resolve_device(self.device)))
+        return free if free is not None else environment.detect().ram_available_bytes
 
     def _side_by_side(self, models: list[str], prompt: str, settings: GenerationSettings) -> None:
         self._clear(self.compare_columns)

@@ -303,3 +303,18 @@ def test_model_picker_marks_sizes_that_do_not_fit():
                  ram_available_bytes=12 * 1024**3)
     on_t4 = {c.name: c.label for c in model_choices([], t4)}
     assert on_t4["opt-6.7b"] == "opt-6.7b" and on_t4["opt-13b"].startswith("opt-13b \u00b7 int8")
+
+
+def test_the_picker_and_the_planner_agree_on_what_fits():
+    from dataclasses import replace
+
+    from helpers import environment
+    from helpers.planner import Budget, plan
+
+    for ram in (2, 5, 24):
+        env = replace(environment.detect(), gpus=(), ram_available_bytes=ram * 1024**3)
+        for choice in model_choices([], env):
+            best = next((o for o in plan(choice.name, Budget.of_machine(env)) if o.usable), None)
+            assert choice.fits == (best is not None and best.method != "disk-offload"), (ram, choice.name)
+            if choice.fits:
+                assert choice.needs_bytes == best.needs_bytes <= env.ram_available_bytes
