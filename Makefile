@@ -76,8 +76,8 @@ bench: install
 
 # The playground streaming with its page open in Chromium, against `python -m helpers generate` on the same model.
 bench-playground: install system-packages
-	$(PY) -m helpers.playground_bench --model opt-125m --json benchmarks/playground-opt-125m.json
-	$(PY) -m helpers.playground_bench --model tiny --json benchmarks/playground-tiny.json
+	$(PY) tests/playground_bench.py --model opt-125m --json benchmarks/playground-opt-125m.json
+	$(PY) tests/playground_bench.py --model tiny --json benchmarks/playground-tiny.json
 
 bench-gpu: install
 	$(PY) -m helpers bench --model opt-1.3b --device cuda --dtype float16 --new-tokens 128 \
@@ -88,14 +88,14 @@ bench-gpu: install
 	  --methods generate --json benchmarks/gpu-opt-66b.json
 	$(PY) -m helpers leaks --model opt-1.3b --device cuda --cycles 20 --out benchmarks/gpu-leaks-opt-1.3b.json
 
-# One prepared measuring run on one GPU, about 7 minutes (helpers/gpu_check.py: the T4 fits, loading RAM, every
+# One prepared measuring run on one GPU, about 7 minutes (helpers/analysis/gpu_check: the T4 fits, loading RAM, every
 # decoding method against the roofline, load/unload cycles, a batch sweep) into benchmarks/gpu-*.json and .png.
 # DRY=1 runs the same steps on the CPU with tiny shapes (into test-artifacts/gpu-check-dry/). Where the venv is
 # not there (the project's GPU machine), GPU_PY=python3 uses the machine's own Python and installs nothing.
 GPU_PY ?= $(PY)
 GPU_OUT ?= $(if $(DRY),test-artifacts/gpu-check-dry,benchmarks)
 gpu-check: $(if $(filter $(PY),$(GPU_PY)),install)
-	$(GPU_PY) -m helpers.gpu_check $(if $(DRY),--dry-run) --wheels .gpu-wheels --out $(GPU_OUT)
+	$(GPU_PY) -m helpers.analysis.gpu_check $(if $(DRY),--dry-run) --wheels .gpu-wheels --out $(GPU_OUT)
 
 # bitsandbytes (pinned in constraints.txt) as a wheel for the GPU machine's Python 3.12 (it is py3-none: any
 # Python); carried there with the working tree and installed offline by gpu-check.
@@ -112,9 +112,9 @@ plan-check-gpu: install
 # The README's figures from notebooks 03 and 04, with random weights in real shapes (no hub here): their
 # speed and memory are real, their text is not. With real weights: run the notebooks on a GPU.
 figures: install
-	$(PY) -m helpers.notebooks notebooks/03_compare_sizes.ipynb 'MODELS=["opt-125m", "opt-350m", "opt-1.3b"]' \
+	$(PY) tests/notebook_runner.py notebooks/03_compare_sizes.ipynb 'MODELS=["opt-125m", "opt-350m", "opt-1.3b"]' \
 	  RANDOM_WEIGHTS=True 'SAVE_FIGURE="../docs/compare-sizes.png"'
-	$(PY) -m helpers.notebooks notebooks/04_decoding_strategies.ipynb 'MODEL="opt-125m"' 'JUDGE="opt-350m"' \
+	$(PY) tests/notebook_runner.py notebooks/04_decoding_strategies.ipynb 'MODEL="opt-125m"' 'JUDGE="opt-350m"' \
 	  'SEED_MODEL="opt-125m"' RANDOM_WEIGHTS=True 'SAVE_FIGURE="../docs/decoding-strategies.png"'
 
 # The playground as an app (Voila). MODEL is a size, a hub id or a local folder: make playground MODEL=./opt-350m

@@ -7,10 +7,10 @@ from .errors import HelpersError, ModelLoadError, PromptError, SettingsError, Un
 # Imported on first use, so that `python -m helpers` answers Ctrl-C (or --help) at once rather than from
 # inside torch's import; `from helpers import generate` works as before.
 _LAZY = {
-    "PRESETS": "generation", "GenerationResult": "generation", "GenerationSettings": "generation",
-    "generate": "generation", "stream": "generation",
-    "LoadedModel": "loading", "load_model": "loading", "unload": "loading",
-    "SIZES": "models", "get_size": "models",
+    "PRESETS": "generation.settings", "GenerationSettings": "generation.settings",
+    "GenerationResult": "generation.results", "generate": "generation.run", "stream": "generation.streaming",
+    "LoadedModel": "loading.model", "load_model": "loading.model", "unload": "loading.model",
+    "SIZES": "opt.sizes", "get_size": "opt.sizes",
 }
 
 __all__ = [

@@ -10,10 +10,7 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import torch
 
-from .models import SIZES, OPTSize, human_bytes, human_count, kv_cache_bytes_per_token, weight_bytes
-
-# Room kept free beside the weights for activations, the CUDA context and the allocator's slack.
-GPU_HEADROOM_BYTES = 1 << 30
+from .units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -121,37 +118,6 @@ def resident_memory_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def fits_fp16(size: OPTSize, memory_bytes: int, context: int = 2048, headroom: int = GPU_HEADROOM_BYTES) -> bool:
-    """Whether a size's fp16 weights plus a full-context KV cache fit in `memory_bytes`."""
-    need = weight_bytes(size, "float16") + kv_cache_bytes_per_token(size, "float16") * context + headroom
-    return need <= memory_bytes
-
-
-def fit_table(env: Environment | None = None, context: int = 2048) -> list[dict]:
-    """One row per OPT size: what fp16 weights and a `context`-token KV cache need, whether that fits this
-    machine's first GPU, and whether the fp32 model fits the available RAM (for running on the CPU)."""
-    env = env or detect()
-    gpu = env.gpus[0] if env.gpus else None
-    rows = []
-    for size in SIZES.values():
-        weights = weight_bytes(size, "float16")
-        cache = kv_cache_bytes_per_token(size, "float16") * context
-        need = weights + cache + GPU_HEADROOM_BYTES
-        cpu_need = weight_bytes(size, "float32") + 2 * cache + GPU_HEADROOM_BYTES
-        rows.append(
-            {
-                "model": size.name,
-                "parameters": human_count(size.parameter_count()),
-                "fp16 weights": human_bytes(weights),
-                f"KV cache @ {context}": human_bytes(cache),
-                "fp16 needs": human_bytes(need),
-                f"fits {gpu.name if gpu else 'a GPU'}": (need <= gpu.total_bytes) if gpu else "no GPU",
-                "fits RAM in fp32 (CPU)": cpu_need <= env.ram_available_bytes,
-            }
-        )
-    return rows
-
-
 def report(env: Environment | None = None) -> str:
     """A short human-readable report of this machine."""
     env = env or detect()
@@ -170,35 +136,3 @@ def report(env: Environment | None = None) -> str:
     else:
         lines.append("GPU: none (models run on the CPU in float32; only the small sizes are practical)")
     return "\n".join(lines)
-
-
-def _high_water_mark() -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-class PeakResidentMemory:
-    """This process's peak resident memory while the block runs: Linux's high-water mark (VmHWM), reset
-    on entry. No sampling thread: one would compete for the GIL with what is being measured (it slowed
-    decoding several-fold in a notebook kernel). Elsewhere, the larger of the readings at entry and exit."""
-
-    def __enter__(self) -> PeakResidentMemory:
-        self.peak = resident_memory_bytes()
-        try:
-            with open("/proc/self/clear_refs", "w") as refs:
-                refs.write("5")
-            self._hwm = True
-        except OSError:
-            self._hwm = False
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        mark = _high_water_mark() if self._hwm else None
-        self.peak = max(self.peak, resident_memory_bytes(), mark or 0)
-        return False

@@ -22,7 +22,7 @@ VARIANTS = ["pre-ln", "post-ln"]
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from helpers.loading import opt_tokenizer
+    from helpers.opt.tokenizer import opt_tokenizer
 
     return opt_tokenizer()
 
@@ -42,7 +42,7 @@ def variant(request) -> str:
 @pytest.fixture(scope="session")
 def tiny(variant):
     """A tiny random OPT of each layout (pre-LN; 350M-style post-LN with project_in/out)."""
-    from helpers.fixtures import tiny_model
+    from tiny_models import tiny_model
 
     return tiny_model(variant)
 
@@ -50,14 +50,14 @@ def tiny(variant):
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory, variant) -> Path:
     """A saved tiny model folder (safetensors + tokenizer) of each layout."""
-    from helpers.fixtures import save_tiny_model
+    from tiny_models import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp(f"tiny-{variant}"), variant)
 
 
 @pytest.fixture(scope="session")
 def tiny_pre_folder(tmp_path_factory) -> Path:
-    from helpers.fixtures import save_tiny_model
+    from tiny_models import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-pre-ln"), "pre-ln")
 

@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 import torch
+from tiny_models import tiny_model
 from transformers import OPTForCausalLM
-
-from helpers.fixtures import tiny_model
 
 TOP_ORDER = ["decoder.embed_tokens.weight", "decoder.project_in_dim.weight", "decoder.embed_positions.weight",
              "decoder.layer_norm.weight", "decoder.layer_norm.bias", "decoder.project_out_dim.weight"]

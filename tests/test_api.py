@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from helpers.api import complete
 from helpers.errors import SettingsError
-from helpers.generation import GenerationSettings, generate
-from helpers.metrics import token_logprobs
+from helpers.generation.completions import complete
+from helpers.generation.run import generate
+from helpers.generation.scoring import token_logprobs
+from helpers.generation.settings import GenerationSettings
 
 PROMPT = "Natural language processing is a subfield of"
 

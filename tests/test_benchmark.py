@@ -7,23 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
-from helpers.__main__ import main
-from helpers.benchmark import (
-    METHODS,
-    SCHEMA,
-    BenchContext,
-    Report,
-    bytes_per_decode_step,
-    default_methods,
-    measure,
-    measure_bandwidth,
-    prompt_of_length,
-    quality_against,
-)
-from helpers.fixtures import tiny_model
-from helpers.loading import load_model
-from helpers.models import kv_cache_bytes_per_token, size_from_config
+from helpers.analysis.bandwidth import bytes_per_decode_step, measure_bandwidth
+from helpers.analysis.bench_methods import METHODS, BenchContext, default_methods
+from helpers.analysis.benchmark import SCHEMA, Report, measure, prompt_of_length, quality_against
+from helpers.cli.main import main
+from helpers.loading.model import load_model
+from helpers.memory.bytes import kv_cache_bytes_per_token
+from helpers.opt.sizes import size_from_config
 
 
 def test_prompt_of_length_is_exact(tokenizer):
@@ -55,7 +47,7 @@ def test_int8_weights_are_counted_as_int8(tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_loaded(tmp_path_factory):
-    from helpers.fixtures import save_tiny_model
+    from tiny_models import save_tiny_model
 
     return load_model(str(save_tiny_model(tmp_path_factory.mktemp("bench"), "pre-ln", seed=6)))
 
@@ -78,7 +70,7 @@ def test_peak_memory_leaves_out_the_bandwidth_probe(tiny_loaded):
     """Measuring the bandwidth on a fresh buffer (quantized weights cannot be read as plain tensors)
     allocates two 512 MiB buffers before each run: the method's peak must not include them."""
     from helpers.environment import resident_memory_bytes
-    from helpers.loading import _release_freed_memory
+    from helpers.memory.measure import _release_freed_memory
 
     model, tokenizer, _ = tiny_loaded
     _release_freed_memory()
@@ -140,7 +132,7 @@ def test_bench_rejects_bad_arguments(capsys):
 def test_plot_from_committed_results():
     from pathlib import Path
 
-    from helpers.plots import benchmark_figure
+    from helpers.analysis.plots import benchmark_figure
 
     for path in sorted((Path(__file__).parents[1] / "benchmarks").glob("*.json")):
         data = json.loads(path.read_text())
@@ -162,7 +154,7 @@ def test_read_all_keeps_only_benchmark_reports(tmp_path):
 
 
 def test_the_peak_measurement_sees_memory_freed_before_the_block_ends():
-    from helpers.loading import PeakMemory
+    from helpers.memory.measure import PeakMemory
 
     with PeakMemory("cpu") as peak:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched

@@ -82,7 +82,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from helpers.fixtures import save_tiny_model
+    from tiny_models import save_tiny_model
 
     base = tmp_path_factory.mktemp("browser-models")
     return {

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from helpers.__main__ import main
-from helpers.generation import GenerationSettings, generate
-from helpers.loading import load_model
+from helpers.cli.main import main
+from helpers.generation.run import generate
+from helpers.generation.settings import GenerationSettings
+from helpers.loading.model import load_model
 
 
 def run_cli(*args, stdin=None):
@@ -82,7 +83,7 @@ def test_argparse_errors_exit_2():
 
 
 def test_an_unexpected_failure_is_one_line(monkeypatch, tiny_pre_folder, capsys):
-    import helpers.generation as generation
+    import helpers.generation.streaming as generation
 
     def broken(*args, **kwargs):
         raise RuntimeError("something deep inside a library")

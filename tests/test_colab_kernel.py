@@ -111,8 +111,7 @@ class FrontEnd:
 @pytest.fixture(scope="module")
 def front(tmp_path_factory):
     from jupyter_client.manager import start_new_kernel
-
-    from helpers.fixtures import save_tiny_model
+    from tiny_models import save_tiny_model
 
     base = tmp_path_factory.mktemp("colab")
     folder = save_tiny_model(base / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048, num_hidden_layers=6,
@@ -121,7 +120,7 @@ def front(tmp_path_factory):
     manager, client = start_new_kernel(kernel_name="python3")
     fe = FrontEnd(manager, client)
     fe.folders = [str(folder), str(tiny)]
-    fe.cell = fe.run(f"from helpers.widgets import Playground\napp = Playground(model={str(folder)!r}, "
+    fe.cell = fe.run(f"from helpers.playground.app import Playground\napp = Playground(model={str(folder)!r}, "
                      f"extra_models=[{str(tiny)!r}], device='cpu')\napp", timeout=180)
     yield fe
     client.stop_channels()

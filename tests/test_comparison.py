@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
-from helpers.comparison import (
+from helpers.analysis.comparison import (
     STRATEGIES,
     add_judge_perplexity,
     compare_sizes,
@@ -14,8 +15,7 @@ from helpers.comparison import (
     summarize,
     without_final_layer_norm,
 )
-from helpers.fixtures import tiny_model
-from helpers.generation import GenerationSettings
+from helpers.generation.settings import GenerationSettings
 
 PROMPTS = ["Natural language processing is a subfield of", "Hello"]
 
@@ -72,7 +72,7 @@ def test_dropping_the_final_layer_norm_changes_the_logits_and_is_undone(tokenize
             pass
 
 
-def test_seed_conditions_cover_all_combinations(tokenizer):
+def test_tutorial_conditions_cover_all_combinations(tokenizer):
     rows = seed_conditions(tiny_model("pre-ln", seed=2), tokenizer, PROMPTS, new_tokens=10)
     combos = {(r["decoding"], r["start token"], r["final layer norm"]) for r in rows}
     assert len(combos) == 8 and len(rows) == 16

@@ -10,10 +10,10 @@ import pytest
 import torch
 from metaseq_writer import write_checkpoint
 from safetensors.torch import load_file, save_file
+from tiny_models import save_tiny_model, tiny_model
 
 from helpers.errors import CheckpointError, HelpersError, ModelLoadError, UnsafeCheckpointError
-from helpers.fixtures import save_tiny_model, tiny_model
-from helpers.loading import load_model
+from helpers.loading.model import load_model
 from helpers.metaseq import convert
 
 

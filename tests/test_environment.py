@@ -3,8 +3,9 @@
 from dataclasses import replace
 
 from helpers import environment
-from helpers.environment import GPU, fit_table, fits_fp16
-from helpers.models import SIZES
+from helpers.environment import GPU
+from helpers.memory.summaries import fit_table, fits_fp16
+from helpers.opt.sizes import SIZES
 
 T4 = GPU(0, "Tesla T4", 15 * 1024**3, 15 * 1024**3, (7, 5))
 

@@ -6,13 +6,16 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_model
 
-import helpers.generation as generation
-from helpers.cpu_engine import CpuEngine, engine_for, supported
-from helpers.decoding import model_device
-from helpers.fixtures import tiny_model
-from helpers.generation import GenerationSettings, encode_prompt, generate, stream
-from helpers.loading import unload
+import helpers.generation.run as generation
+from helpers.generation.backends.cpu_engine import CpuEngine, engine_for, supported
+from helpers.generation.run import generate
+from helpers.generation.settings import GenerationSettings
+from helpers.generation.streaming import stream
+from helpers.loading.model import unload
+from helpers.opt.model_state import model_device
+from helpers.opt.tokenizer import encode_prompt
 
 PROMPTS = ["Natural language processing is a subfield of", "Hi", "Text classification is a machine learning technique"]
 
@@ -184,7 +187,7 @@ def test_static_cache_batch_matches_model_generate(tiny, tokenizer):
 
 
 def test_engine_uses_whichever_blas_is_faster(monkeypatch, tokenizer):
-    import helpers.cpu_engine as cpu_engine
+    import helpers.generation.backends.cpu_engine as cpu_engine
 
     model = tiny_model("pre-ln", seed=4)
     reference = generate(model, tokenizer, "Hi", GenerationSettings.greedy(max_new_tokens=8), method="cached")

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from helpers import fetch
 from helpers.errors import CheckpointError, ModelLoadError
+from helpers.loading import fetch
 
 needs_git_lfs = pytest.mark.skipif(
     shutil.which("git") is None or subprocess.run(["git", "lfs", "version"], capture_output=True).returncode != 0,

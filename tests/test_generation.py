@@ -6,9 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.decoding import cached_greedy, tutorial_greedy
 from helpers.errors import PromptError, SettingsError
-from helpers.generation import GenerationSettings, encode_prompt, generate, stream
+from helpers.generation.backends.loops import cached_greedy
+from helpers.generation.backends.tutorial import tutorial_greedy
+from helpers.generation.run import generate
+from helpers.generation.settings import GenerationSettings
+from helpers.generation.streaming import stream
+from helpers.opt.tokenizer import encode_prompt
 
 PROMPTS = ["Natural language processing is a subfield of", "Today is a beautiful day and I want to",
            "Text classification is a machine learning technique", "Hi"]

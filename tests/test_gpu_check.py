@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import gpu_check
-from helpers.benchmark import SCHEMA as BENCH_SCHEMA
-from helpers.benchmark import Report
-from helpers.gpu_check import DRY_RUN, STATUSES, Run, Unavailable
-from helpers.preflight import install_offline
+from helpers.analysis.benchmark import SCHEMA as BENCH_SCHEMA
+from helpers.analysis.benchmark import Report
+from helpers.analysis.gpu_check.__main__ import main as gpu_check_main
+from helpers.analysis.gpu_check.jobs import job_fit
+from helpers.analysis.gpu_check.profile import DRY_RUN, GPU, SCHEMA, STATUSES, Unavailable
+from helpers.analysis.gpu_check.run import Run
+from helpers.analysis.gpu_check.steps import Check
+from helpers.analysis.preflight import install_offline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +33,7 @@ def dry_run(tmp_path_factory):
     """The dry run exactly as `make gpu-check DRY=1` starts it, in its own process."""
     out, scratch = tmp_path_factory.mktemp("gpu-check-out"), tmp_path_factory.mktemp("gpu-check-scratch")
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "helpers.gpu_check", "--dry-run", "--wheels", ".gpu-wheels",
+    done = subprocess.run([sys.executable, "-m", "helpers.analysis.gpu_check", "--dry-run", "--wheels", ".gpu-wheels",
                            "--out", str(out), "--scratch", str(scratch)], cwd=REPO, capture_output=True, text=True,
                           timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -43,7 +46,7 @@ pytestmark = pytest.mark.slow
 
 def test_dry_run_records_every_step_with_the_machine(dry_run):
     out, scratch, summary, seconds = dry_run
-    assert summary["schema"] == gpu_check.SCHEMA and summary["dry_run"] and summary["profile"] == "dry-run"
+    assert summary["schema"] == SCHEMA and summary["dry_run"] and summary["profile"] == "dry-run"
     steps = summary["steps"]
     assert list(steps) == ["medium-folder", "medium-load-ram", "medium-fit", "large-fit", "small-folder",
                            *(f"small-{m}" for m in DRY_RUN.methods), "small-leaks", "medium-sweep"]
@@ -182,7 +185,7 @@ def test_the_budget_and_the_hard_limit_hold(tmp_path):
 def test_a_zero_budget_skips_every_step_but_writes_the_results(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # main sets these for its run
     monkeypatch.setenv("GPU_CHECK_STARTED", str(time.time()))
-    assert gpu_check.main(["--dry-run", "--budget", "0", "--out", str(tmp_path / "out"), "--scratch", str(tmp_path)]) == 0
+    assert gpu_check_main(["--dry-run", "--budget", "0", "--out", str(tmp_path / "out"), "--scratch", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     assert summary["packages"]["packages"]["torch"] and len(summary["steps"]) == 12
     assert all(r["status"] == "skipped" for r in summary["steps"].values())
@@ -223,25 +226,25 @@ def test_a_missing_wheel_says_how_to_get_it(tmp_path):
 
 def test_running_out_of_memory_is_a_result_not_a_failure(monkeypatch):
     """On a GPU, out of memory (torch's own error, or a compiler's error wrapping it) means "does not fit"."""
-    import helpers.benchmark
+    import helpers.analysis.plan_check
 
     for error in (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                   RuntimeError("BackendCompilerFailed: ... CUDA out of memory ...")):
         def fail(*args, error=error, **kwargs):
             raise error
 
-        monkeypatch.setattr(helpers.benchmark, "check_plan", fail)
-        result = gpu_check.job_fit("folder", "fp16", 15 << 30, 2048, 256, "auto")
+        monkeypatch.setattr(helpers.analysis.plan_check, "check_plan", fail)
+        result = job_fit("folder", "fp16", 15 << 30, 2048, 256, "auto")
         assert result["fits"] is False and "out of memory" in result["error"] and result["context"] == 2048
-    monkeypatch.setattr(helpers.benchmark, "check_plan", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    monkeypatch.setattr(helpers.analysis.plan_check, "check_plan", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
     with pytest.raises(ValueError):
-        gpu_check.job_fit("folder", "fp16", 15 << 30, 2048, 256, "auto")
+        job_fit("folder", "fp16", 15 << 30, 2048, 256, "auto")
 
 
 def test_a_fit_that_runs_out_of_memory_is_tried_uncompiled_then_shorter(tmp_path, monkeypatch):
     """The GPU profile's attempts: generate()'s default (compiled) first; out of memory, the eager cached
     loop at the same context; for the 8-bit model (never compiled), a shorter context instead."""
-    check = gpu_check.Check(Run(gpu_check.GPU, tmp_path / "out", tmp_path, None, 60))
+    check = Check(Run(GPU, tmp_path / "out", tmp_path, None, 60))
     check.folders = {"medium": tmp_path, "large": tmp_path}
     monkeypatch.setattr(check, "_option", lambda *a, **k: type("Option", (), {"as_dict": lambda self: {}})())
     monkeypatch.setattr(check, "_predicted", lambda *a, **k: {"planner_peak_bytes": 1, "planner_fits": True})

@@ -5,8 +5,9 @@ import threading
 
 import pytest
 
-from helpers.generation import GenerationSettings, stream
-from helpers.kernel_events import KernelEvents, current_request_id, running_kernel
+from helpers.generation.settings import GenerationSettings
+from helpers.generation.streaming import stream
+from helpers.playground.kernel_events import KernelEvents, current_request_id, running_kernel
 
 
 @pytest.mark.parametrize("settings", [GenerationSettings.greedy(max_new_tokens=12),

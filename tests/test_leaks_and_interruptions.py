@@ -8,12 +8,14 @@ import time
 
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
-from helpers.__main__ import main
-from helpers.cpu_engine import engine_for
-from helpers.fixtures import save_tiny_model
-from helpers.generation import GenerationSettings, generate, stream
-from helpers.loading import load_model
+from helpers.cli.main import main
+from helpers.generation.backends.cpu_engine import engine_for
+from helpers.generation.run import generate
+from helpers.generation.settings import GenerationSettings
+from helpers.generation.streaming import stream
+from helpers.loading.model import load_model
 
 
 @contextlib.contextmanager
@@ -99,7 +101,7 @@ def test_keyboard_interrupt_mid_generation_leaves_the_model_usable(tiny_pre_fold
 
 
 def test_stop_in_the_widget_leaves_the_model_loaded_and_usable(mid_folder):
-    from helpers.widgets import Playground
+    from helpers.playground.app import Playground
 
     app = Playground(model=str(mid_folder), device="cpu")
     app.wait()

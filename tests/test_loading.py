@@ -6,12 +6,13 @@ import time
 
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
 from helpers import generate
 from helpers.environment import resident_memory_bytes
 from helpers.errors import ModelLoadError, ModelUnloadedError, UnknownModelError
-from helpers.fixtures import save_tiny_model
-from helpers.loading import load_model, resolve_source, unload
+from helpers.loading.model import load_model, unload
+from helpers.loading.sources import resolve_source
 
 
 def test_load_a_local_folder_returns_model_tokenizer_and_facts(tiny_folder):

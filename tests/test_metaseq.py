@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from metaseq_writer import metaseq_model, metaseq_state, write_checkpoint
+from tiny_models import tiny_model
 from transformers import OPTForCausalLM
 
-from helpers.__main__ import main
+from helpers.cli.main import main
 from helpers.errors import CheckpointError, UnsafeCheckpointError
-from helpers.fixtures import tiny_model
-from helpers.generation import GenerationSettings, encode_prompt, generate
-from helpers.loading import load_model
+from helpers.generation.run import generate
+from helpers.generation.settings import GenerationSettings
+from helpers.loading.model import load_model
 from helpers.metaseq import convert, find_parts, load_checkpoint_file
+from helpers.opt.tokenizer import encode_prompt
 
 PROMPT = "Natural language processing is a subfield of"
 LAYOUTS = {  # name: write_checkpoint arguments
@@ -86,7 +88,7 @@ def test_opts_own_vocabulary_converts_without_a_note(tmp_path, tokenizer):
 @pytest.mark.slow
 def test_released_layout_of_opt_125m_without_cfg_converts_with_size(tmp_path, tokenizer):
     """As the 125M release: two FSDP-flattened fp16 model-parallel parts; the cfg stripped, --size given."""
-    from helpers.fixtures import random_model
+    from helpers.opt.random_weights import random_model
 
     source = random_model("opt-125m", dtype=torch.float16, seed=5)
     write_checkpoint(source, tmp_path / "125m", parts=2, flat=True, cfg=None)

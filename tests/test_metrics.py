@@ -6,18 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_model
 
-from helpers.fixtures import tiny_model
-from helpers.generation import encode_prompt
-from helpers.metrics import (
-    Loop,
-    distinct_n,
-    longest_loop,
-    perplexity,
-    repeated_ngram_rate,
-    repetition,
-    token_logprobs,
-)
+from helpers.analysis.metrics import Loop, distinct_n, longest_loop, perplexity, repeated_ngram_rate, repetition
+from helpers.generation.scoring import token_logprobs
+from helpers.opt.tokenizer import encode_prompt
 
 SEED_125M = ["Natural", "language", "processing", "is", "a", "subfield", "of", "linguistics"] + ["4090"] * 29
 

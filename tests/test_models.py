@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from tiny_models import tiny_config, tiny_model
 from transformers import DynamicCache, OPTForCausalLM
 
-from helpers.decoding import CACHE_ARG
 from helpers.errors import UnknownModelError
-from helpers.fixtures import tiny_config, tiny_model
-from helpers.models import SIZES, find_size, get_size, kv_cache_bytes_per_token, size_from_config, weight_bytes
+from helpers.generation.backends.loops import CACHE_ARG
+from helpers.memory.bytes import kv_cache_bytes_per_token, weight_bytes
+from helpers.opt.sizes import SIZES, find_size, get_size, size_from_config
 
 
 @pytest.mark.parametrize("name", list(SIZES))

@@ -70,9 +70,9 @@ def test_01_generate_runs_the_seed_walkthrough(tiny_pre_folder):
 def test_02_metaseq_clones_converts_and_matches_the_reference(tmp_path):
     from metaseq_writer import write_checkpoint
     from test_fetch import make_lfs_repo, needs_git_lfs  # noqa: F401
+    from tiny_models import save_tiny_model, tiny_model
 
-    from helpers.fetch import _git_has_lfs
-    from helpers.fixtures import save_tiny_model, tiny_model
+    from helpers.loading.fetch import _git_has_lfs
 
     if not _git_has_lfs():
         pytest.skip("git-lfs is not installed (make test installs it as root)")

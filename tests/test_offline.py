@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from helpers.__main__ import main
+from helpers.cli.main import main
 from helpers.errors import ModelLoadError
 
 HUB_ID = "someone/opt-350m-finetuned"  # not in the size table: its config would have to be fetched
@@ -32,9 +32,9 @@ def says_offline(text: str, mode: str) -> bool:
     lambda: __import__("helpers").load_model("opt-125m"),
     lambda: __import__("helpers").load_model("facebook/opt-1.3b", plan="fp32-cpu"),
     lambda: __import__("helpers").load_model(HUB_ID),
-    lambda: __import__("helpers.loading", fromlist=["size_of"]).size_of(HUB_ID),
-    lambda: __import__("helpers.fetch", fromlist=["download"]).download("patrickvonplaten/opt_metaseq_350m"),
-    lambda: __import__("helpers.fetch", fromlist=["clone"]).clone("patrickvonplaten/opt_metaseq_350m", "/tmp/x-no-hub"),
+    lambda: __import__("helpers.loading.sources", fromlist=["size_of"]).size_of(HUB_ID),
+    lambda: __import__("helpers.loading.fetch", fromlist=["download"]).download("patrickvonplaten/opt_metaseq_350m"),
+    lambda: __import__("helpers.loading.fetch", fromlist=["clone"]).clone("patrickvonplaten/opt_metaseq_350m", "/tmp/x-no-hub"),
 ], ids=["load size", "load hub id with a plan", "load unknown hub id", "size of a hub id", "download", "git clone"])
 def test_library_paths(no_hub, call):
     with pytest.raises(ModelLoadError) as info:
@@ -56,7 +56,7 @@ def test_command_line(no_hub, capsys, args):
 
 
 def test_the_playground(no_hub, tiny_pre_folder):
-    from helpers.widgets import Playground
+    from helpers.playground.app import Playground
 
     app = Playground(model="opt-350m", extra_models=[str(tiny_pre_folder)], device="cpu")
     app.wait()
@@ -71,7 +71,7 @@ def test_the_playground(no_hub, tiny_pre_folder):
 
 
 def test_comparisons_leave_an_unreachable_model_out(no_hub):
-    from helpers.comparison import fitting
+    from helpers.analysis.comparison import fitting
 
     keep, left_out = fitting([HUB_ID])
     assert keep == [] and says_offline(left_out[HUB_ID], no_hub)

@@ -9,20 +9,13 @@ import torch
 from accelerate.utils import check_device_map, compute_module_sizes
 from transformers import OPTForCausalLM
 
-from helpers.__main__ import main
+from helpers.cli.main import main
 from helpers.errors import ModelLoadError
-from helpers.loading import load_model
-from helpers.models import SIZES, kv_cache_bytes_per_token, size_from_config, weight_bytes
-from helpers.planner import (
-    Budget,
-    GiB,
-    choose,
-    device_map,
-    load_arguments,
-    parse_bytes,
-    pieces,
-    plan,
-)
+from helpers.loading.apply_plan import device_map, load_arguments
+from helpers.loading.model import load_model
+from helpers.memory.bytes import GiB, kv_cache_bytes_per_token, parse_bytes, pieces, weight_bytes
+from helpers.memory.planner import Budget, choose, plan
+from helpers.opt.sizes import SIZES, size_from_config
 
 T4 = Budget(gpu_bytes=15 * GiB, gpus=1, cpu_bytes=12 * GiB, gpu_name="Tesla T4")
 
@@ -154,7 +147,7 @@ def test_nothing_fits_says_what_the_smallest_option_needs():
 def test_a_plan_that_needs_a_missing_package_says_so_and_offers_the_next(monkeypatch):
     import importlib.util
 
-    import helpers.planner as planner
+    import helpers.memory.planner as planner
 
     real = importlib.util.find_spec
     monkeypatch.setattr(planner.importlib.util, "find_spec",
@@ -188,7 +181,7 @@ def test_auto_plan_on_a_cpu_loads_fp32_and_int8_cpu_loads_quantized(tiny_pre_fol
 
 
 def test_disk_offload_loads_generates_and_cleans_up(tmp_path):
-    from helpers.fixtures import save_tiny_model
+    from tiny_models import save_tiny_model
 
     folder = save_tiny_model(tmp_path / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048,
                              num_hidden_layers=6, word_embed_proj_dim=512)
@@ -213,7 +206,7 @@ def test_predicted_peak_memory_against_measurement(tmp_path, method, tolerance):
     import subprocess
     import sys
 
-    from helpers.fixtures import save_tiny_model
+    from tiny_models import save_tiny_model
 
     folder = save_tiny_model(tmp_path / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048,
                              num_hidden_layers=6, word_embed_proj_dim=512)

@@ -9,9 +9,11 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from helpers.__main__ import main
+from helpers.cli.main import main
 from helpers.errors import HelpersError, PromptError, SettingsError
-from helpers.generation import GenerationSettings, generate, stream
+from helpers.generation.run import generate
+from helpers.generation.settings import GenerationSettings
+from helpers.generation.streaming import stream
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -119,7 +121,7 @@ def test_command_line_exits_cleanly(tiny_pre_folder, capsys, prompt, temperature
 
 @pytest.fixture(scope="module")
 def playground(tiny_pre_folder):
-    from helpers.widgets import Playground
+    from helpers.playground.app import Playground
 
     app = Playground(model=str(tiny_pre_folder), device="cpu")
     app.refresh_seconds = 0

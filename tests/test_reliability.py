@@ -13,11 +13,13 @@ import time
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from helpers.errors import ModelUnloadedError
-from helpers.fixtures import tiny_model
-from helpers.generation import GenerationSettings, generate, stream
-from helpers.loading import unload
+from helpers.generation.run import generate
+from helpers.generation.settings import GenerationSettings
+from helpers.generation.streaming import stream
+from helpers.loading.model import unload
 
 GREEDY = GenerationSettings.greedy(max_new_tokens=24, min_new_tokens=24)
 PROMPTS = ["Natural language processing is", "Hi", "The weather today", "Once upon a time there"]
@@ -146,12 +148,12 @@ def test_unloading_from_another_thread_stops_an_engine_stream(tokenizer):
 @pytest.fixture
 def no_loading(monkeypatch):
     """Loading fails the test: the message must come before any weight is read."""
-    import helpers.loading
+    import helpers.loading.model
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(helpers.loading, "load_model", refuse)
+    monkeypatch.setattr(helpers.loading.model, "load_model", refuse)
 
 
 MESSAGE_CASES = [
@@ -169,7 +171,7 @@ def test_bad_flags_are_refused_before_loading_with_what_to_do(tiny_pre_folder, n
                                                               message):
     import re
 
-    from helpers.__main__ import main
+    from helpers.cli.main import main
 
     assert main([args[0], "--model", str(tiny_pre_folder), *args[1:]]) == code
     err = capsys.readouterr().err
@@ -177,7 +179,7 @@ def test_bad_flags_are_refused_before_loading_with_what_to_do(tiny_pre_folder, n
 
 
 def test_a_weights_file_given_as_the_model_names_its_folder(tiny_pre_folder, no_loading, capsys):
-    from helpers.__main__ import main
+    from helpers.cli.main import main
 
     assert main(["generate", "--model", str(tiny_pre_folder / "model.safetensors"), "hi"]) == 1
     err = capsys.readouterr().err
@@ -186,7 +188,7 @@ def test_a_weights_file_given_as_the_model_names_its_folder(tiny_pre_folder, no_
 
 def test_device_names_are_checked_in_python_too():
     from helpers.errors import ModelLoadError
-    from helpers.loading import load_model
+    from helpers.loading.model import load_model
 
     for device in ("banana", "cuda:x", "", 3):
         with pytest.raises(ModelLoadError, match="device"):
@@ -195,8 +197,8 @@ def test_device_names_are_checked_in_python_too():
 
 @pytest.mark.parametrize("prompt", [None, 5, b"bytes", [None], ["a", 3]], ids=repr)
 def test_complete_says_what_a_prompt_must_be(tiny, tokenizer, prompt):
-    from helpers.api import complete
     from helpers.errors import PromptError
+    from helpers.generation.completions import complete
 
     with pytest.raises(PromptError, match="prompt must be a string or a list of strings, got"):
         complete(tiny, tokenizer, prompt)
@@ -213,8 +215,8 @@ def _offload_folders() -> set[str]:
 
 
 def _budget_that_only_disk_offload_fits(folder) -> int:
-    from helpers.loading import size_of
-    from helpers.planner import CPU_PROCESS_BYTES, Budget, plan
+    from helpers.loading.sources import size_of
+    from helpers.memory.planner import CPU_PROCESS_BYTES, Budget, plan
 
     need = {o.method: o.cpu_bytes for o in plan(size_of(str(folder)), Budget(cpu_bytes=CPU_PROCESS_BYTES))}
     assert need["disk-offload"] < min(need["fp32-cpu"], need["int8-cpu"])
@@ -224,7 +226,7 @@ def _budget_that_only_disk_offload_fits(folder) -> int:
 def test_the_planners_disk_offload_choice_generates_and_leaves_no_folder(tiny_pre_folder, tokenizer):
     import gc
 
-    from helpers.loading import load_model
+    from helpers.loading.model import load_model
 
     before = _offload_folders()
     budget = _budget_that_only_disk_offload_fits(tiny_pre_folder)
@@ -248,9 +250,10 @@ def test_the_planners_disk_offload_choice_generates_and_leaves_no_folder(tiny_pr
 def test_a_refused_disk_offload_load_leaves_no_folder(tmp_path):
     import json
 
+    from tiny_models import save_tiny_model
+
     from helpers.errors import ModelLoadError
-    from helpers.fixtures import save_tiny_model
-    from helpers.loading import load_model
+    from helpers.loading.model import load_model
 
     folder = save_tiny_model(tmp_path / "m", "pre-ln")
     budget = _budget_that_only_disk_offload_fits(folder)
@@ -269,13 +272,16 @@ def test_a_refused_disk_offload_load_leaves_no_folder(tmp_path):
 @pytest.fixture
 def no_work(monkeypatch):
     """The benchmark, leak and plan checks fail the test: the output must be refused before they start."""
-    import helpers.benchmark
+    import helpers.analysis.benchmark
+    import helpers.analysis.leaks
+    import helpers.analysis.plan_check
 
     def refuse(*args, **kwargs):
         raise AssertionError("the work started before its output path was checked")
 
-    for name in ("run_suite", "leak_check", "check_plan"):
-        monkeypatch.setattr(helpers.benchmark, name, refuse)
+    for module, name in ((helpers.analysis.benchmark, "run_suite"), (helpers.analysis.leaks, "leak_check"),
+                         (helpers.analysis.plan_check, "check_plan")):
+        monkeypatch.setattr(module, name, refuse)
 
 
 @pytest.mark.parametrize("command, flag, name, message", [
@@ -291,7 +297,7 @@ def test_results_that_could_not_be_written_are_refused_before_the_work(tmp_path,
                                                                        name, message):
     import re
 
-    from helpers.__main__ import main
+    from helpers.cli.main import main
 
     target = name if name.startswith("/") else str(tmp_path / name) if name else str(tmp_path)
     assert main([*command, flag, target]) == 2
@@ -300,10 +306,10 @@ def test_results_that_could_not_be_written_are_refused_before_the_work(tmp_path,
 
 
 def test_results_go_into_new_folders(tmp_path, monkeypatch, capsys):
-    import helpers.benchmark
-    from helpers.__main__ import main
+    import helpers.analysis.leaks
+    from helpers.cli.main import main
 
-    monkeypatch.setattr(helpers.benchmark, "leak_check", lambda *a, **k: {
+    monkeypatch.setattr(helpers.analysis.leaks, "leak_check", lambda *a, **k: {
         "model": "m", "cuda_allocated_bytes_after_each": [0], "resident_growth_bytes": 0,
         "resident_growth_after_first_bytes": 0, "threads_after_each": [1, 1], "faults_injected": 0})
     out = tmp_path / "new" / "deeper" / "leaks.json"
@@ -411,7 +417,7 @@ def test_a_beam_search_that_cannot_fit_is_refused_before_it_starts(tiny, tokeniz
 
 
 def test_num_beams_100000_on_the_command_line_is_one_line(tiny_pre_folder, capsys):
-    from helpers.__main__ import main
+    from helpers.cli.main import main
 
     assert main(["generate", "--model", str(tiny_pre_folder), "--num-beams", "100000", "hi"]) == 1
     err = capsys.readouterr().err
@@ -420,18 +426,18 @@ def test_num_beams_100000_on_the_command_line_is_one_line(tiny_pre_folder, capsy
 
 @pytest.fixture
 def no_random_weights(monkeypatch):
-    import helpers.fixtures
+    import helpers.opt.random_weights
 
     def refuse(*args, **kwargs):
         raise AssertionError("random weights were made before the memory check")
 
-    monkeypatch.setattr(helpers.fixtures, "random_model", refuse)
+    monkeypatch.setattr(helpers.opt.random_weights, "random_model", refuse)
 
 
 def test_bench_of_a_size_that_does_not_fit_is_refused_before_the_weights_are_made(no_random_weights, monkeypatch,
                                                                                    capsys):
-    from helpers.__main__ import main
-    from helpers.planner import Budget
+    from helpers.cli.main import main
+    from helpers.memory.planner import Budget
 
     six_gib = Budget(cpu_bytes=6 * 2**30)
     monkeypatch.setattr(Budget, "of_machine", classmethod(lambda cls, *a, **k: six_gib))
@@ -443,8 +449,8 @@ def test_bench_of_a_size_that_does_not_fit_is_refused_before_the_weights_are_mad
 
 def test_a_load_on_a_named_device_that_cannot_fit_is_refused_before_loading(tiny_pre_folder, monkeypatch):
     from helpers.errors import MemoryBudgetError
-    from helpers.loading import load_model
-    from helpers.planner import CPU_PROCESS_BYTES
+    from helpers.loading.model import load_model
+    from helpers.memory.planner import CPU_PROCESS_BYTES
 
     with pytest.raises(MemoryBudgetError, match=r"Loading .* in float32 on cpu would not fit in memory: .* needs about"):
         load_model(str(tiny_pre_folder), device="cpu", dtype="float32", cpu_memory=CPU_PROCESS_BYTES)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from helpers.errors import SettingsError
-from helpers.settings import PRESETS, GenerationSettings
+from helpers.generation.settings import PRESETS, GenerationSettings
 
 
 @pytest.mark.parametrize("field, value, words", [

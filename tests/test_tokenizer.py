@@ -6,8 +6,7 @@ import pytest
 from transformers import GPT2Tokenizer, GPT2TokenizerFast
 
 from helpers.errors import ModelLoadError
-from helpers.generation import encode_prompt
-from helpers.loading import TOKENIZER_DIR, ensure_bos, opt_tokenizer
+from helpers.opt.tokenizer import TOKENIZER_DIR, encode_prompt, ensure_bos, opt_tokenizer
 
 # From ../shared/opt-tokenizer/README.md (ids without and with OPT's BOS).
 EXAMPLES = {

@@ -10,12 +10,14 @@ import time
 
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
-import helpers.widgets as widgets
+import helpers.playground.app as widgets
 from helpers.environment import resident_memory_bytes
-from helpers.fixtures import save_tiny_model
-from helpers.settings import PRESETS
-from helpers.widgets import Playground, model_choices, probability_color
+from helpers.generation.settings import PRESETS
+from helpers.playground.app import Playground
+from helpers.playground.state import model_choices
+from helpers.playground.views import probability_color
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +311,7 @@ def test_the_picker_and_the_planner_agree_on_what_fits():
     from dataclasses import replace
 
     from helpers import environment
-    from helpers.planner import Budget, plan
+    from helpers.memory.planner import Budget, plan
 
     for ram in (2, 5, 24):
         env = replace(environment.detect(), gpus=(), ram_available_bytes=ram * 1024**3)

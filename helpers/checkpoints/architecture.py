@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import CheckpointError
-from ..models import POSITION_OFFSET, VOCAB_SIZE, get_size
+from ..opt.sizes import POSITION_OFFSET, VOCAB_SIZE, get_size
 from .layouts import Architecture, flat_layer_count, flat_split, flat_vocab_rows, layer_shapes, numel
 from .parts import Part
 
@@ -101,7 +101,7 @@ def _check_against(arch: Architecture, reference: Architecture, source: str, pos
 
 
 def find_size_by_shape(arch: Architecture) -> str | None:
-    from ..models import SIZES
+    from ..opt.sizes import SIZES
 
     for size in SIZES.values():
         if (size.layers, size.d_model, size.ffn, size.word_embed_proj_dim) == (
@@ -111,7 +111,7 @@ def find_size_by_shape(arch: Architecture) -> str | None:
 
 
 def _size_by_flat_values(layers: int, layer_values: int) -> str | None:
-    from ..models import SIZES
+    from ..opt.sizes import SIZES
 
     for size in SIZES.values():
         arch = architecture_from_size(size.name)

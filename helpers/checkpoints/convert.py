@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..models import get_size
+from ..opt.sizes import get_size
 from ..signals import sigterm_as_interrupt
 from .architecture import resolve_architecture
 from .destination import check_destination, claim, mark_as_output, publish
@@ -100,7 +100,7 @@ def _convert(src: Path, dst: Path, size, num_heads, dtype, overwrite, max_shard_
                 "final layer norm, which ruins the output; it is kept here.")
         torch_dtype = None
         if dtype is not None:
-            from ..models import resolve_dtype
+            from ..memory.dtypes import resolve_dtype
 
             torch_dtype = resolve_dtype(dtype, "cpu")
         torch_dtype = common_dtype(parts, torch_dtype, say)
@@ -136,8 +136,10 @@ def _convert(src: Path, dst: Path, size, num_heads, dtype, overwrite, max_shard_
 def compare_models(converted, reference, tokenizer, prompts: list[str], new_tokens: int = 20) -> list[dict]:
     """Per prompt: the largest logit difference between two models (run in fp32 on the converted model's
     device) and whether greedy decoding picks the same tokens: how a conversion is checked."""
-    from ..decoding import model_device
-    from ..generation import GenerationSettings, encode_prompt, generate
+    from ..generation.run import generate
+    from ..generation.settings import GenerationSettings
+    from ..opt.model_state import model_device
+    from ..opt.tokenizer import encode_prompt
 
     settings = GenerationSettings.greedy(max_new_tokens=new_tokens)
     rows = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import CheckpointError
-from ..models import MAX_POSITIONS, POSITION_OFFSET
+from ..opt.sizes import MAX_POSITIONS, POSITION_OFFSET
 
 Shapes = list[tuple[str, tuple[int, ...]]]
 

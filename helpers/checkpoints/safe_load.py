@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, UnsafeCheckpointError
-from ..fetch import check_not_lfs_pointer
+from ..loading.fetch import check_not_lfs_pointer
 
 
 class _PickledState:

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
-from ..models import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, opt_config
+from ..opt.sizes import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, opt_config
 from .layouts import Architecture, numel
 
 
@@ -60,7 +60,7 @@ class ShardWriter:
 
 def hf_config(arch: Architecture, dtype: torch.dtype):
     """The `OPTConfig` of the converted model: its own vocabulary and positions."""
-    from ..models import OPTSize
+    from ..opt.sizes import OPTSize
 
     size = OPTSize("converted", arch.layers, arch.heads, arch.d_model, arch.ffn, arch.word_embed_proj_dim,
                    arch.pre_layer_norm)
@@ -96,7 +96,7 @@ def save_companions(folder: Path, config) -> None:
     """config.json, generation_config.json and OPT's tokenizer (with its BOS, as OPT was trained)."""
     from transformers import GenerationConfig
 
-    from ..loading import opt_tokenizer
+    from ..opt.tokenizer import opt_tokenizer
 
     config.save_pretrained(folder)
     GenerationConfig(bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID).save_pretrained(folder)

@@ -1,0 +1,1 @@
+"""Measuring: text metrics, comparison runs, benchmarks, plan and leak checks, plots and tables."""

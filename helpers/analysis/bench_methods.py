@@ -1,0 +1,139 @@
+"""The benchmark's decoding methods and the model they run on."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import OPTForCausalLM, PreTrainedTokenizerBase
+
+from ..generation.run import generate
+from ..generation.settings import GenerationSettings
+from ..memory.dtypes import dtype_name
+from ..opt.model_state import model_device
+from ..opt.sizes import OPTSize
+
+
+def _via_generate(method: str) -> Callable:
+    def run(model, tokenizer, prompts, new_tokens):
+        settings = GenerationSettings.greedy(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        results = generate(model, tokenizer, prompts, settings, method=method)
+        return [r.token_ids for r in results], results[0].timings.time_to_first_token
+    return run
+
+
+def _plain_model_generate(model, tokenizer, prompts, new_tokens, **extra):
+    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model_device(model))
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **extra)
+    return out[:, batch.input_ids.shape[1]:].tolist(), None
+
+
+def _int8_dynamic(context: BenchContext) -> OPTForCausalLM:
+    from ..loading.apply_plan import quantize_dynamic_int8
+
+    return quantize_dynamic_int8(context.model, inplace=False)
+
+
+def _bitsandbytes(kind: str) -> Callable[[BenchContext], OPTForCausalLM]:
+    def prepare(context: BenchContext) -> OPTForCausalLM:
+        from transformers import BitsAndBytesConfig
+
+        if kind == "int8":
+            config = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                        bnb_4bit_compute_dtype=context.model.dtype)
+        folder = context.folder()
+        device = model_device(context.model)
+        return OPTForCausalLM.from_pretrained(folder, quantization_config=config, dtype=context.model.dtype,
+                                              device_map={"": str(device)}).eval()
+    return prepare
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    run: Callable
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    prepare: Callable[[BenchContext], OPTForCausalLM] | None = None  # a quantized copy, say
+    default: bool = True  # in the default list on its devices
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("seed-loop", "the 2022 tutorial's loop: the whole sequence re-run each step", _via_generate("tutorial")),
+    Method("cached-loop", "the explicit cached loop: prefill, then one token a step", _via_generate("cached")),
+    Method("hf-generate", "plain model.generate, its defaults (dynamic cache)", _plain_model_generate),
+    Method("static-cache", "model.generate with a static cache (compiled on CUDA)", _via_generate("static")),
+    Method("generate", "helpers' generate(): the fastest correct method for the device", _via_generate("auto")),
+    Method("int8-dynamic", "torch dynamic int8 quantization of every Linear, lm_head included",
+           _via_generate("auto"), devices=("cpu",), prepare=_int8_dynamic),
+    Method("bnb-int8", "bitsandbytes LLM.int8()", _via_generate("auto"), devices=("cuda",),
+           prepare=_bitsandbytes("int8")),
+    Method("bnb-nf4", "bitsandbytes 4-bit NF4", _via_generate("auto"), devices=("cuda",), prepare=_bitsandbytes("nf4")),
+]}
+
+
+def default_methods(device: str) -> list[str]:
+    return [m.name for m in METHODS.values() if m.default and device in m.devices]
+
+
+# ------------------------------------------------------------------------------------------ context
+
+
+class BenchContext:
+    """The model under test and what methods need from it (a folder of its weights for quantized loads)."""
+
+    def __init__(self, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, label: str,
+                 source_folder: str | None = None):
+        self.model, self.tokenizer, self.label = model, tokenizer, label
+        self._folder, self._tmp = source_folder, None
+
+    def folder(self) -> str:
+        """A folder holding the model's weights (written once, for random-weight models)."""
+        if self._folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="opt-bench-")
+            self.model.save_pretrained(self._tmp.name)
+            self._folder = self._tmp.name
+        return self._folder
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def benchmark_model(model: str | OPTSize, device: str = "auto", dtype: str = "auto") -> BenchContext:
+    """Random weights in a real OPT shape for a size name (or an `OPTSize`), else the model in a local folder."""
+    from ..loading.devices import resolve_device
+    from ..loading.model import load_model
+    from ..memory.dtypes import resolve_dtype
+    from ..opt.random_weights import random_model
+    from ..opt.sizes import find_size
+    from ..opt.tokenizer import opt_tokenizer
+
+    device = resolve_device(device)
+    size = model if isinstance(model, OPTSize) else find_size(model)
+    if size is not None:
+        net = random_model(size, dtype=resolve_dtype(dtype, device), device=device)
+        return BenchContext(net, opt_tokenizer(), f"{size.name} (random weights)")
+    loaded = load_model(model, device=device, dtype=dtype)
+    return BenchContext(loaded.model, loaded.tokenizer, model, source_folder=loaded.info.source)
+
+
+def _check_random_model_fits(model: str | OPTSize, device: str, dtype: str, *, context: int, batch: int) -> None:
+    """Before the model is made or loaded: refuse, with the planner's figures, what would not fit."""
+    from ..loading.devices import resolve_device
+    from ..loading.sources import size_of
+    from ..memory.dtypes import resolve_dtype
+    from ..memory.planner import Budget, check_fits, plain_method
+
+    size = model if isinstance(model, OPTSize) else size_of(model)
+    device = resolve_device(device)
+    dtype = dtype_name(resolve_dtype(dtype, device))
+    method = plain_method(device, dtype)
+    if method is not None:
+        check_fits(size, method, Budget.of_machine(), context=context, batch=batch,
+                   what=f"Benchmarking {size.name} ({dtype} on {device})")

@@ -1,0 +1,1 @@
+"""The command line: `python -m helpers generate|convert-metaseq|plan|bench|leaks`."""

@@ -1,0 +1,135 @@
+"""`python -m helpers generate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import UsageError, _memory_flags, _print_json, _quiet_libraries, _read_prompt, _stdout_takes_unicode
+
+# ---------------------------------------------------------------------------------------------- generate
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate a continuation of a prompt",
+        description="Generate a continuation of PROMPT with an OPT model, streaming it to the terminal.",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from standard input)")
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH",
+                   help="a size (opt-125m ... opt-66b), a hub id (facebook/opt-350m) or a local model folder")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="new tokens at most (default 64)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (the 2022 tutorial's decoding)")
+    p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (default 0.7)")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: keep the smallest set of tokens with this much probability (default 0.9)")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens (0: off); with --penalty-alpha, the candidates compared")
+    p.add_argument("--typical-p", type=float, metavar="P", help="typical sampling mass (1: off)")
+    p.add_argument("--repetition-penalty", type=float, metavar="R", help="above 1 discourages repeating tokens (1: off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="never repeat an n-gram of this size (0: off)")
+    p.add_argument("--num-beams", type=int, metavar="B", help="beam search with B beams")
+    p.add_argument("--penalty-alpha", type=float, metavar="A", help="contrastive search's degeneration penalty (with --top-k)")
+    p.add_argument("--min-new-tokens", type=int, metavar="N", help="forbid the end of text before N new tokens")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed for sampling (printed when not given)")
+    p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto: float16 on a GPU, float32 on the CPU")
+    p.add_argument("--plan", metavar="P", help="memory plan: auto (the default with --device/--dtype auto), fp16, "
+                                               "int8, nf4, fp16-cpu-offload, ... (see `python -m helpers plan`)")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="plan against this much GPU memory, e.g. 15GiB")
+    p.add_argument("--cpu-memory", metavar="SIZE", help="plan against this much RAM, e.g. 12GiB")
+    p.add_argument("--logprobs", type=int, default=0, metavar="K",
+                   help="with --json: each token's log-probability and its K most likely alternatives")
+    p.add_argument("--truncate", action="store_true", help="drop the start of a prompt longer than the context")
+    p.add_argument("--method", default="auto", choices=["auto", "cached", "hf", "tutorial", "seed"],
+                   help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(run=_run_generate)
+
+
+def _settings_from_args(args: argparse.Namespace):
+    from ..generation.settings import GenerationSettings
+
+    sampling_flags = {"--temperature": args.temperature, "--top-p": args.top_p, "--typical-p": args.typical_p}
+    if not args.penalty_alpha:
+        sampling_flags["--top-k"] = args.top_k
+    if args.greedy:
+        given = [flag for flag, value in sampling_flags.items() if value is not None]
+        if given:
+            raise UsageError(f"--greedy picks the most likely token, so it cannot be combined with {', '.join(given)}.")
+    changes = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "typical_p": args.typical_p,
+        "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "num_beams": args.num_beams,
+        "penalty_alpha": args.penalty_alpha,
+        "min_new_tokens": args.min_new_tokens,
+        "seed": args.seed,
+        "stop": tuple(args.stop),
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if args.greedy or args.penalty_alpha or ((args.num_beams or 1) > 1 and args.temperature is None):
+        changes["do_sample"] = False
+    return GenerationSettings().replace(**changes)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from ..generation.settings import check_top_logprobs
+
+    settings = _settings_from_args(args)
+    if args.logprobs and not args.json:
+        raise UsageError("--logprobs lists numbers per token: use it with --json.")
+    check_top_logprobs(args.logprobs, "--logprobs")
+    _memory_flags(args)
+    prompt = _read_prompt(args.prompt)
+    _quiet_libraries()
+    from ..generation.run import generate
+    from ..generation.streaming import stream
+    from ..loading.devices import resolve_device
+    from ..loading.model import load_model
+    from ..loading.sources import resolve_source
+
+    resolve_device(args.device)  # a wrong device or path is known now, not after the weights load
+    resolve_source(args.model)
+
+    print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, plan=args.plan,
+                        gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory)
+    model, tokenizer, info = loaded
+    print(info.summary(), file=sys.stderr, flush=True)
+    common = dict(truncate=args.truncate, method=args.method)
+    if args.json:
+        result = generate(model, tokenizer, prompt, settings, logprobs=args.logprobs > 0,
+                          top_logprobs=args.logprobs, **common)
+        _print_json({**result.as_dict(), "model": args.model, "source": info.source, "device": info.device,
+                     "dtype": info.dtype})
+        return 0
+    text_stream = stream(model, tokenizer, prompt, settings, **common)
+    unicode_ok = _stdout_takes_unicode()
+    if not unicode_ok and hasattr(sys.stdout, "reconfigure"):  # write what it cannot show as \u escapes
+        sys.stdout.reconfigure(errors="backslashreplace")
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    for piece in text_stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    result = text_stream.result
+    if not unicode_ok and not (prompt + result.text).isascii():
+        print(f"note: standard output's encoding ({sys.stdout.encoding}) cannot show some of this text, so those "
+              "characters were written as backslash escapes (\\xe9, \\u200e). Set PYTHONIOENCODING=utf-8, or use --json.", file=sys.stderr)
+    seed = f", seed {result.settings.seed}" if result.settings.mode in ("sample", "beam-sample") else ""
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"[{result.timings.new_tokens} tokens in {result.timings.total_seconds:.2f} s, "
+        f"{result.timings.tokens_per_second:.1f} tokens/s, first token after "
+        f"{result.timings.time_to_first_token or 0:.2f} s, {result.settings.mode}{seed}, "
+        f"finished: {result.finish_reason}]",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,85 @@
+"""The command line's parser and entry point."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ..errors import HelpersError
+from .bench import _add_bench, _add_leaks
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from .convert import _add_convert
+from .generate import _add_generate
+from .plan import _add_plan
+
+# ---------------------------------------------------------------------------------------------- main
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate, _add_convert, _add_plan, _add_bench,
+                                                                    _add_leaks]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers",
+        description="Generate text with Meta's OPT models, convert original metaseq checkpoints, plan memory, benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if sys.stderr is None:  # started with its error output closed: messages go nowhere, but nothing fails
+        sys.stderr = open(os.devnull, "w")
+    if sys.stdout is None:
+        print("error: standard output is closed, so the results would be lost. Run the command with its output "
+              "going to a terminal, a file (> out.txt) or a pipe.", file=sys.stderr)
+        return EXIT_ERROR
+    from ..signals import interrupt_after
+
+    try:
+        with interrupt_after():  # imports torch: the first seconds, when a Ctrl-C is likeliest
+            parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    from ..signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C, so temporary folders are removed
+            return args.run(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HelpersError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Terminated:
+        print("\nterminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except Exception as exc:  # the user gets one line, not a traceback from deep inside a library
+        if os.environ.get("HELPERS_DEBUG"):
+            raise
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            print("error: the GPU ran out of memory. Try a smaller model, --dtype float16, fewer "
+                  "--max-new-tokens, or see `python -m helpers plan` for what fits.", file=sys.stderr)
+        else:
+            print(f"error: {type(exc).__name__}: {exc}\n(set HELPERS_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

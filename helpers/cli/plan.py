@@ -1,0 +1,100 @@
+"""`python -m helpers plan` (and `--check`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import HelpersError
+from .common import EXIT_ERROR, UsageError, _check_outputs, _memory_flags, _print_json, _quiet_libraries
+
+# ---------------------------------------------------------------------------------------------- plan
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="list the ways to fit a model in memory, best first",
+        description="List every way to load an OPT model on a memory budget (fp16/bf16, 8-bit, 4-bit, CPU or disk "
+                    "offload, several GPUs) with its predicted peak GPU and CPU memory and expected speed, best "
+                    "first. Budgets default to this machine's.",
+    )
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="a size (opt-13b) or a model folder")
+    p.add_argument("--gpu-memory", metavar="SIZE", help="memory per GPU, e.g. 15GiB (default: this machine's)")
+    p.add_argument("--gpus", type=int, metavar="N", help="number of GPUs (default: this machine's, or 1 with --gpu-memory)")
+    p.add_argument("--cpu-memory", metavar="SIZE", help="RAM, e.g. 12GiB (default: what is available here)")
+    p.add_argument("--context", type=int, default=2048, metavar="TOKENS", help="tokens per sequence to plan for")
+    p.add_argument("--batch", type=int, default=1, metavar="B", help="sequences at once")
+    p.add_argument("--json", action="store_true", help="print the ranked options as JSON")
+    p.add_argument("--check", action="store_true",
+                   help="load the best (or --method) option with random weights under the budget, generate "
+                        "--new-tokens tokens, and compare the predicted peak memory with the measured one")
+    p.add_argument("--method", default="auto", metavar="M", help="with --check: the option to check")
+    p.add_argument("--new-tokens", type=int, default=256, metavar="N", help="with --check: tokens to generate")
+    p.add_argument("--out", metavar="FILE", help="with --check: write the result as JSON to FILE")
+    p.set_defaults(run=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from ..memory.planner import Budget, plan
+    from ..units import human_bytes
+
+    gpu, cpu = _memory_flags(args)
+    gpus = args.gpus if args.gpus is not None else (1 if gpu and not _gpu_count() else None)
+    try:
+        budget = Budget.of_machine(gpu_bytes=gpu, gpus=gpus, cpu_bytes=cpu)
+    except ValueError as exc:
+        raise UsageError(f"--gpus: {exc}") from None
+    if args.check:
+        _check_outputs((args.out, "--out", False))
+        _quiet_libraries()
+        from ..analysis.plan_check import check_plan
+
+        result = check_plan(args.model, args.method, gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory,
+                            new_tokens=args.new_tokens, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"{result['model']} with plan {result['method']}: predicted {human_bytes(result['predicted_bytes'])}, "
+              f"measured {human_bytes(result['measured_bytes'])} ({result['measured_on']}), error "
+              f"{result['relative_error']:+.1%}; {result['new_tokens']} tokens at {result['tokens_per_second']:.1f} tok/s")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    from ..loading.sources import size_of
+
+    size = size_of(args.model)
+    try:
+        options = plan(size, budget, context=args.context, batch=args.batch)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    usable = [o for o in options if o.usable]
+    if args.json:
+        _print_json({"model": size.name, "budget": {"gpu_bytes": budget.gpu_bytes, "gpus": budget.gpus,
+                                                    "cpu_bytes": budget.cpu_bytes},
+                     "context": args.context, "batch": args.batch, "options": [o.as_dict() for o in options]})
+    else:
+        from ..analysis.tables import text_table
+
+        print(f"{size.name} on {budget.describe()}, context {args.context}, batch {args.batch}:")
+        print(text_table([o.row() for o in options]))
+        if usable:
+            best = usable[0]
+            print(f"\nBest: {best.method} ({best.description}). In Python: load_model({args.model!r}, plan={best.method!r})")
+            for o in options:
+                if o.fits and not o.available:
+                    print(f"({o.method} would fit but {o.unavailable_reason}.)")
+    if not usable:
+        from ..memory.planner import choose
+
+        try:
+            choose(options, model=size.name, budget=budget)
+        except HelpersError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

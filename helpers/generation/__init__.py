@@ -1,0 +1,1 @@
+"""Generating text: settings, a request, decoding backends, results, generate() and stream()."""

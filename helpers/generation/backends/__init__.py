@@ -1,0 +1,1 @@
+"""Decoding backends: the tutorial's loop, the cached loop, the CPU engine, model.generate."""

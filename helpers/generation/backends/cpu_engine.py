@@ -1,0 +1,234 @@
+"""A lean OPT forward for one sequence on the CPU: the fast path for batch-1 fp32 decoding there."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import OPTForCausalLM
+
+from ...errors import ModelUnloadedError
+from ...opt.sizes import POSITION_OFFSET
+
+_ATTR = "_helpers_cpu_engine"
+
+
+_BUILDING = threading.Lock()  # two threads must not repack one model's q/k/v at the same time
+
+
+@lru_cache(maxsize=1)
+def numpy_blas_is_faster() -> bool:
+    """Time a 64 MiB matrix-vector product both ways once per process (about 50 ms)."""
+    w = np.random.default_rng(0).standard_normal((8192, 2048), dtype=np.float32)
+    x = np.ones(2048, dtype=np.float32)
+    tw, tx = torch.from_numpy(w), torch.from_numpy(x)[None]
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(lambda: w @ x) < best(lambda: F.linear(tx, tw))
+
+
+def supported(model: OPTForCausalLM, batch: int) -> bool:
+    """The engine runs one fp32 sequence of a plain (unquantized, undispatched) model on the CPU."""
+    if not (batch == 1 and model.device.type == "cpu" and model.dtype == torch.float32
+            and not hasattr(model, "hf_device_map") and getattr(model, "hf_quantizer", None) is None
+            and model.config.activation_function == "relu" and model.config.enable_bias):
+        return False
+    linears = [model.lm_head] + [m for layer in model.model.decoder.layers for m in (
+        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
+        layer.fc1, layer.fc2)]
+    return all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in linears)
+
+
+def _fingerprint(model: OPTForCausalLM) -> tuple:
+    """Where every parameter's memory is: it changes when the model is moved, cast or reloaded."""
+    return tuple(p.data_ptr() for p in model.parameters())
+
+
+def engine_for(model: OPTForCausalLM) -> CpuEngine:
+    """The model's engine, built once (it repacks q/k/v in place; the values do not change) and rebuilt
+    if the model's tensors were replaced since (`model.to(...)`, a dtype round trip, loaded weights)."""
+    with _BUILDING:
+        engine = getattr(model, _ATTR, None)
+        if engine is None or engine.fingerprint != _fingerprint(model):
+            engine = CpuEngine(model)
+            engine.fingerprint = _fingerprint(model)
+            setattr(model, _ATTR, engine)
+        return engine
+
+
+def drop_engine(model: torch.nn.Module) -> None:
+    """Forget a model's engine (it holds views of the weights): `unload` calls this. A generation still
+    running on it stops at its next step with `ModelUnloadedError`."""
+    engine = model.__dict__.pop(_ATTR, None)
+    if engine is not None:
+        engine.dropped = True
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+class _Layer:
+    def __init__(self, layer, d: int):
+        attn = layer.self_attn
+        # Pack q, k, v into one [3d, d] matrix (one product instead of three) and point the module's
+        # parameters at its slices, so transformers' own forward keeps working on the same memory.
+        qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach().contiguous()
+        qkv_b = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach().contiguous()
+        for i, proj in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):
+            proj.weight.data = qkv_w[i * d:(i + 1) * d]
+            proj.bias.data = qkv_b[i * d:(i + 1) * d]
+        self.qkv = (_np(qkv_w), _np(qkv_b))
+        self.out = (_np(attn.out_proj.weight), _np(attn.out_proj.bias))
+        self.fc1 = (_np(layer.fc1.weight), _np(layer.fc1.bias))
+        self.fc2 = (_np(layer.fc2.weight), _np(layer.fc2.bias))
+        self.norm1 = (layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias)
+        self.norm2 = (layer.final_layer_norm.weight, layer.final_layer_norm.bias)
+
+
+class CpuEngine:
+    """OPT's decoder for one sequence: `prefill(ids)` then `step(token)`, each returning next-token logits."""
+
+    def __init__(self, model: OPTForCausalLM):
+        config, decoder = model.config, model.model.decoder
+        self.d, self.heads = config.hidden_size, config.num_attention_heads
+        self.head_dim = self.d // self.heads
+        self.scaling = self.head_dim ** -0.5
+        self.pre_norm = config.do_layer_norm_before
+        self.eps = decoder.layers[0].self_attn_layer_norm.eps
+        self.max_positions = config.max_position_embeddings
+        self.embed = decoder.embed_tokens.weight.detach()
+        self.positions = decoder.embed_positions.weight.detach()
+        self.project_in = _np(decoder.project_in.weight) if decoder.project_in is not None else None
+        self.project_out = _np(decoder.project_out.weight) if decoder.project_out is not None else None
+        norm = decoder.final_layer_norm
+        self.final_norm = (norm.weight, norm.bias) if norm is not None else None
+        self.lm_head = _np(model.lm_head.weight)
+        self.layers = [_Layer(layer, self.d) for layer in decoder.layers]
+        self.numpy_blas = numpy_blas_is_faster()
+        self.dropped = False  # set when the model is unloaded: its sequences refuse to go on
+
+    def __deepcopy__(self, memo: dict) -> None:
+        # Its arrays are views of the model's weights that a deep copy would turn into full copies, all
+        # for an engine the copy cannot use (its tensors are elsewhere): the copy builds its own instead.
+        return None
+
+    # -- pieces
+
+    def _linear(self, x: torch.Tensor, weight: np.ndarray, bias: np.ndarray | None = None) -> torch.Tensor:
+        """x [t, in] @ weight.T (+ bias) with the faster BLAS; a single row is a matrix-vector product."""
+        if self.numpy_blas:
+            a = x.numpy()
+            y = weight @ a[0] if a.shape[0] == 1 else a @ weight.T
+            if bias is not None:
+                y += bias
+            return torch.from_numpy(y).view(x.shape[0], -1)
+        return F.linear(x, torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias))
+
+    def _norm(self, x: torch.Tensor, params) -> torch.Tensor:
+        return F.layer_norm(x, (self.d,), params[0], params[1], self.eps)
+
+    def _attention(self, layer: _Layer, i: int, h: torch.Tensor, start: int, cache: torch.Tensor) -> torch.Tensor:
+        t = h.shape[0]
+        qkv = self._linear(h, *layer.qkv)  # [t, 3d]
+        q, k, v = (qkv[:, j * self.d:(j + 1) * self.d].view(t, self.heads, self.head_dim).transpose(0, 1)
+                   for j in range(3))
+        end = start + t
+        cache[i, 0, :, start:end] = k
+        cache[i, 1, :, start:end] = v
+        keys, values = cache[i, 0, :, :end], cache[i, 1, :, :end]
+        out = F.scaled_dot_product_attention((q * self.scaling)[None], keys[None], values[None],
+                                             is_causal=t > 1, scale=1.0)[0]
+        return self._linear(out.transpose(0, 1).reshape(t, self.d), *layer.out)
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[int], start: int, cache: torch.Tensor) -> torch.Tensor:
+        x = self.embed[torch.tensor(ids)]
+        if self.project_in is not None:
+            x = self._linear(x.contiguous(), self.project_in)
+        x = x + self.positions[start + POSITION_OFFSET: start + POSITION_OFFSET + len(ids)]
+        for i, layer in enumerate(self.layers):
+            residual = x
+            h = self._norm(x, layer.norm1) if self.pre_norm else x
+            x = residual + self._attention(layer, i, h.contiguous(), start, cache)
+            if not self.pre_norm:
+                x = self._norm(x, layer.norm1)
+            residual = x
+            h = self._norm(x, layer.norm2) if self.pre_norm else x
+            h = torch.relu_(self._linear(h.contiguous(), *layer.fc1))
+            x = residual + self._linear(h, *layer.fc2)
+            if not self.pre_norm:
+                x = self._norm(x, layer.norm2)
+        last = x[-1:]
+        if self.final_norm is not None:
+            last = self._norm(last, self.final_norm)
+        if self.project_out is not None:
+            last = self._linear(last.contiguous(), self.project_out)
+        return self._linear(last.contiguous(), self.lm_head)  # [1, vocab]
+
+    # -- the loop's interface
+
+    def sequence(self, prompt_tokens: int, max_new_tokens: int) -> EngineSequence:
+        """A new sequence with its own cache, room for the prompt and the new tokens."""
+        return EngineSequence(self, min(self.max_positions, prompt_tokens + max_new_tokens))
+
+
+class EngineSequence:
+    """One generation on an engine: its own key/value cache and position. `prefill(ids)` then `step(token)`,
+    each returning the next-token logits [1, vocab]."""
+
+    def __init__(self, engine: CpuEngine, room: int):
+        self.engine, self.length = engine, 0
+        self.cache = torch.empty((len(engine.layers), 2, engine.heads, room, engine.head_dim), dtype=torch.float32)
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        if self.engine.dropped:
+            raise ModelUnloadedError.midway()
+        logits = self.engine._forward(ids, self.length, self.cache)
+        self.length += len(ids)
+        return logits
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        """Run the prompt; return the logits after it."""
+        if self.length:
+            raise RuntimeError("This sequence already has its prompt; start a new one with engine.sequence(...).")
+        return self._forward(ids)
+
+    def step(self, token: int) -> torch.Tensor:
+        """Append one token; return the logits after it."""
+        return self._forward([token])
+
+
+_threads = threading.local()  # torch's thread count is per thread (OpenMP's setting), so is this count
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch's OpenMP workers and OpenBLAS's threads spin on the same cores and slow each other down
+    several-fold; while the engine runs, torch's small ops use one thread and BLAS gets the cores.
+    Uses are counted per thread: the first saves the setting, the last restores it, so streams
+    interleaved in one thread (entered and left in any order) leave it as they found it."""
+    users = getattr(_threads, "users", 0)
+    if users == 0:
+        _threads.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+    _threads.users = users + 1
+    try:
+        yield
+    finally:
+        _threads.users -= 1
+        if _threads.users == 0:
+            torch.set_num_threads(_threads.before)

@@ -1,0 +1,86 @@
+"""What a generation returns: tokens with log-probabilities, timings, the result object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .settings import GenerationSettings
+
+
+@dataclass
+class TokenInfo:
+    """One generated token, with the model's log-probability of it and its most likely alternatives."""
+
+    id: int
+    text: str
+    logprob: float | None = None
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # (id, text, logprob), most likely first
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds. Time to first token covers tokenization, the prompt's forward pass and the
+    first pick; tokens per second counts every new token over the whole time."""
+
+    total_seconds: float
+    new_tokens: int
+    time_to_first_token: float | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.total_seconds if self.total_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """Tokens per second after the first one: the steady decoding speed."""
+        if self.time_to_first_token is None or self.new_tokens < 2:
+            return None
+        decode_seconds = self.total_seconds - self.time_to_first_token
+        return (self.new_tokens - 1) / decode_seconds if decode_seconds > 0 else None
+
+    def as_dict(self) -> dict:
+        return {
+            "total_seconds": self.total_seconds,
+            "time_to_first_token": self.time_to_first_token,
+            "new_tokens": self.new_tokens,
+            "tokens_per_second": self.tokens_per_second,
+            "decode_tokens_per_second": self.decode_tokens_per_second,
+        }
+
+
+@dataclass
+class GenerationResult:
+    """What one prompt produced. `text` is the continuation only (it stops before a stop string);
+    `token_ids` are the new tokens (EOS excluded; a stop string's tokens included)."""
+
+    prompt: str
+    text: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    finish_reason: str  # 'length', 'eos', 'stop' (a stop string), 'stopped' (by the user), 'context' (2048 reached)
+    timings: Timings
+    settings: GenerationSettings
+    method: str
+    tokens: list[TokenInfo] | None = None  # with logprobs=True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def full_text(self) -> str:
+        return self.prompt + self.text
+
+    def as_dict(self) -> dict:
+        data = {
+            "prompt": self.prompt,
+            "text": self.text,
+            "prompt_token_ids": self.prompt_token_ids,
+            "token_ids": self.token_ids,
+            "finish_reason": self.finish_reason,
+            "method": self.method,
+            "settings": self.settings.as_dict(),
+            "notes": self.notes,
+            **self.timings.as_dict(),
+        }
+        if self.tokens is not None:
+            data["logprobs"] = [t.logprob for t in self.tokens]
+            data["top_logprobs"] = [[{"id": i, "text": s, "logprob": lp} for i, s, lp in t.top] for t in self.tokens]
+        return data

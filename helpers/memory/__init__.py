@@ -1,0 +1,1 @@
+"""Memory: one dtype table, one byte model, one peak measurement, and the planner built on them."""

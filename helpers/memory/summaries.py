@@ -1,0 +1,84 @@
+"""Planner summaries: known machines, the best plan per size, the setup notebook's fit table."""
+
+from __future__ import annotations
+
+from ..environment import Environment, detect
+from ..opt.sizes import SIZES, OPTSize
+from ..units import human_bytes, human_count
+from .bytes import GiB, kv_cache_bytes_per_token, weight_bytes
+from .planner import Budget, Option, plan
+
+# ------------------------------------------------------------------------------------------ summaries
+
+KNOWN_MACHINES = {
+    "Colab T4 (15 GiB, 12 GiB RAM)": Budget(15 * GiB, 1, 12 * GiB, gpu_name="Tesla T4"),
+    "two T4s (the 2022 tutorial's machine)": Budget(15 * GiB, 2, 30 * GiB, gpu_name="Tesla T4"),
+    "A100 80 GB": Budget(80 * GiB, 1, 80 * GiB, gpu_name="A100", bf16=True),
+    "two A100 80 GB": Budget(80 * GiB, 2, 160 * GiB, gpu_name="A100", bf16=True),
+    "H200 (141 GB)": Budget(139 * GiB, 1, 128 * GiB, gpu_name="NVIDIA H200", bf16=True),
+}
+
+
+def best_rows(budget: Budget, sizes: list[str] | None = None, context: int = 2048, batch: int = 1) -> list[dict]:
+    """One row per size: the plan that would load it on `budget`, or why none would."""
+    from ..opt.sizes import SIZES
+
+    rows = []
+    for name in sizes or list(SIZES):
+        options = plan(name, budget, context=context, batch=batch)
+        best = next((o for o in options if o.usable), None)
+        if best is None:
+            smallest = min(options, key=lambda o: o.gpu_bytes + o.cpu_bytes)
+            rows.append({"model": name, "plan": "nothing fits", "GPU peak": human_bytes(smallest.gpu_bytes),
+                         "RAM": human_bytes(smallest.cpu_bytes), "speed": "-", "quality": "-",
+                         "note": f"smallest: {smallest.method}"})
+            continue
+        row = best.row()
+        rows.append({"model": name, "plan": best.method, "GPU peak": row["GPU peak"], "RAM": row["RAM"],
+                     "speed": row["speed"], "quality": best.quality,
+                     "note": f"{human_bytes(best.disk_bytes)} on disk" if best.disk_bytes else ""})
+    return rows
+
+
+def placement_summary(option: Option) -> dict[str, int]:
+    """How many decoder layers each device holds under `option`."""
+    counts: dict[str, int] = {}
+    for module, device in option.placement.items():
+        if ".layers." in module:
+            counts[device] = counts.get(device, 0) + 1
+    return counts
+
+
+# Room kept free beside the weights for activations, the CUDA context and the allocator's slack.
+GPU_HEADROOM_BYTES = 1 << 30
+
+
+def fits_fp16(size: OPTSize, memory_bytes: int, context: int = 2048, headroom: int = GPU_HEADROOM_BYTES) -> bool:
+    """Whether a size's fp16 weights plus a full-context KV cache fit in `memory_bytes`."""
+    need = weight_bytes(size, "float16") + kv_cache_bytes_per_token(size, "float16") * context + headroom
+    return need <= memory_bytes
+
+
+def fit_table(env: Environment | None = None, context: int = 2048) -> list[dict]:
+    """One row per OPT size: what fp16 weights and a `context`-token KV cache need, whether that fits this
+    machine's first GPU, and whether the fp32 model fits the available RAM (for running on the CPU)."""
+    env = env or detect()
+    gpu = env.gpus[0] if env.gpus else None
+    rows = []
+    for size in SIZES.values():
+        weights = weight_bytes(size, "float16")
+        cache = kv_cache_bytes_per_token(size, "float16") * context
+        need = weights + cache + GPU_HEADROOM_BYTES
+        cpu_need = weight_bytes(size, "float32") + 2 * cache + GPU_HEADROOM_BYTES
+        rows.append(
+            {
+                "model": size.name,
+                "parameters": human_count(size.parameter_count()),
+                "fp16 weights": human_bytes(weights),
+                f"KV cache @ {context}": human_bytes(cache),
+                "fp16 needs": human_bytes(need),
+                f"fits {gpu.name if gpu else 'a GPU'}": (need <= gpu.total_bytes) if gpu else "no GPU",
+                "fits RAM in fp32 (CPU)": cpu_need <= env.ram_available_bytes,
+            }
+        )
+    return rows
