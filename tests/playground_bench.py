@@ -101,7 +101,7 @@ def command_line_run(folder: str, new_tokens: int) -> dict:
 def prepare_page(page, new_tokens: int) -> None:
     page.wait_for_function("() => (document.querySelector('.opt-model-status')?.innerText || '').includes('loaded in')",
                            timeout=300_000)
-    page.select_option(".opt-preset select", "the seed's greedy")
+    page.select_option(".opt-preset select", "the tutorial's greedy")
     page.fill(".opt-prompt textarea", PROMPT)
     page.locator(".opt-max-new-tokens .widget-readout").click()
     page.keyboard.press("Control+A")

@@ -146,7 +146,7 @@ def test_the_first_cell_shows_the_app_once_and_its_loading(front):
 def test_generate_streams_onto_the_page_within_its_click(front):
     front.set("opt-prompt", value="Natural language processing is")
     labels = front.page.models[front.page.find("opt-preset")]["_options_labels"]
-    front.set("opt-preset", index=labels.index("the seed's greedy"))  # a Dropdown syncs its index
+    front.set("opt-preset", index=labels.index("the tutorial's greedy"))  # a Dropdown syncs its index
     front.set("opt-max-new-tokens", value=64)
     click = front.click("opt-generate")
     front.done(click)

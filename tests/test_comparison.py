@@ -11,8 +11,8 @@ from helpers.analysis.comparison import (
     compare_strategies,
     fitting,
     loaded,
-    seed_conditions,
     summarize,
+    tutorial_conditions,
     without_final_layer_norm,
 )
 from helpers.generation.settings import GenerationSettings
@@ -73,7 +73,7 @@ def test_dropping_the_final_layer_norm_changes_the_logits_and_is_undone(tokenize
 
 
 def test_tutorial_conditions_cover_all_combinations(tokenizer):
-    rows = seed_conditions(tiny_model("pre-ln", seed=2), tokenizer, PROMPTS, new_tokens=10)
+    rows = tutorial_conditions(tiny_model("pre-ln", seed=2), tokenizer, PROMPTS, new_tokens=10)
     combos = {(r["decoding"], r["start token"], r["final layer norm"]) for r in rows}
     assert len(combos) == 8 and len(rows) == 16
     assert all(len(tokenizer(r["text"], add_special_tokens=False).input_ids) >= 1 for r in rows)
@@ -82,5 +82,5 @@ def test_tutorial_conditions_cover_all_combinations(tokenizer):
     with_bos = next(r for r in rows if r["start token"] == "</s>" and r["decoding"] == "greedy"
                     and r["final layer norm"] == "kept" and r["prompt"] == no_bos["prompt"])
     assert no_bos["text"] != with_bos["text"]  # the start token matters
-    post = seed_conditions(tiny_model("post-ln"), tokenizer, PROMPTS[:1], new_tokens=5)
+    post = tutorial_conditions(tiny_model("post-ln"), tokenizer, PROMPTS[:1], new_tokens=5)
     assert {r["final layer norm"] for r in post} == {"kept"} and len(post) == 4

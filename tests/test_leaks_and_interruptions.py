@@ -105,7 +105,7 @@ def test_stop_in_the_widget_leaves_the_model_loaded_and_usable(mid_folder):
 
     app = Playground(model=str(mid_folder), device="cpu")
     app.wait()
-    app.preset.value = "the seed's greedy"
+    app.preset.value = "the tutorial's greedy"
     app.max_new_tokens.value = 400
     worker = threading.Thread(target=app.generate)  # in a kernel, the Stop click is handled between steps
     worker.start()

@@ -58,7 +58,9 @@ def test_stop_accepts_a_string_or_a_list():
 
 def test_presets_are_valid_and_cover_the_modes():
     assert {p.mode for p in PRESETS.values()} == {"greedy", "sample", "contrastive"}
-    assert PRESETS["the seed's greedy"].max_new_tokens == 30
+    assert PRESETS["the tutorial's greedy"].max_new_tokens == 30
+    assert PRESETS["the seed's greedy"] is PRESETS["the tutorial's greedy"]  # its first label still works
+    assert "the seed's greedy" not in list(PRESETS)  # but is not offered twice
 
 
 def test_generation_config_carries_the_settings():

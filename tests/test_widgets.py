@@ -61,7 +61,7 @@ def in_background(pg, call, *args):
 
 def test_generate_streams_text_and_reports_the_run(app):
     app.prompt.value = "Natural language processing is a subfield of"
-    app.preset.value = "the seed's greedy"
+    app.preset.value = "the tutorial's greedy"
     app.max_new_tokens.value = 16
     assert app.generate_button.disabled is False
     shown = []
@@ -79,7 +79,7 @@ def test_generate_streams_text_and_reports_the_run(app):
 def test_stop_ends_the_generation_mid_stream(app, folders):
     app.model_picker.value = folders["mid"]
     app.wait()
-    app.preset.value = "the seed's greedy"
+    app.preset.value = "the tutorial's greedy"
     app.max_new_tokens.value = 512
     worker = in_background(app, app.generate)
     deadline = time.time() + 60
@@ -124,7 +124,7 @@ def test_switching_models_unloads_the_previous_one_and_returns_its_memory(app, f
 
 
 def test_probabilities_view_shades_tokens_and_lists_alternatives(app):
-    app.preset.value = "the seed's greedy"
+    app.preset.value = "the tutorial's greedy"
     app.max_new_tokens.value = 10
     app.generate()
     app.wait()
@@ -144,7 +144,7 @@ def test_probabilities_view_shades_tokens_and_lists_alternatives(app):
 
 
 def test_choosing_an_alternative_branches_and_branches_compare(app):
-    app.preset.value = "the seed's greedy"
+    app.preset.value = "the tutorial's greedy"
     app.max_new_tokens.value = 12
     app.generate()
     app.wait()
@@ -193,9 +193,9 @@ def test_history_exports_json_and_csv(app):
 
 
 def test_presets_set_the_controls_and_edits_make_it_custom(app):
-    app.preset.value = "the seed's greedy"
+    app.preset.value = "the tutorial's greedy"
     assert app.do_sample.value is False and app.max_new_tokens.value == 30
-    assert app.settings() == PRESETS["the seed's greedy"]
+    assert app.settings() == PRESETS["the tutorial's greedy"]
     app.preset.value = "contrastive"
     assert app.settings().mode == "contrastive"
     app.temperature.value = 1.3

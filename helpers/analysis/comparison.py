@@ -1,4 +1,4 @@
-"""The comparison notebooks' runs: the seed's prompts across sizes, decoding strategies side by side, and the seed's own conditions (greedy, no BOS, no final layer norm) taken apart, each run measured."""
+"""The comparison notebooks' runs: the 2022 tutorial's prompts across sizes, decoding strategies side by side, and the tutorial's own conditions (greedy, no BOS, no final layer norm) taken apart, each run measured."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ..opt.model_state import model_device
 from ..opt.tokenizer import encode_prompt
 from .metrics import perplexity, repetition
 
-SEED_PROMPTS = [
+TUTORIAL_PROMPTS = [
     "Natural language processing is a subfield of",
     "Today is a beautiful day and I want to",
     "Text classification is a machine learning technique",
@@ -112,12 +112,12 @@ def fitting(models: list[str], exclude: tuple[str, ...] = ("disk-offload",)) -> 
     return keep, left_out
 
 
-def compare_sizes(models: list[str], prompts: list[str] = SEED_PROMPTS,
+def compare_sizes(models: list[str], prompts: list[str] = TUTORIAL_PROMPTS,
                   decodings: dict[str, GenerationSettings] | None = None, *, random_weights: bool = False,
                   device: str = "auto", progress: Callable[[str], None] = lambda line: None) -> list[dict]:
     """Every prompt with every decoding on every model, one model in memory at a time. A model that does
     not fit this machine (or cannot be loaded) gets a row saying why instead."""
-    decodings = decodings or {"greedy, 30 tokens (the seed's)": GenerationSettings.greedy(30),
+    decodings = decodings or {"greedy, 30 tokens (the tutorial's)": GenerationSettings.greedy(30),
                               "balanced sampling": PRESETS["balanced sampling"].replace(max_new_tokens=30, seed=0)}
     rows = []
     for name in models:
@@ -162,7 +162,7 @@ def compare_strategies(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase
     return rows
 
 
-# ------------------------------------------------------------------------------------------ the seed's output
+# ------------------------------------------------------------------------------------------ the tutorial's output
 
 
 @contextlib.contextmanager
@@ -180,7 +180,7 @@ def without_final_layer_norm(model: OPTForCausalLM) -> Iterator[OPTForCausalLM]:
 
 
 def _continue(model: OPTForCausalLM, ids: list[int], settings: GenerationSettings) -> list[int]:
-    """New tokens after exactly `ids` (no start token added: the seed's tokenizer added none)."""
+    """New tokens after exactly `ids` (no start token added: the tutorial's tokenizer added none)."""
     device = model_device(model)
     tensor = torch.tensor([ids], device=device)
     generator = torch.Generator(device=device).manual_seed(settings.seed or 0)
@@ -190,9 +190,9 @@ def _continue(model: OPTForCausalLM, ids: list[int], settings: GenerationSetting
     return out
 
 
-def seed_conditions(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str] = SEED_PROMPTS,
+def tutorial_conditions(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str] = TUTORIAL_PROMPTS,
                     new_tokens: int = 30, seed: int = 0) -> list[dict]:
-    """The seed's three conditions switched on and off, all eight ways: greedy or sampling, OPT's start
+    """The tutorial's three conditions switched on and off, all eight ways: greedy or sampling, OPT's start
     token or none (bart-large's tokenizer), the final layer norm kept or dropped (metaseq on a file
     without `decoder.version`). Each row: the conditions, the text, the repetition measures."""
     decodings = {"greedy": GenerationSettings.greedy(new_tokens, min_new_tokens=new_tokens),

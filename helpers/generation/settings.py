@@ -182,9 +182,20 @@ class GenerationSettings:
         )
 
 
-PRESETS: dict[str, GenerationSettings] = {
-    "the seed's greedy": GenerationSettings.greedy(max_new_tokens=30),
+class _Presets(dict):
+    """The presets by label; the tutorial's greedy still answers to its first label, "the seed's greedy"."""
+
+    _FORMER = {"the seed's greedy": "the tutorial's greedy"}
+
+    def __missing__(self, label: str) -> GenerationSettings:
+        if label in self._FORMER:
+            return self[self._FORMER[label]]
+        raise KeyError(label)
+
+
+PRESETS: dict[str, GenerationSettings] = _Presets({
+    "the tutorial's greedy": GenerationSettings.greedy(max_new_tokens=30),
     "balanced sampling": GenerationSettings(temperature=0.7, top_p=0.9, repetition_penalty=1.1),
     "creative": GenerationSettings(temperature=1.0, top_p=0.95, top_k=0, repetition_penalty=1.05),
     "contrastive": GenerationSettings(do_sample=False, penalty_alpha=0.6, top_k=4),
-}
+})
