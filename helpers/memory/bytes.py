@@ -41,6 +41,9 @@ def kv_cache_bytes_per_token(size: OPTSize, dtype: str | torch.dtype = "float16"
     return 2 * size.layers * size.d_model * compute_bytes(dtype)
 
 
+GiB = 1024**3
+
+
 def parse_bytes(text: str | int | float) -> int:
     """'15GiB', '15 GB', '16000MiB', '12G' or a number of bytes."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
