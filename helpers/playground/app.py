@@ -7,11 +7,8 @@ from __future__ import annotations
 import base64
 import html
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import ipywidgets as W
 import torch
@@ -25,7 +22,8 @@ from ..loading.model import LoadedModel, load_model
 from ..opt.sizes import SIZES
 from ..units import human_bytes
 from . import side_by_side
-from .kernel_events import KernelEvents, current_request_id, running_kernel
+from .jobs import Jobs
+from .kernel_events import current_request_id, running_kernel
 from .layout import build
 from .state import (
     Branch,
@@ -43,7 +41,7 @@ from .views import branches_html, clear, history_html, percent, probability_colo
 TOP_ALTERNATIVES = 5
 
 
-class Playground:
+class Playground(Jobs):
     """The app. `Playground(model="opt-350m")` in a notebook cell displays it and loads the model.
 
     Everything a user can do has a method too (`generate()`, `stop()`, `branch()`, `side_by_side()`,
@@ -60,6 +58,7 @@ class Playground:
     def __init__(self, model: str = "opt-350m", extra_models: list[str] | tuple[str, ...] = (),
                  device: str = "auto", dtype: str = "auto", load: bool = True,
                  loader: Callable[..., LoadedModel] = load_model):
+        super().__init__()
         self.device, self.dtype, self._loader = device, dtype, loader
         self.choices = model_choices([m for m in extra_models if m != model] + ([] if model in SIZES else [model]))
         self.loaded: LoadedModel | None = None
@@ -68,13 +67,6 @@ class Playground:
         self.history: list[dict] = []
         self.current: Run | None = None
         self.selected_token: int | None = None
-        self.last_error: str | None = None
-        self._stream = None
-        self._job: str | None = None
-        self._idle = threading.Event()
-        self._idle.set()
-        self._events: KernelEvents | None = None
-        self._interrupted = False
         self._quiet_picker = False
         self._shown_for: str | None = None
         self._applying_preset = False
@@ -85,8 +77,7 @@ class Playground:
                 self._ipython_display_()  # shown first, so the loading progress is seen in this cell
             self._start(self._load, model)
 
-    # ------------------------------------------------------------------------------------- layout
-
+    # ------------------------------------------------------------------------------------- display
 
     def _ipython_display_(self, **kwargs) -> None:
         """Show the app; once per cell (the constructor shows it before loading, a trailing `app` does not
@@ -131,91 +122,6 @@ class Playground:
             penalty_alpha=self.penalty_alpha.value, stop=stops,
             seed=self.seed.value if self.fixed_seed.value else None,
         )
-
-    # ------------------------------------------------------------------------------------- jobs
-
-    @property
-    def busy(self) -> bool:
-        return self._job is not None
-
-    def _start(self, target: Callable, *args) -> bool:
-        """Run a job now, inside the request that asked for it; one at a time (a click that arrives while
-        one runs is told so). False if it could not start."""
-        if self.busy:
-            self._say("Busy with the current job: press Stop, or wait for it to finish.", "warning")
-            return False
-        self._job, self._interrupted = target.__name__, False
-        self._idle.clear()
-        self._events = KernelEvents()
-        self.generate_button.disabled = self.compare_button.disabled = True
-        try:
-            with self._interrupts():
-                self._guarded(target, *args)
-        finally:
-            self._job, self._events = None, None
-            self._idle.set()
-        return True
-
-    @contextmanager
-    def _interrupts(self):
-        """In a kernel, the interrupt (SIGINT) stops a generation at its next step like Stop, and raises
-        KeyboardInterrupt anywhere else (a load)."""
-        if self._events is None or not self._events.supported:
-            yield
-            return
-
-        def on_sigint(signum, frame):
-            self._interrupted = True
-            if self._stream is None:
-                raise KeyboardInterrupt
-            self._stream.stop()
-
-        previous = signal.signal(signal.SIGINT, on_sigint)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    def _pump(self) -> None:
-        """Handle the widget messages waiting for the kernel (a Stop click) while a job runs."""
-        if self._events is not None:
-            self._events.pump()
-
-    def _guarded(self, target: Callable, *args) -> None:
-        """Any failure becomes a message in the widget, which stays usable."""
-        try:
-            target(*args)
-            if self._interrupted:
-                self._say("Interrupted: the generation stopped there (the kernel's interrupt works like Stop).",
-                          "warning")
-        except KeyboardInterrupt:
-            self._say("Interrupted: nothing is running now; the app is ready.", "warning")
-            if self._events is None or not self._events.supported:
-                raise  # plain Python: Ctrl-C ends the program as usual, after the cleanup below
-        except HelpersError as exc:
-            self._say(str(exc), "error")
-        except torch.cuda.OutOfMemoryError:
-            self._say("The GPU ran out of memory. Pick a smaller model, fewer new tokens or fewer beams "
-                      "(`python -m helpers plan` shows what fits).", "error")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception as exc:  # a bug or a library failure: say it, keep the app alive
-            self._say(f"Something failed: {type(exc).__name__}: {exc}", "error")
-        finally:
-            self._stream = None
-            self.generate_button.disabled = self.compare_button.disabled = False
-            self.stop_button.disabled = True
-            self.progress.layout.visibility = "hidden"
-
-    def wait(self, timeout: float | None = 120) -> None:
-        """Block until the current job (loading, generating) ends. Jobs run in the call that starts them,
-        so this only waits when another thread started one."""
-        self._idle.wait(timeout)
-
-    def _say(self, text: str, kind: str = "info") -> None:
-        self.last_error = text if kind == "error" else None
-        colors = {"error": "#b00020", "warning": "#8a6d00", "info": "#555"}
-        self.message.value = f'<div style="color:{colors[kind]}">{html.escape(text)}</div>' if text else ""
 
     # ------------------------------------------------------------------------------------- models
 
