@@ -25,8 +25,6 @@ TUTORIAL_PROMPTS = [
     "Today is a beautiful day and I want to",
     "Text classification is a machine learning technique",
 ]
-
-
 STRATEGIES: dict[str, GenerationSettings] = {
     "greedy": GenerationSettings.greedy(max_new_tokens=60),
     "beam search (4)": GenerationSettings(do_sample=False, num_beams=4, max_new_tokens=60),

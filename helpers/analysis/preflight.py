@@ -11,12 +11,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-
-
 PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "safetensors", "huggingface_hub", "tokenizers",
             "numpy", "matplotlib", "psutil")
-
-
 CARRIED = ("bitsandbytes",)  # what a GPU machine without a network may lack: `make gpu-wheels` fetches its wheel
 
 

@@ -8,11 +8,7 @@ import os
 import sys
 
 EXIT_ERROR = 1
-
-
 EXIT_USAGE = 2
-
-
 EXIT_INTERRUPTED = 130
 
 

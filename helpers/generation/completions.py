@@ -17,8 +17,6 @@ from .scoring import token_logprobs
 from .settings import MAX_TOP_LOGPROBS, GenerationSettings, check_top_logprobs
 
 MAX_LOGPROBS = MAX_TOP_LOGPROBS
-
-
 MAX_STOPS = 4
 
 

@@ -31,8 +31,6 @@ from .settings import GenerationSettings, check_top_logprobs
 from .text import _RowText
 
 _METHOD_ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first, still accepted
-
-
 _STEPS_CARRY_LOGPROBS = ("cached", "cpu-fast")  # their steps hold the log-probabilities: nothing to score afterwards
 
 

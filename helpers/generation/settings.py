@@ -12,11 +12,7 @@ from ..opt.sizes import EOS_TOKEN_ID, PAD_TOKEN_ID
 
 # Past these, sampling is greedy decoding or uniform noise, and logits overflow to inf.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 100.0
-
-
 MIN_PENALTY, MAX_PENALTY = 0.01, 100.0
-
-
 MAX_TOP_LOGPROBS = 20  # alternatives listed per token
 
 

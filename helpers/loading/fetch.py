@@ -12,8 +12,6 @@ from urllib.parse import urlparse
 from ..errors import CheckpointError, ModelLoadError
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
-
-
 HUB_URL = "https://huggingface.co"
 
 

@@ -12,15 +12,9 @@ DTYPES: dict[str, tuple[torch.dtype, float]] = {
     "int8": (torch.float16, 1), "nf4": (torch.float16, 0.5), "fp4": (torch.float16, 0.5),
     "int8-dynamic": (torch.float32, 1),
 }
-
-
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")  # what a model can be loaded in without quantizing
-
-
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
                  "8bit": "int8", "4bit": "nf4"}
-
-
 BYTES_PER_ELEMENT = {name: per for name, (_, per) in DTYPES.items()}
 
 

@@ -13,43 +13,20 @@ from .bytes import GiB, activation_bytes, kv_cache_bytes_per_token, pieces, weig
 from .dtypes import compute_bytes
 
 CUDA_CONTEXT_BYTES = GiB // 2  # the CUDA context and allocator slack: in a GPU's budget, not in torch's count
-
-
 CPU_PROCESS_BYTES = GiB  # Python, torch and transformers themselves
-
-
 CPU_PROCESS_BYTES_CUDA = 2 * GiB  # ... plus CUDA's host-side libraries
-
-
 LOAD_SHARD_BYTES = 2 * GiB  # loading reads at most about one checkpoint shard into RAM at a time
-
-
 TOKENIZER_BYTES = 32 * 1024**2  # OPT's BPE tokenizer in memory
-
 
 # Memory bandwidth by GPU name (vendor datasheets), for the speed estimate only.
 GPU_BANDWIDTH = {"T4": 320e9, "L4": 300e9, "A10": 600e9, "V100": 900e9, "A100": 1800e9, "L40": 864e9,
                  "H100": 3350e9, "H200": 4800e9, "RTX 4090": 1008e9, "RTX 3090": 936e9}
-
-
 DEFAULT_GPU_BANDWIDTH = 500e9
-
-
 CPU_BANDWIDTH = 20e9  # what a one-row matrix product reaches on a typical laptop or Colab CPU
-
-
 PCIE_BANDWIDTH = 12e9  # offloaded weights cross it at every step
-
-
 DISK_BANDWIDTH = 1e9
-
-
 QUANTIZED_EFFICIENCY = {"int8": 0.25, "nf4": 0.5}  # bitsandbytes' kernels dequantize as they go
-
-
 SPEED_CLASSES = ((20, "fast"), (5, "interactive"), (1, "slow"), (0, "very slow"))
-
-
 QUALITY = {"float16": "exact (fp16)", "bfloat16": "exact (bf16)", "float32": "exact (fp32)",
            "int8": "near-exact (8-bit)", "nf4": "lossy (4-bit)", "int8-dynamic": "near-exact (8-bit)"}
 

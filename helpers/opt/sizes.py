@@ -9,20 +9,10 @@ from transformers import OPTConfig
 from ..errors import UnknownModelError
 
 VOCAB_SIZE = 50272  # the 50265 BPE entries padded to a multiple of 8 (ids 50265..50271 have no token)
-
-
 MAX_POSITIONS = 2048
-
-
 POSITION_OFFSET = 2  # OPT's learned position table has max_positions + 2 rows
-
-
 BOS_TOKEN_ID = 2  # "</s>": OPT starts every sequence with it
-
-
 PAD_TOKEN_ID = 1
-
-
 EOS_TOKEN_ID = 2
 
 
@@ -63,8 +53,6 @@ class OPTSize:
 
 
 _METASEQ = "patrickvonplaten/opt_metaseq_{}"
-
-
 SIZES: dict[str, OPTSize] = {
     s.name: s
     for s in [
@@ -78,8 +66,6 @@ SIZES: dict[str, OPTSize] = {
         OPTSize("opt-66b", 64, 72, 9216, 36864, 9216, True, None),
     ]
 }
-
-
 _ALIASES = {"opt-1300m": "opt-1.3b", "opt-2700m": "opt-2.7b", "opt-6700m": "opt-6.7b"}
 
 

@@ -8,18 +8,11 @@ from ...memory.summaries import KNOWN_MACHINES
 from ...opt.sizes import SIZES, OPTSize
 
 SCHEMA = "opt-notebooks/gpu-check/v1"
-
-
 T4 = KNOWN_MACHINES["Colab T4 (15 GiB, 12 GiB RAM)"]
-
 
 # A free Colab's RAM as last reported, about 2 GB of which Colab's own processes use (shared/colab/README.md).
 COLAB_RAM_BYTES = 12.7e9
-
-
 COLAB_RAM_USED_AT_START_BYTES = 2e9
-
-
 STATUSES = ("ok", "unavailable", "failed", "skipped")
 
 
@@ -65,8 +58,6 @@ GPU = Profile(
                "small-generate": 40, "small-hf-generate": 10, "small-static-cache": 25, "small-bnb-int8": 20,
                "small-bnb-nf4": 15, "small-leaks": 30, "medium-sweep": 50},
 )
-
-
 DRY_RUN = Profile(
     name="dry-run", device="cpu", dtype="float32",
     small=OPTSize("dry-1.3b", 2, 4, 64, 256, 64, True), medium=OPTSize("dry-6.7b", 4, 4, 128, 512, 128, True),

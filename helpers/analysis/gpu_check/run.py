@@ -23,8 +23,6 @@ from .profile import COLAB_RAM_BYTES, COLAB_RAM_USED_AT_START_BYTES, SCHEMA, T4,
 
 
 _LOG: Path | None = None
-
-
 _STARTED = float(os.environ.get("GPU_CHECK_STARTED", time.time()))  # a child's lines count from its parent's start
 
 

@@ -16,8 +16,6 @@ from ...errors import ModelUnloadedError
 from ...opt.sizes import POSITION_OFFSET
 
 _ATTR = "_helpers_cpu_engine"
-
-
 _BUILDING = threading.Lock()  # two threads must not repack one model's q/k/v at the same time
 
 
