@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..preflight import preflight
+from . import run as log
 from .jobs import _run_job
 from .profile import DRY_RUN, GPU, STATUSES
 from .results import write_results
@@ -28,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global _LOG
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only: nothing to fetch, and no network there
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GPU_CHECK_STARTED", str(_STARTED))
@@ -37,22 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     if args.job:
-        _LOG = Path(args.log) if args.log else None
+        log.LOG = Path(args.log) if args.log else None
         return _run_job(Path(args.job))
 
     try:
         return _check(args)
     finally:
-        _LOG = None
+        log.LOG = None
 
 
 def _check(args: argparse.Namespace) -> int:
-    global _LOG
     profile = DRY_RUN if args.dry_run else GPU
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _LOG = out / "gpu-check.log"
-    _LOG.write_text("")
+    log.LOG = out / "gpu-check.log"
+    log.LOG.write_text("")
     with tempfile.TemporaryDirectory(prefix="gpu-check-", dir=args.scratch) as scratch:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(scratch) / "inductor")  # cold, as on a fresh machine
         run = Run(profile, out, Path(scratch), Path(args.wheels) if args.wheels else None,

@@ -22,16 +22,16 @@ from .profile import COLAB_RAM_BYTES, COLAB_RAM_USED_AT_START_BYTES, SCHEMA, T4,
 # ------------------------------------------------------------------------------------------ the run
 
 
-_LOG: Path | None = None
+LOG: Path | None = None
 _STARTED = float(os.environ.get("GPU_CHECK_STARTED", time.time()))  # a child's lines count from its parent's start
 
 
 def _log(line: str) -> None:
     text = f"[{time.time() - _STARTED:6.1f}s] {line}"
     print(text, file=sys.stderr, flush=True)
-    if _LOG is not None:
+    if LOG is not None:
         try:
-            with open(_LOG, "a") as handle:
+            with open(LOG, "a") as handle:
                 handle.write(text + "\n")
         except OSError:  # the log is a copy of stderr: losing it must not end a run
             pass
@@ -146,8 +146,8 @@ class Run:
         (folder / "job.json").write_text(json.dumps(spec))
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor"))
         command = [sys.executable, "-m", "helpers.analysis.gpu_check", "--job", str(folder / "job.json")]
-        if _LOG is not None:
-            command += ["--log", str(_LOG)]
+        if LOG is not None:
+            command += ["--log", str(LOG)]
         try:
             done = subprocess.run(command, cwd=REPO, env=env, timeout=max(1.0, self.hard_limit - self.elapsed()))
         except subprocess.TimeoutExpired:
