@@ -200,7 +200,10 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
                 return weight + cache
             return weight if device == "cpu" else 0
 
-        while which < len(devices) - 1 and peak.get(devices[which], 0) + adds(devices[which]) > capacity[devices[which]]:
+        # accelerate refuses a map with the whole model on disk (1.14: "offload the whole model to the disk"),
+        # so the first piece, the token table every step starts from, stays in memory whatever it costs
+        last = len(devices) - 1 - (not placement and devices[-1] == "disk")
+        while which < last and peak.get(devices[which], 0) + adds(devices[which]) > capacity[devices[which]]:
             which += 1
         device = devices[which]
         placement[piece.name] = device
