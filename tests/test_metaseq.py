@@ -1,5 +1,6 @@
 """Original metaseq checkpoints in every layout convert to Hugging Face folders with the same logits."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -64,12 +65,13 @@ def test_every_layout_converts_to_the_same_model(tmp_path, variant, layout):
     assert report.dtype == ("float16" if fp16 else "float32")
     model, tok, info = load_model(str(tmp_path / "hf"))  # our loader plans for the model's own 100 positions
     assert tok("Hello").input_ids[0] == 2 and info.dtype == "float32"  # OPT's tokenizer is still written
-    reference = source.half().float() if fp16 else source  # the same values the file holds
+    # Module.half() converts in place: copies keep `source` in fp32 and `reference` fp32 for what follows
+    reference = copy.deepcopy(source).half().float() if fp16 else source  # the same values the file holds
     torch.testing.assert_close(_logits_of(model), _logits_of(reference), atol=1e-5, rtol=0)
     plain = OPTForCausalLM.from_pretrained(tmp_path / "hf", dtype="auto")  # plain transformers, the file's dtype
     assert plain.dtype == (torch.float16 if fp16 else torch.float32)
     assert plain.config.vocab_size == 1008 and plain.config.max_position_embeddings == 100
-    expected = _logits_of(source.half() if fp16 else source)
+    expected = _logits_of(copy.deepcopy(source).half() if fp16 else source)
     torch.testing.assert_close(_logits_of(plain), expected, atol=2e-2 if fp16 else 1e-5, rtol=0)
     settings = GenerationSettings.greedy(max_new_tokens=12)
     assert generate(model, tok, IDS, settings).token_ids == generate(reference, tok, IDS, settings).token_ids
