@@ -102,6 +102,11 @@ def default_device() -> str:
     return "cpu"
 
 
+def resident_memory_bytes() -> int:
+    """This process's resident set size."""
+    return psutil.Process().memory_info().rss
+
+
 def free_memory_bytes(device: torch.device) -> int | None:
     """Memory that new tensors on `device` can still take: free GPU memory (plus what torch's allocator
     holds unused) on CUDA, available RAM on the CPU; None where it cannot be known (mps)."""
@@ -111,11 +116,6 @@ def free_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cpu":
         return psutil.virtual_memory().available
     return None
-
-
-def resident_memory_bytes() -> int:
-    """This process's resident set size."""
-    return psutil.Process().memory_info().rss
 
 
 def report(env: Environment | None = None) -> str:

@@ -72,10 +72,10 @@ def test_peak_memory_leaves_out_the_bandwidth_probe(tiny_loaded):
     """Measuring the bandwidth on a fresh buffer (quantized weights cannot be read as plain tensors)
     allocates two 512 MiB buffers before each run: the method's peak must not include them."""
     from helpers.environment import resident_memory_bytes
-    from helpers.memory.measure import _release_freed_memory
+    from helpers.memory.measure import release_freed_memory
 
     model, tokenizer, _ = tiny_loaded
-    _release_freed_memory()
+    release_freed_memory()
     before = resident_memory_bytes()
     r = measure(model, tokenizer, "cached-loop", prompt_tokens=6, new_tokens=6, repeats=2, bandwidth="each")
     assert len(r.bandwidths) == 2 and all(b > 1e8 for b in r.bandwidths)

@@ -70,7 +70,7 @@ def test_a_clone_without_lfs_files_gets_the_pull_command(tmp_path, monkeypatch):
 
 
 def test_missing_git_lfs_is_explained(tmp_path, monkeypatch):
-    monkeypatch.setattr(fetch, "_git_has_lfs", lambda: False)
+    monkeypatch.setattr(fetch, "git_has_lfs", lambda: False)
     with pytest.raises(ModelLoadError, match="git-lfs is not installed"):
         fetch.clone("patrickvonplaten/opt_metaseq_350m", tmp_path / "x")
 
@@ -78,7 +78,7 @@ def test_missing_git_lfs_is_explained(tmp_path, monkeypatch):
 def test_clone_into_a_non_empty_folder_is_refused(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "file").write_text("mine")
-    if not fetch._git_has_lfs():
+    if not fetch.git_has_lfs():
         pytest.skip("git-lfs is not installed")
     with pytest.raises(ModelLoadError, match="not empty"):
         fetch.clone("patrickvonplaten/opt_metaseq_350m", tmp_path / "x")

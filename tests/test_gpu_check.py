@@ -110,6 +110,7 @@ def test_the_fit_check_compares_measured_and_predicted_peaks(dry_run):
     assert attempt["relative_error"] == pytest.approx(
         (attempt["predicted_bytes"] - attempt["measured_bytes"]) / attempt["measured_bytes"])
     assert attempt["method"] == result["option"]["method"] == "fp32-cpu"
+    assert attempt["planner_peak_bytes"] == attempt["predicted_bytes"]  # one prediction: the planner's
 
 
 def test_the_sweep_and_the_cycles_are_measured(dry_run):

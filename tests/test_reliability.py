@@ -426,12 +426,22 @@ def test_num_beams_100000_on_the_command_line_is_one_line(tiny_pre_folder, capsy
 
 @pytest.fixture
 def no_random_weights(monkeypatch):
+    import sys
+
+    import helpers.analysis.bench_methods  # noqa: F401  (the modules that make random weights)
+    import helpers.analysis.leaks  # noqa: F401
+    import helpers.analysis.plan_check  # noqa: F401
     import helpers.opt.random_weights
 
     def refuse(*args, **kwargs):
         raise AssertionError("random weights were made before the memory check")
 
-    monkeypatch.setattr(helpers.opt.random_weights, "random_model", refuse)
+    original = helpers.opt.random_weights.random_model
+    users = [m for name, m in list(sys.modules.items())
+             if name.startswith("helpers") and getattr(m, "random_model", None) is original]
+    assert helpers.opt.random_weights in users and len(users) > 1  # where it is defined, and where it is used
+    for module in users:
+        monkeypatch.setattr(module, "random_model", refuse)
 
 
 def test_bench_of_a_size_that_does_not_fit_is_refused_before_the_weights_are_made(no_random_weights, monkeypatch,

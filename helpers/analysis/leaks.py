@@ -9,6 +9,11 @@ from collections.abc import Callable
 import torch
 
 from ..environment import resident_memory_bytes
+from ..loading.model import load_model
+from ..memory.measure import release_freed_memory
+from ..opt.random_weights import random_model
+from ..opt.sizes import find_size
+from ..opt.tokenizer import opt_tokenizer
 from .benchmark import hardware_facts
 
 # ------------------------------------------------------------------------------------------ leaks
@@ -21,17 +26,10 @@ def leak_check(model: str, cycles: int = 20, *, device: str = "auto", new_tokens
     resident memory, the CUDA memory still allocated and the threads alive. Each cycle generates twice:
     once to the end and once streamed and stopped after a few tokens; every third cycle a generation
     also fails inside the model (an exception mid-stream), as a real fault would."""
-    from ..loading.model import load_model
-    from ..memory.measure import _release_freed_memory
-    from ..opt.sizes import find_size
-
     folder, tmp = model, None
     rss, cuda, threads, faults = [], [], [], 0
     try:
         if find_size(model) is not None:
-            from ..opt.random_weights import random_model
-            from ..opt.tokenizer import opt_tokenizer
-
             tmp = tempfile.TemporaryDirectory(prefix="opt-leaks-")
             net = random_model(model, dtype=torch.float16, device="cpu")
             net.save_pretrained(tmp.name)
@@ -49,7 +47,7 @@ def leak_check(model: str, cycles: int = 20, *, device: str = "auto", new_tokens
                 faults += _fault_mid_stream(loaded, new_tokens)
             loaded.unload()
             del loaded, text_stream
-            _release_freed_memory()
+            release_freed_memory()
             rss.append(resident_memory_bytes())
             cuda.append(torch.cuda.memory_allocated() if torch.cuda.is_available() else 0)
             threads.append(threading.active_count())

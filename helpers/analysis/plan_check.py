@@ -7,12 +7,17 @@ import tempfile
 from collections.abc import Callable
 
 import torch
-from transformers import OPTForCausalLM
 
 from ..generation.run import generate
 from ..generation.settings import GenerationSettings
-from ..memory.measure import PeakMemory
-from ..opt.sizes import OPTSize
+from ..loading.model import load_model
+from ..loading.sources import size_of
+from ..memory.bytes import parse_bytes
+from ..memory.measure import PeakMemory, release_freed_memory
+from ..memory.planner import Budget, choose, plan
+from ..opt.random_weights import random_model
+from ..opt.sizes import OPTSize, find_size
+from ..opt.tokenizer import opt_tokenizer
 from .benchmark import hardware_facts, prompt_of_length
 
 # ------------------------------------------------------------------------------------------ plan checks
@@ -26,12 +31,6 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
     15 GiB in a bigger card), then compare the planner's predicted peak with the measured one: GPU
     memory allocated (first GPU) when the plan uses a GPU, else the growth of resident memory.
     `generation_method` is `generate()`'s (its default picks the static cache, compiled, on one GPU)."""
-    from ..loading.model import load_model
-    from ..loading.sources import size_of
-    from ..memory.bytes import parse_bytes
-    from ..memory.planner import Budget, choose, plan
-    from ..opt.sizes import find_size
-
     budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
                                cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))
     size = size_of(model)
@@ -43,21 +42,11 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget.gpu_bytes / total), 0)
     folder, tmp = model, None
     try:  # the temporary folder goes however this ends (an error, Ctrl-C, SIGTERM through helpers.signals)
-        if find_size(model) is not None:  # random weights in the size's shape, written once as safetensors
-            from ..opt.random_weights import random_model
-            from ..opt.tokenizer import opt_tokenizer
-
-            file_dtype = torch.float16 if uses_gpu else torch.float32  # as published, or as the CPU computes
-            progress(f"writing random {size.name} weights ({str(file_dtype)[6:]}) for the plan to load")
-            tmp = tempfile.TemporaryDirectory(prefix="opt-plan-")
-            net = random_model(size, dtype=file_dtype, device="cpu")
-            net.save_pretrained(tmp.name)
-            opt_tokenizer().save_pretrained(tmp.name)
+        if find_size(model) is not None:
+            tmp = _random_weights_folder(size, torch.float16 if uses_gpu else torch.float32, progress)
             folder = tmp.name
-            del net
-            gc.collect()
         _warm_up_imports()
-        _release_freed_memory()  # freed heap pages go back to the OS, so new allocations show in RSS
+        release_freed_memory()  # freed heap pages go back to the OS, so new allocations show in RSS
         progress(f"loading with plan {option.method}")
         with PeakMemory("cuda:0" if uses_gpu else "cpu") as peak:
             loaded = load_model(folder, plan=option.method, gpu_memory=gpu_memory, cpu_memory=cpu_memory,
@@ -86,21 +75,28 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
     }
 
 
-def _release_freed_memory() -> None:
-    from ..memory.measure import _release_freed_memory as release
-
-    release()
+def _random_weights_folder(size: OPTSize, dtype: torch.dtype, progress: Callable[[str], None]
+                           ) -> tempfile.TemporaryDirectory:
+    """Random weights in the size's shape, written once as safetensors: fp16 as published for a GPU plan,
+    fp32 (as the CPU computes) otherwise."""
+    progress(f"writing random {size.name} weights ({str(dtype)[6:]}) for the plan to load")
+    tmp = tempfile.TemporaryDirectory(prefix="opt-plan-")
+    try:
+        net = random_model(size, dtype=dtype, device="cpu")
+        net.save_pretrained(tmp.name)
+        opt_tokenizer().save_pretrained(tmp.name)
+    except BaseException:  # an error, Ctrl-C or SIGTERM while writing: the folder goes with it
+        tmp.cleanup()
+        raise
+    del net
+    gc.collect()
+    return tmp
 
 
 def _warm_up_imports() -> None:
     """Import what loading and generating import on first use, so the baseline is the process's own."""
-
-    from ..opt.random_weights import random_model
-    from ..opt.tokenizer import opt_tokenizer
-
     model = random_model(OPTSize("warm-up", 2, 4, 64, 256, 64, True), dtype=torch.float32)
     tokenizer = opt_tokenizer()
     generate(model, tokenizer, "warm up", GenerationSettings.greedy(max_new_tokens=2))
-    assert isinstance(model, OPTForCausalLM)
     del model, tokenizer
     gc.collect()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from ..units import human_count
+
 
 def _ran(results: list[dict]) -> list[dict]:
     return [r for r in results if not r.get("skipped")]
@@ -71,8 +73,6 @@ def metric_against_size(rows: list[dict], x: str, ys: list[str], series: str | N
         if log_x:
             axis.set_xscale("log")
         if x == "parameters":  # label the sizes themselves: 125.2M, 1.32B
-            from ..units import human_count
-
             ticks = sorted({r[x] for r in rows})
             axis.set_xticks(ticks, [human_count(t) for t in ticks])
             axis.minorticks_off()
@@ -106,19 +106,30 @@ def gpu_check_figure(summary: dict) -> Figure:
     """`make gpu-check`'s answers: peak GPU memory measured against the planner's prediction under the T4
     budget, resident memory while loading against a free Colab's RAM, and the CUDA memory (and resident
     memory) left after each load/unload cycle. A step that did not run says why in its panel."""
-    steps = summary["steps"]
     fig, (fits, ram, cycles) = plt.subplots(1, 3, figsize=(15, 4.6))
+    _fits_panel(fits, summary)
+    _ram_panel(ram, summary)
+    _cycles_panel(cycles, summary)
+    fig.suptitle(f"gpu-check ({summary['profile']}), {summary['started']}", fontsize=11)
+    fig.tight_layout()
+    return fig
 
-    def missing(axis, key: str) -> bool:
-        record = steps.get(key, {})
-        if record.get("status") == "ok":
-            return False
-        why = record.get("reason") or (record.get("error") or {}).get("message") or "not run"
-        axis.text(0.5, 0.5, f"{key}: {record.get('status', 'not run')}\n{why[:160]}", ha="center", va="center",
-                  wrap=True, fontsize=8, transform=axis.transAxes)
-        axis.set_axis_off()
-        return True
 
+def _missing(axis, steps: dict, key: str) -> bool:
+    """Whether the step did not run; if so, its panel says why."""
+    record = steps.get(key, {})
+    if record.get("status") == "ok":
+        return False
+    why = record.get("reason") or (record.get("error") or {}).get("message") or "not run"
+    axis.text(0.5, 0.5, f"{key}: {record.get('status', 'not run')}\n{why[:160]}", ha="center", va="center",
+              wrap=True, fontsize=8, transform=axis.transAxes)
+    axis.set_axis_off()
+    return True
+
+
+def _fits_panel(fits, summary: dict) -> None:
+    """Peak GPU memory, predicted and measured, of every fit attempt (out of memory hatched)."""
+    steps = summary["steps"]
     labels, predicted, measured, failed = [], [], [], []
     for key in ("medium-fit", "large-fit"):
         if steps.get(key, {}).get("status") != "ok":
@@ -150,32 +161,39 @@ def gpu_check_figure(summary: dict) -> Figure:
         fits.set_title("peak memory under the budget", fontsize=10)
         fits.legend(fontsize=7)
     else:
-        missing(fits, "medium-fit")
+        _missing(fits, steps, "medium-fit")
 
-    if not missing(ram, "medium-load-ram"):
-        result = steps["medium-load-ram"]["result"]
-        sampled = result["peak_sampled"]
-        names = ["peak resident", "of it anonymous", "of it file pages", "planner's RAM"]
-        values = [result["peak_resident_bytes"], sampled.get("RssAnon", 0), sampled.get("RssFile", 0),
-                  result.get("predicted_ram_bytes") or 0]
-        ram.barh(names, [v / 1e9 for v in values], color=["#3b7dd8", "#7aa6e6", "#b7cdf0", "#9a9a9a"])
-        ram.axvline(summary["colab_ram_bytes"] / 1e9, color="#b00020", linestyle="--", linewidth=1)
-        ram.text(summary["colab_ram_bytes"] / 1e9, 3.4, " free Colab", color="#b00020", fontsize=8, va="bottom")
-        ram.invert_yaxis()
-        ram.set_xlabel("GB")
-        ram.set_title(f"RAM while loading {steps['medium-load-ram']['model']} ({result['load_seconds']:.1f} s)",
-                      fontsize=10)
 
-    if not missing(cycles, "small-leaks"):
-        result = steps["small-leaks"]["result"]
-        n = range(1, len(result["resident_bytes_after_each"]) + 1)
-        cycles.plot(n, [b / 2**20 for b in result["resident_bytes_after_each"]], marker="o", label="resident")
-        cycles.plot(n, [b / 2**20 for b in result["cuda_allocated_bytes_after_each"]], marker="s",
-                    label="CUDA allocated")
-        cycles.set_xlabel("load / generate / unload cycle")
-        cycles.set_ylabel("MiB after the unload")
-        cycles.set_title(f"memory left after each cycle of {steps['small-leaks']['model']}", fontsize=10)
-        cycles.legend(fontsize=8)
-    fig.suptitle(f"gpu-check ({summary['profile']}), {summary['started']}", fontsize=11)
-    fig.tight_layout()
-    return fig
+def _ram_panel(ram, summary: dict) -> None:
+    """Resident memory while loading, by kind, against a free Colab's RAM."""
+    steps = summary["steps"]
+    if _missing(ram, steps, "medium-load-ram"):
+        return
+    result = steps["medium-load-ram"]["result"]
+    sampled = result["peak_sampled"]
+    names = ["peak resident", "of it anonymous", "of it file pages", "planner's RAM"]
+    values = [result["peak_resident_bytes"], sampled.get("RssAnon", 0), sampled.get("RssFile", 0),
+              result.get("predicted_ram_bytes") or 0]
+    ram.barh(names, [v / 1e9 for v in values], color=["#3b7dd8", "#7aa6e6", "#b7cdf0", "#9a9a9a"])
+    ram.axvline(summary["colab_ram_bytes"] / 1e9, color="#b00020", linestyle="--", linewidth=1)
+    ram.text(summary["colab_ram_bytes"] / 1e9, 3.4, " free Colab", color="#b00020", fontsize=8, va="bottom")
+    ram.invert_yaxis()
+    ram.set_xlabel("GB")
+    ram.set_title(f"RAM while loading {steps['medium-load-ram']['model']} ({result['load_seconds']:.1f} s)",
+                  fontsize=10)
+
+
+def _cycles_panel(cycles, summary: dict) -> None:
+    """Resident and CUDA memory left after each load/unload cycle."""
+    steps = summary["steps"]
+    if _missing(cycles, steps, "small-leaks"):
+        return
+    result = steps["small-leaks"]["result"]
+    n = range(1, len(result["resident_bytes_after_each"]) + 1)
+    cycles.plot(n, [b / 2**20 for b in result["resident_bytes_after_each"]], marker="o", label="resident")
+    cycles.plot(n, [b / 2**20 for b in result["cuda_allocated_bytes_after_each"]], marker="s",
+                label="CUDA allocated")
+    cycles.set_xlabel("load / generate / unload cycle")
+    cycles.set_ylabel("MiB after the unload")
+    cycles.set_title(f"memory left after each cycle of {steps['small-leaks']['model']}", fontsize=10)
+    cycles.legend(fontsize=8)

@@ -8,13 +8,13 @@ from transformers import OPTForCausalLM
 from ..errors import ModelLoadError
 from ..memory.bytes import parse_bytes
 from ..memory.dtypes import dtype_name, torch_dtype
-from ..memory.planner import Budget, Option, choose
+from ..memory.planner import Budget, Option, check_fits, choose, plain_method
 from ..memory.planner import plan as make_plan
 from ..opt.sizes import find_size
 from .sources import size_of
 
 
-def _plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_memory, context: int | None,
+def plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_memory, context: int | None,
               batch: int) -> Option:
     """The planner's choice for this model on this machine (or the given budgets)."""
     size = find_size(name) or size_of(source)
@@ -27,10 +27,8 @@ def _plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_
     return choose(options, method, model=size.name, budget=budget)
 
 
-def _check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtype, gpu_memory, cpu_memory,
+def check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtype, gpu_memory, cpu_memory,
                            context: int | None, batch: int) -> None:
-    from ..memory.planner import check_fits, plain_method
-
     method = plain_method(device, dtype_name(dtype))
     if method is None:
         return

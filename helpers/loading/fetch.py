@@ -1,4 +1,4 @@
-"""Getting model repositories: a git-lfs clone as the 2022 tutorial did, or a hub download with progress bars; files still left as Git LFS pointers are caught here, before anything tries to unpickle them."""
+"""Getting model repositories: a git-lfs clone (as the tutorial did) or a hub download, LFS pointers caught."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def find_lfs_pointers(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts and is_lfs_pointer(p))
 
 
-def _git_has_lfs() -> bool:
+def git_has_lfs() -> bool:
     if shutil.which("git") is None:
         return False
     return subprocess.run(["git", "lfs", "version"], capture_output=True).returncode == 0
@@ -99,7 +99,7 @@ def clone(repo: str, dest: str | Path, *, include: str | None = None) -> Path:
     dest = Path(dest)
     if shutil.which("git") is None:
         raise ModelLoadError("git is not installed. Install it (`apt-get install git`) or use fetch.download(...).")
-    if not _git_has_lfs():
+    if not git_has_lfs():
         raise ModelLoadError(
             "git-lfs is not installed, so a clone would hold pointer files instead of the weights. Install it "
             "(`apt-get install git-lfs`, or `brew install git-lfs`), or use helpers.loading.fetch.download(...), which needs no git."

@@ -16,17 +16,19 @@ from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ..errors import ModelLoadError, ModelUnloadedError
 from ..generation.backends.cpu_engine import drop_engine
+from ..generation.run import generate
+from ..generation.streaming import stream
 from ..memory.dtypes import dtype_name, resolve_dtype
-from ..memory.measure import _memory_now, _release_freed_memory, _weight_bytes, weight_tensors
+from ..memory.measure import memory_now, model_weight_bytes, release_freed_memory, weight_tensors
 from ..memory.planner import Option
 from ..opt.model_state import is_unloaded, mark_unloaded, model_device
 from ..opt.sizes import OPTSize, find_size, size_from_config
 from ..opt.tokenizer import load_tokenizer
 from ..units import human_bytes
-from .apply_plan import _check_plain_load_fits, _plan_for, load_arguments, quantize_dynamic_int8
+from .apply_plan import check_plain_load_fits, load_arguments, plan_for, quantize_dynamic_int8
 from .devices import resolve_device
 from .fetch import offline_message
-from .sources import _cached_snapshot, _check_opt_folder, _require_hub, resolve_source
+from .sources import cached_snapshot, check_opt_folder, require_hub, resolve_source
 
 
 @dataclass
@@ -75,14 +77,10 @@ class LoadedModel:
 
     def generate(self, prompt, settings=None, **kwargs):
         """`helpers.generate` with this model and tokenizer."""
-        from ..generation.run import generate
-
         return generate(self._require_model(), self.tokenizer, prompt, settings, **kwargs)
 
     def stream(self, prompt, settings=None, **kwargs):
         """`helpers.stream` with this model and tokenizer."""
-        from ..generation.streaming import stream
-
         return stream(self._require_model(), self.tokenizer, prompt, settings, **kwargs)
 
     def unload(self) -> None:
@@ -182,53 +180,19 @@ def load_model(
                              "chooses where each part of the model goes and in which precision.")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    source, local = resolve_source(name_or_path)
-    if not local:
-        cached = _cached_snapshot(source, revision)
-        if cached is not None:
-            source, local = cached, True
-        else:
-            _require_hub(source)
-    if local:
-        _check_opt_folder(source)
-
+    source, local = _located(name_or_path, revision)
     chosen, made_folder = None, None
     arguments = {"dtype": torch_dtype, "device_map": {"": device} if device != "cpu" else None}
     if plan is None:  # the device and dtype asked for: refuse before loading what the planner says cannot fit
-        _check_plain_load_fits(name_or_path, source, device, torch_dtype, gpu_memory, cpu_memory, context, batch)
-    if plan is not None:
-        chosen = _plan_for(name_or_path, source, local, plan, gpu_memory, cpu_memory, context, batch)
+        check_plain_load_fits(name_or_path, source, device, torch_dtype, gpu_memory, cpu_memory, context, batch)
+    else:
+        chosen = plan_for(name_or_path, source, local, plan, gpu_memory, cpu_memory, context, batch)
         arguments = load_arguments(chosen, offload_folder)
         made_folder = arguments.get("offload_folder") if offload_folder is None else None
         device = "cuda" if any(str(d).isdigit() for d in arguments.get("device_map", {}).values()) else "cpu"
-    start, before = time.perf_counter(), _memory_now(device)
+    start, before = time.perf_counter(), memory_now(device)
     try:
-        try:
-            tokenizer = load_tokenizer(source, local)
-            with _reporting_progress(progress):
-                # transformers would fill missing or misshapen weights with random values and only log it (or
-                # raise pointing at a report the silenced log never shows): ask for its findings and judge them
-                model, loading_info = OPTForCausalLM.from_pretrained(
-                    source, revision=revision, local_files_only=local, output_loading_info=True,
-                    ignore_mismatched_sizes=True, **arguments)
-            damage = _damage(loading_info)
-            if chosen is not None and chosen.dtype == "int8-dynamic" and not damage:
-                model = quantize_dynamic_int8(model)
-        except (torch.cuda.OutOfMemoryError, MemoryError):
-            raise
-        except Exception as exc:  # safetensors, pickle and hub clients each raise their own types
-            if local:
-                raise ModelLoadError(
-                    f"Could not load the model in {source}: {exc}. The folder may be incomplete or damaged; "
-                    "re-download or re-convert it."
-                ) from None
-            raise ModelLoadError(offline_message(source, f"the download failed ({exc})")) from None
-        if damage:
-            unload(model)
-            raise ModelLoadError(
-                f"The model in {source} is damaged: {damage}. Loading it would fill those weights with random "
-                "values. Re-download or re-convert the model (or fix config.json if it belongs to another model)."
-            )
+        model, tokenizer = _load_weights(source, local, revision, arguments, chosen, progress)
     except BaseException:  # a failed, refused or interrupted load leaves no offload folder behind
         if made_folder is not None:
             shutil.rmtree(made_folder, ignore_errors=True)
@@ -237,23 +201,67 @@ def load_model(
         weakref.finalize(model, shutil.rmtree, made_folder, True)
     model.eval()
     seconds = time.perf_counter() - start
-    size = find_size(name_or_path) or size_from_config(model.config, name=Path(source).name)
     placed = {str(d) for d in getattr(model, "hf_device_map", {}).values()}
     info = ModelInfo(
         plan=chosen,
         name=name_or_path,
         source=source,
-        size=size,
+        size=find_size(name_or_path) or size_from_config(model.config, name=Path(source).name),
         parameters=sum(t.numel() * (2 if t.dtype == torch.uint8 else 1) for t in weight_tensors(model)),
         dtype=_dtype_label(model, chosen),
         device=", ".join(sorted(placed)) if len(placed) > 1 or "disk" in placed else str(model_device(model)),
-        weight_bytes=_weight_bytes(model),
-        memory_used_bytes=max(0, _memory_now(device) - before),
+        weight_bytes=model_weight_bytes(model),
+        memory_used_bytes=max(0, memory_now(device) - before),
         load_seconds=seconds,
         offload_folder=made_folder,
     )
     return LoadedModel(model, tokenizer, info)
 
+
+def _located(name_or_path: str, revision: str | None) -> tuple[str, bool]:
+    """(where the model is, whether that is a local folder): a hub id already in the cache counts as local."""
+    source, local = resolve_source(name_or_path)
+    if not local:
+        cached = cached_snapshot(source, revision)
+        if cached is not None:
+            source, local = cached, True
+        else:
+            require_hub(source)
+    if local:
+        check_opt_folder(source)
+    return source, local
+
+
+def _load_weights(source: str, local: bool, revision: str | None, arguments: dict, chosen: Option | None,
+                  progress: Callable[[str, int, int | None], None] | None) -> tuple[OPTForCausalLM, PreTrainedTokenizerBase]:
+    """The tokenizer and the model, every weight it asks for present and in shape; failures as ModelLoadErrors."""
+    try:
+        tokenizer = load_tokenizer(source, local)
+        with _reporting_progress(progress):
+            # transformers would fill missing or misshapen weights with random values and only log it (or
+            # raise pointing at a report the silenced log never shows): ask for its findings and judge them
+            model, loading_info = OPTForCausalLM.from_pretrained(
+                source, revision=revision, local_files_only=local, output_loading_info=True,
+                ignore_mismatched_sizes=True, **arguments)
+        damage = _damage(loading_info)
+        if chosen is not None and chosen.dtype == "int8-dynamic" and not damage:
+            model = quantize_dynamic_int8(model)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:  # safetensors, pickle and hub clients each raise their own types
+        if local:
+            raise ModelLoadError(
+                f"Could not load the model in {source}: {exc}. The folder may be incomplete or damaged; "
+                "re-download or re-convert it."
+            ) from None
+        raise ModelLoadError(offline_message(source, f"the download failed ({exc})")) from None
+    if damage:
+        unload(model)
+        raise ModelLoadError(
+            f"The model in {source} is damaged: {damage}. Loading it would fill those weights with random "
+            "values. Re-download or re-convert the model (or fix config.json if it belongs to another model)."
+        )
+    return model, tokenizer
 
 def _layers_and_names(keys: list[str]) -> str:
     """'layers 2, 3 (fc1.weight, fc1.bias, ...)' for per-layer names; others listed as they are."""
@@ -326,4 +334,4 @@ def unload(model: torch.nn.Module | LoadedModel | None) -> None:
                     if tensor is not None:
                         store[key] = torch.empty(0, device="meta")
     mark_unloaded(model)
-    _release_freed_memory()
+    release_freed_memory()

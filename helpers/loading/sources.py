@@ -59,7 +59,7 @@ def resolve_source(name: str) -> tuple[str, bool]:
     )
 
 
-def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
+def cached_snapshot(repo_id: str, revision: str | None) -> str | None:
     """The local snapshot folder of a hub model if its config and weights are already cached."""
     from huggingface_hub import snapshot_download
 
@@ -71,7 +71,7 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
     return folder if has_weights and (Path(folder) / "config.json").is_file() else None
 
 
-def _check_opt_folder(folder: str) -> None:
+def check_opt_folder(folder: str) -> None:
     config_path = Path(folder) / "config.json"
     try:
         config = json.loads(config_path.read_text())
@@ -92,7 +92,7 @@ def _check_opt_folder(folder: str) -> None:
             raise ModelLoadError(lfs_pull_hint(weight))
 
 
-def _require_hub(repo_id: str) -> None:
+def require_hub(repo_id: str) -> None:
     """Raise the offline message now if the hub cannot be used, rather than a hub client's error later."""
     if hub_offline():
         raise ModelLoadError(offline_message(repo_id, "the hub is switched off here (HF_HUB_OFFLINE is set)"))
@@ -113,9 +113,9 @@ def size_of(name_or_path: str) -> OPTSize:
         return size
     source, local = resolve_source(name_or_path)
     if local:
-        _check_opt_folder(source)
-    elif _cached_snapshot(source, None) is None:
-        _require_hub(source)
+        check_opt_folder(source)
+    elif cached_snapshot(source, None) is None:
+        require_hub(source)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
     except Exception as exc:  # the hub client and the config parser raise their own types

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..opt.sizes import POSITION_OFFSET, OPTSize, layer_parameters, parameter_breakdown
-from .dtypes import BYTES_PER_ELEMENT, compute_bytes, dtype_name
+from .dtype_names import BYTES_PER_ELEMENT
+from .dtypes import compute_bytes, dtype_name
 
 # bitsandbytes stores one fp32 absmax per block of 64 4-bit weights (plus a small second level when
 # double quantization is on), and one fp32 scale per output row for LLM.int8().

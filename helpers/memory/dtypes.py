@@ -1,21 +1,14 @@
-"""The one dtype table: names, aliases, torch dtypes and bytes per element."""
+"""The one dtype table with torch: its torch dtypes, and names and aliases resolved to them."""
 
 from __future__ import annotations
 
 import torch
 
-# The one dtype table: each way of storing weights -> (the torch dtype the model computes and caches in,
-# bytes per stored element of the quantized matrices). bitsandbytes' int8/nf4/fp4 compute in fp16; torch's
-# dynamic int8 ("int8-dynamic", CPU only) in fp32.
-DTYPES: dict[str, tuple[torch.dtype, float]] = {
-    "float32": (torch.float32, 4), "float16": (torch.float16, 2), "bfloat16": (torch.bfloat16, 2),
-    "int8": (torch.float16, 1), "nf4": (torch.float16, 0.5), "fp4": (torch.float16, 0.5),
-    "int8-dynamic": (torch.float32, 1),
-}
-FLOAT_DTYPES = ("float32", "float16", "bfloat16")  # what a model can be loaded in without quantizing
-DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
-                 "8bit": "int8", "4bit": "nf4"}
-BYTES_PER_ELEMENT = {name: per for name, (_, per) in DTYPES.items()}
+from .dtype_names import DTYPE_ALIASES, FLOAT_DTYPES, STORAGE
+
+# The table of dtype_names with torch's dtypes: storage -> (the torch dtype it computes in, bytes per element).
+DTYPES: dict[str, tuple[torch.dtype, float]] = {name: (getattr(torch, compute), per)
+                                                for name, (compute, per) in STORAGE.items()}
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:

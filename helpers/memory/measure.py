@@ -1,13 +1,58 @@
-"""Measured memory: a model's weight tensors, the peak while a block runs, freed memory given back."""
+"""Measured memory: this process's figures, a model's weight tensors, the peak while a block runs, freeing."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import threading
 
 import torch
 
 from ..environment import resident_memory_bytes
+
+# ------------------------------------------------------------------------------------------ this process's figures
+
+
+def proc_status() -> dict[str, int]:
+    """This process's memory figures from /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile ...), in bytes
+    (empty where there is no /proc)."""
+    try:
+        with open("/proc/self/status") as handle:
+            lines = [line.split() for line in handle if line.startswith(("Vm", "Rss"))]
+    except OSError:
+        return {}
+    return {parts[0].rstrip(":"): int(parts[1]) * 1024 for parts in lines if len(parts) >= 2 and parts[1].isdigit()}
+
+
+class MemorySampler:
+    """Peaks of resident memory by kind, sampled every 20 ms while the block runs: pages of memory-mapped
+    weight files count in resident memory (reclaimable), anonymous memory is what the process holds. For
+    loading only: the thread competes for the GIL with what runs (see `PeakResidentMemory`)."""
+
+    FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+    def __enter__(self) -> MemorySampler:
+        self.peaks = dict.fromkeys(self.FIELDS, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            now = proc_status()
+            for key in self.FIELDS:
+                self.peaks[key] = max(self.peaks[key], now.get(key, 0))
+            if self._stop.wait(0.02):
+                return
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
+# ------------------------------------------------------------------------------------------ a model's weights and peaks
 
 
 def weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -28,11 +73,11 @@ def weight_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def _weight_bytes(model: torch.nn.Module) -> int:
+def model_weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in weight_tensors(model))
 
 
-def _memory_now(device: str) -> int:
+def memory_now(device: str) -> int:
     return torch.cuda.memory_allocated() if device.startswith("cuda") else resident_memory_bytes()
 
 
@@ -67,7 +112,7 @@ class PeakMemory:
         return self.bytes - self.baseline
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -75,17 +120,6 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _high_water_mark() -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 class PeakResidentMemory:
@@ -104,6 +138,6 @@ class PeakResidentMemory:
         return self
 
     def __exit__(self, *exc) -> bool:
-        mark = _high_water_mark() if self._hwm else None
-        self.peak = max(self.peak, resident_memory_bytes(), mark or 0)
+        mark = proc_status().get("VmHWM", 0) if self._hwm else 0
+        self.peak = max(self.peak, resident_memory_bytes(), mark)
         return False

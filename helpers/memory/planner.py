@@ -1,4 +1,4 @@
-"""What fits a memory budget: fp16/bf16, 8-bit and 4-bit, CPU or disk offload, several GPUs. Each option comes with its predicted peak GPU and CPU memory, an expected speed, and the loading arguments that apply it; `plan()` ranks them best first."""
+"""What fits a memory budget: each way to load a model, its predicted peaks and speed, ranked by `plan()`."""
 
 from __future__ import annotations
 

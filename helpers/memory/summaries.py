@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..environment import Environment, detect
 from ..opt.sizes import SIZES, OPTSize
 from ..units import human_bytes, human_count
@@ -21,8 +23,6 @@ KNOWN_MACHINES = {
 
 def best_rows(budget: Budget, sizes: list[str] | None = None, context: int = 2048, batch: int = 1) -> list[dict]:
     """One row per size: the plan that would load it on `budget`, or why none would."""
-    from ..opt.sizes import SIZES
-
     rows = []
     for name in sizes or list(SIZES):
         options = plan(name, budget, context=context, batch=batch)
@@ -49,36 +49,42 @@ def placement_summary(option: Option) -> dict[str, int]:
     return counts
 
 
-# Room kept free beside the weights for activations, the CUDA context and the allocator's slack.
-GPU_HEADROOM_BYTES = 1 << 30
+def _fp16_and_cpu(size: OPTSize, budget: Budget, context: int) -> tuple[Option, Option]:
+    """The planner's fp16-on-one-GPU option and its fp32-on-the-CPU one for `size` on `budget`. Without a GPU
+    the fp16 option is planned on a notional one as large as the RAM: what it needs does not depend on the
+    GPU's size."""
+    gpu_budget = budget if budget.gpus else replace(budget, gpus=1, gpu_bytes=budget.cpu_bytes)
+    fp16 = next(o for o in plan(size, gpu_budget, context=context) if o.method == "fp16")
+    cpu = next(o for o in plan(size, budget, context=context) if o.method == "fp32-cpu")
+    return fp16, cpu
 
 
-def fits_fp16(size: OPTSize, memory_bytes: int, context: int = 2048, headroom: int = GPU_HEADROOM_BYTES) -> bool:
-    """Whether a size's fp16 weights plus a full-context KV cache fit in `memory_bytes`."""
-    need = weight_bytes(size, "float16") + kv_cache_bytes_per_token(size, "float16") * context + headroom
-    return need <= memory_bytes
+def fits_fp16(size: OPTSize, memory_bytes: int, context: int = 2048, headroom: int = 0) -> bool:
+    """Whether a size in fp16 with a `context`-token KV cache fits a GPU of `memory_bytes` (`headroom` of it
+    kept free): the planner's fp16 verdict, with RAM left out of the question."""
+    budget = Budget(memory_bytes - headroom, 1, cpu_bytes=1 << 62)
+    return next(o for o in plan(size, budget, context=context) if o.method == "fp16").fits
 
 
 def fit_table(env: Environment | None = None, context: int = 2048) -> list[dict]:
     """One row per OPT size: what fp16 weights and a `context`-token KV cache need, whether that fits this
-    machine's first GPU, and whether the fp32 model fits the available RAM (for running on the CPU)."""
+    machine's first GPU, and whether the fp32 model fits the available RAM (for running on the CPU): the
+    planner's fp16 and fp32-cpu options on this machine's budget."""
     env = env or detect()
     gpu = env.gpus[0] if env.gpus else None
+    budget = Budget.of_machine(env)
     rows = []
     for size in SIZES.values():
-        weights = weight_bytes(size, "float16")
-        cache = kv_cache_bytes_per_token(size, "float16") * context
-        need = weights + cache + GPU_HEADROOM_BYTES
-        cpu_need = weight_bytes(size, "float32") + 2 * cache + GPU_HEADROOM_BYTES
+        fp16, cpu = _fp16_and_cpu(size, budget, context)
         rows.append(
             {
                 "model": size.name,
                 "parameters": human_count(size.parameter_count()),
-                "fp16 weights": human_bytes(weights),
-                f"KV cache @ {context}": human_bytes(cache),
-                "fp16 needs": human_bytes(need),
-                f"fits {gpu.name if gpu else 'a GPU'}": (need <= gpu.total_bytes) if gpu else "no GPU",
-                "fits RAM in fp32 (CPU)": cpu_need <= env.ram_available_bytes,
+                "fp16 weights": human_bytes(weight_bytes(size, "float16")),
+                f"KV cache @ {context}": human_bytes(kv_cache_bytes_per_token(size, "float16") * context),
+                "fp16 needs": human_bytes(fp16.needs_bytes),
+                f"fits {gpu.name if gpu else 'a GPU'}": fp16.fits if gpu else "no GPU",
+                "fits RAM in fp32 (CPU)": cpu.fits,
             }
         )
     return rows

@@ -1,4 +1,4 @@
-"""`make gpu-check`: one prepared measuring run on one GPU (random weights in the real OPT shapes) that answers what a Colab user asks (will it fit a T4, how much RAM does loading take, how fast, how long until the first word) and writes benchmarks/gpu-*.json and figures; `--dry-run` runs the same steps on the CPU, tiny shapes."""
+"""`make gpu-check`: one prepared measuring run on one GPU (`--dry-run`: the same steps on the CPU, tiny)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ..preflight import preflight
 from . import run as log
-from .jobs import _run_job
+from .jobs import run_job
 from .profile import DRY_RUN, GPU, STATUSES
 from .results import write_results
-from .run import _STARTED, Run, _log
+from .run import STARTED, Run, log_line
 from .steps import Check
 
 
@@ -31,14 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only: nothing to fetch, and no network there
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("GPU_CHECK_STARTED", str(_STARTED))
+    os.environ.setdefault("GPU_CHECK_STARTED", str(STARTED))
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     if args.job:
         log.LOG = Path(args.log) if args.log else None
-        return _run_job(Path(args.job))
+        return run_job(Path(args.job))
 
     try:
         return _check(args)
@@ -57,7 +57,7 @@ def _check(args: argparse.Namespace) -> int:
         run = Run(profile, out, Path(scratch), Path(args.wheels) if args.wheels else None,
                   profile.budget_seconds if args.budget is None else args.budget,
                   tuple(o.strip() for o in args.only.split(",") if o.strip()))
-        _log(f"gpu-check ({profile.name}): budget {run.budget:.0f} s, hard limit {run.hard_limit:.0f} s, out {out}")
+        log_line(f"gpu-check ({profile.name}): budget {run.budget:.0f} s, hard limit {run.hard_limit:.0f} s, out {out}")
         run.summary["packages"] = preflight(run.wheels, Path(scratch))
         from ..benchmark import hardware_facts
 
@@ -66,7 +66,7 @@ def _check(args: argparse.Namespace) -> int:
         if profile.device == "cuda" and not cuda:
             run.summary["error"] = "torch sees no CUDA GPU here: run with --dry-run, or on a GPU machine"
             run.write()
-            _log(run.summary["error"])
+            log_line(run.summary["error"])
             return 1
         check = Check(run)
         run.arm()
@@ -78,7 +78,7 @@ def _check(args: argparse.Namespace) -> int:
                 check._remove(role)
             write_results(run, check)
     counts = {s: sum(r["status"] == s for r in run.steps.values()) for s in STATUSES}
-    _log(f"done in {run.elapsed():.0f} s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    log_line(f"done in {run.elapsed():.0f} s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     return 0
 
 

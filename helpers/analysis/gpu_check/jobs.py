@@ -1,56 +1,16 @@
-"""The check's jobs, each run in a child process: loading RAM, a fit under the budget, a batch sweep; memory readings."""
+"""The check's jobs, each run in a child process: loading RAM, a fit under the budget, a batch sweep."""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ...memory.measure import MemorySampler, proc_status
 from ...opt.sizes import OPTSize
 from .profile import Unavailable
-from .run import _error, _log
-
-# ------------------------------------------------------------------------------------------ memory readings
-
-
-def proc_status() -> dict[str, int]:
-    """This process's memory figures from /proc/self/status, in bytes (empty where there is no /proc)."""
-    try:
-        with open("/proc/self/status") as handle:
-            lines = [line.split() for line in handle if line.startswith(("Vm", "Rss"))]
-    except OSError:
-        return {}
-    return {parts[0].rstrip(":"): int(parts[1]) * 1024 for parts in lines if len(parts) >= 2 and parts[1].isdigit()}
-
-
-class MemorySampler:
-    """Peaks of resident memory by kind, sampled every 20 ms while the block runs: pages of memory-mapped
-    weight files count in resident memory (reclaimable), anonymous memory is what the process holds."""
-
-    FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
-
-    def __enter__(self) -> MemorySampler:
-        self.peaks = dict.fromkeys(self.FIELDS, 0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="memory-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while True:
-            now = proc_status()
-            for key in self.FIELDS:
-                self.peaks[key] = max(self.peaks[key], now.get(key, 0))
-            if self._stop.wait(0.02):
-                return
-
-    def __exit__(self, *exc) -> bool:
-        self._stop.set()
-        self._thread.join()
-        return False
-
+from .run import error_record, log_line
 
 # ------------------------------------------------------------------------------------------ jobs (child processes)
 
@@ -89,7 +49,7 @@ def job_fit(folder: str, method: str, gpu_memory: int | None, context: int, new_
 
     try:
         result = check_plan(folder, method, gpu_memory=gpu_memory, prompt_tokens=context - new_tokens,
-                            new_tokens=new_tokens, generation_method=generation_method, progress=_log)
+                            new_tokens=new_tokens, generation_method=generation_method, progress=log_line)
     except Exception as exc:  # out of memory, also where a compiler wraps it in its own error
         if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) and "out of memory" not in str(exc).lower():
             raise
@@ -107,7 +67,7 @@ def job_sweep(size: dict, device: str, dtype: str, batches: list[int], new_token
     from ..benchmark import run_suite
 
     suite = run_suite(OPTSize(**size), ["generate"], device=device, dtype=dtype, batches=batches,
-                      new_tokens=new_tokens, repeats=repeats, progress=_log)
+                      new_tokens=new_tokens, repeats=repeats, progress=log_line)
     suite.write(report)
     return {"report": report, "bandwidth": suite.bandwidth,
             "rows": [_speed_row(m.as_dict()) for m in suite.measurements]}
@@ -123,7 +83,7 @@ def _speed_row(m: dict) -> dict:
     return {k: m.get(k) for k in keys}
 
 
-def _run_job(job_file: Path) -> int:
+def run_job(job_file: Path) -> int:
     """The child's side: run one job, write {status, result | reason | error} next to its arguments."""
     spec = json.loads(job_file.read_text())
     try:
@@ -131,6 +91,6 @@ def _run_job(job_file: Path) -> int:
     except Unavailable as exc:
         outcome = {"status": "unavailable", "reason": str(exc)}
     except BaseException as exc:  # recorded for the parent, whatever it is
-        outcome = {"status": "failed", "error": _error(exc)}
+        outcome = {"status": "failed", "error": error_record(exc)}
     Path(spec["result"]).write_text(json.dumps(outcome, default=str))
     return 0 if outcome["status"] == "ok" else 1

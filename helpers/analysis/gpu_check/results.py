@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .run import Run, _error
+from .run import Run, error_record
 from .steps import Check
 
 # ------------------------------------------------------------------------------------------ results
@@ -51,7 +51,7 @@ def write_results(run: Run, check: Check) -> None:
         try:
             figures[name] = make()
         except Exception as exc:  # a figure is a view of the JSON, which is written whatever happens here
-            figures[name] = {"error": _error(exc)}
+            figures[name] = {"error": error_record(exc)}
     run.summary["figures"] = figures
     run.write()
 

@@ -23,11 +23,11 @@ from .profile import COLAB_RAM_BYTES, COLAB_RAM_USED_AT_START_BYTES, SCHEMA, T4,
 
 
 LOG: Path | None = None
-_STARTED = float(os.environ.get("GPU_CHECK_STARTED", time.time()))  # a child's lines count from its parent's start
+STARTED = float(os.environ.get("GPU_CHECK_STARTED", time.time()))  # a child's lines count from its parent's start
 
 
-def _log(line: str) -> None:
-    text = f"[{time.time() - _STARTED:6.1f}s] {line}"
+def log_line(line: str) -> None:
+    text = f"[{time.time() - STARTED:6.1f}s] {line}"
     print(text, file=sys.stderr, flush=True)
     if LOG is not None:
         try:
@@ -37,7 +37,7 @@ def _log(line: str) -> None:
             pass
 
 
-def _error(exc: BaseException) -> dict:
+def error_record(exc: BaseException) -> dict:
     return {"type": type(exc).__name__, "message": str(exc)[:2000],
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]}
 
@@ -46,9 +46,9 @@ def _release() -> None:
     """Free what a finished step left: compiled graphs (and their CUDA graph pools), cached blocks."""
     if "torch._dynamo" in sys.modules:
         sys.modules["torch._dynamo"].reset()
-    from ...memory.measure import _release_freed_memory
+    from ...memory.measure import release_freed_memory
 
-    _release_freed_memory()
+    release_freed_memory()
 
 
 class Run:
@@ -117,7 +117,7 @@ class Run:
             record["reason"] = (f"time budget: {max(self.left(), 0):.0f} s of {self.budget:.0f} s left, "
                                 f"this step needs about {estimate:.0f} s")
         else:
-            _log(f"{key}: start ({self.left():.0f} s of the budget left)")
+            log_line(f"{key}: start ({self.left():.0f} s of the budget left)")
             start = time.monotonic()
             self.in_step = True
             try:
@@ -125,16 +125,16 @@ class Run:
             except Unavailable as exc:
                 record.update(status="unavailable", reason=str(exc))
             except (Exception, OutOfTime) as exc:  # one step's failure is recorded; the run goes on
-                record.update(status="failed", error=_error(exc))
+                record.update(status="failed", error=error_record(exc))
             finally:
                 self.in_step = False
                 record["seconds"] = time.monotonic() - start
                 try:
                     _release()
                 except Exception as exc:  # freeing memory must not end the run
-                    record["release_error"] = _error(exc)
-                record["cuda_allocated_after_bytes"] = _cuda_allocated()
-        _log(f"{key}: {record['status']} {record.get('reason') or (record.get('error') or {}).get('message', '')}"[:400])
+                    record["release_error"] = error_record(exc)
+                record["cuda_allocated_after_bytes"] = cuda_allocated()
+        log_line(f"{key}: {record['status']} {record.get('reason') or (record.get('error') or {}).get('message', '')}"[:400])
         self.write()
         return record
 
@@ -175,7 +175,7 @@ class ChildFailed(RuntimeError):
     """A job in a child process raised; its type, message and traceback are in the message."""
 
 
-def _cuda_allocated() -> int | None:
+def cuda_allocated() -> int | None:
     if "torch" not in sys.modules or not sys.modules["torch"].cuda.is_available():
         return None
     return sys.modules["torch"].cuda.memory_allocated()

@@ -9,7 +9,7 @@ from pathlib import Path
 from ...memory.bytes import weight_bytes
 from ...opt.sizes import OPTSize
 from .profile import COLAB_RAM_BYTES, COLAB_RAM_USED_AT_START_BYTES, T4, Unavailable
-from .run import Run, _cuda_allocated, _log
+from .run import Run, cuda_allocated, log_line
 
 # ------------------------------------------------------------------------------------------ the steps
 
@@ -68,8 +68,7 @@ class Check:
                                        batch=batch) if o.method == method), None)
         if option is None:
             return {"planner_peak_bytes": None, "planner_fits": None}
-        return {"planner_peak_bytes": option.gpu_bytes_each[0] if option.gpu_bytes_each else option.cpu_bytes,
-                "planner_fits": option.fits}
+        return {"planner_peak_bytes": option.predicted_peak_bytes, "planner_fits": option.fits}
 
     # ---- the medium model: fp16 under a T4's budget, loading RAM, the batch sweep
 
@@ -144,7 +143,7 @@ class Check:
 
         try:
             report = run_suite(str(self.folders["small"]), [name], device=self.p.device, dtype=self.p.dtype,
-                               new_tokens=self.p.new_tokens, repeats=self.p.repeats, progress=_log)
+                               new_tokens=self.p.new_tokens, repeats=self.p.repeats, progress=log_line)
         except ImportError as exc:  # transformers' words for a missing bitsandbytes
             raise Unavailable(f"{type(exc).__name__}: {exc}") from None
         report.model = f"{self.p.small.name} (random weights)"
@@ -157,8 +156,8 @@ class Check:
     def leaks(self) -> dict:
         from ..leaks import leak_check
 
-        before = _cuda_allocated()
-        result = leak_check(str(self.folders["small"]), self.p.leak_cycles, device=self.p.device, progress=_log)
+        before = cuda_allocated()
+        result = leak_check(str(self.folders["small"]), self.p.leak_cycles, device=self.p.device, progress=log_line)
         after = result["cuda_allocated_bytes_after_each"]
         result.update(cuda_allocated_before_bytes=before,
                       cuda_left_after_last_bytes=after[-1] - (before or 0) if after else None)
