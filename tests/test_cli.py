@@ -77,6 +77,22 @@ def test_greedy_with_sampling_flags_is_a_usage_error(tiny_pre_folder, capsys):
     assert code == 2 and "cannot be combined with --temperature" in capsys.readouterr().err
 
 
+def test_method_takes_every_backend_of_the_registry_and_refuses_others_before_loading(tiny_pre_folder, capsys):
+    from helpers.generation.backends.registry import ALIASES, method_names
+
+    model, tokenizer, _ = load_model(str(tiny_pre_folder))
+    for method in (*method_names(), *ALIASES):
+        code = main(["generate", "--model", str(tiny_pre_folder), "--greedy", "--max-new-tokens", "4", "--json",
+                     "--method", method, "Hello"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        expected = generate(model, tokenizer, "Hello", GenerationSettings.greedy(max_new_tokens=4), method=method)
+        assert json.loads(out)["token_ids"] == expected.token_ids
+    code = main(["generate", "--model", "./no/such/folder", "--method", "warp-drive", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Unknown method 'warp-drive'" in err and "cpu-fast" in err and "Loading" not in err
+
+
 def test_argparse_errors_exit_2():
     code, _, err = run_cli("generate", "x")
     assert code == 2 and "--model" in err and "Traceback" not in err

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import tiny_model
 
-import helpers.generation.run as generation
+import helpers.generation.backends.registry as registry
 from helpers.generation.backends.cpu_engine import CpuEngine, engine_for, supported
 from helpers.generation.run import generate
 from helpers.generation.settings import GenerationSettings
@@ -105,9 +105,9 @@ def test_auto_picks_by_device_and_batch(variant, tokenizer, monkeypatch):
     tiny.float()
     assert generate(tiny, tokenizer, "Hi", greedy).token_ids == generate(tiny, tokenizer, "Hi", greedy,
                                                                           method="cached").token_ids
-    monkeypatch.setattr(generation, "model_device", lambda model: torch.device("cuda"))
-    run = generation._Run(tiny, tokenizer, ["Hi"], greedy, False, 0, False, "auto")
-    assert run.method == "static"  # one prompt on a GPU: static cache, compiled by transformers
+    monkeypatch.setattr(registry, "model_device", lambda model: torch.device("cuda"))
+    assert registry.choose_backend("auto", tiny, greedy, 1).name == "static"  # one prompt on a GPU: compiled by transformers
+    assert registry.choose_backend("auto", tiny, greedy, 2).name == "cached"
 
 
 def test_cpu_fast_refuses_what_it_cannot_do(tiny, tokenizer):

@@ -12,6 +12,7 @@ import torch
 from transformers import OPTForCausalLM
 
 from ..memory.bytes import kv_cache_bytes_per_token
+from ..memory.measure import weight_tensors
 from ..opt.sizes import size_from_config
 
 # ------------------------------------------------------------------------------------------ bandwidth
@@ -21,12 +22,12 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
     """The median, like the decode timings it is compared with: a shared machine's occasional fast or
     slow pass moves neither."""
     fn()
-    _sync(device)
+    wait_for_device(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        wait_for_device(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -64,31 +65,24 @@ def measure_bandwidth(device: str | torch.device = "cpu", buffer_bytes: int = 1 
     return out
 
 
-def weight_tensors(model: OPTForCausalLM) -> list[torch.Tensor]:
-    """The tensors a decode step reads whole (tied ones once; not the position table)."""
+def _lookup_tables(model: OPTForCausalLM) -> list[torch.Tensor]:
+    """The tables a decode step reads one row of: positions, and the token table unless lm_head reads it whole."""
     positions = model.model.decoder.embed_positions.weight
-    seen, out = set(), []
-    for tensor in model.parameters():
-        if tensor.data_ptr() not in seen and tensor is not positions:
-            seen.add(tensor.data_ptr())
-            out.append(tensor.detach())
-    return out
+    tokens = model.get_input_embeddings().weight
+    tied = getattr(model.lm_head, "weight", None) is tokens
+    return [positions] + ([] if tied else [tokens])
+
+
+def tensors_read_whole(model: OPTForCausalLM) -> list[torch.Tensor]:
+    """The weight tensors a decode step reads whole (tied ones once): the bandwidth yardstick."""
+    lookups = _lookup_tables(model)
+    return [t.detach() for t in weight_tensors(model) if not any(t is table for table in lookups)]
 
 
 def _weight_bytes_read(model: OPTForCausalLM) -> int:
-    """Bytes of weights one decode step reads: every weight tensor once (tied ones once), but of the
-    position table and of an untied token table only one row."""
-    from ..memory.measure import weight_tensors
-
-    positions = model.model.decoder.embed_positions.weight
-    tokens = model.get_input_embeddings().weight
-    tied = getattr(model.lm_head, "weight", None) is tokens  # then the table is read whole, as lm_head
-    lookups = [positions] + ([] if tied else [tokens])
-    total = sum(t.shape[1] * t.element_size() for t in lookups)
-    for tensor in weight_tensors(model):
-        if not any(tensor is t for t in lookups):
-            total += tensor.numel() * tensor.element_size()
-    return total
+    """Bytes of weights one decode step reads: the tensors it reads whole, and one row of each lookup table."""
+    rows = sum(t.shape[1] * t.element_size() for t in _lookup_tables(model))
+    return rows + sum(t.numel() * t.element_size() for t in tensors_read_whole(model))
 
 
 def bytes_per_decode_step(model: OPTForCausalLM, context: float, batch: int) -> int:
@@ -101,6 +95,6 @@ def bytes_per_decode_step(model: OPTForCausalLM, context: float, batch: int) -> 
 # ------------------------------------------------------------------------------------------ methods
 
 
-def _sync(device: torch.device) -> None:
+def wait_for_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -9,14 +9,23 @@ from dataclasses import dataclass
 import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
+from ..generation.backends.registry import BACKENDS
 from ..generation.run import generate
 from ..generation.settings import GenerationSettings
-from ..memory.dtypes import dtype_name
+from ..loading.apply_plan import quantize_dynamic_int8
+from ..loading.devices import resolve_device
+from ..loading.model import load_model
+from ..loading.sources import size_of
+from ..memory.dtypes import dtype_name, resolve_dtype
+from ..memory.planner import Budget, check_fits, plain_method
 from ..opt.model_state import model_device
-from ..opt.sizes import OPTSize
+from ..opt.random_weights import random_model
+from ..opt.sizes import OPTSize, find_size
+from ..opt.tokenizer import opt_tokenizer
 
 
-def _via_generate(method: str) -> Callable:
+def via_generate(method: str) -> Callable:
+    """A benchmark run of `generate(method=...)`: greedy, exactly `new_tokens` tokens."""
     def run(model, tokenizer, prompts, new_tokens):
         settings = GenerationSettings.greedy(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         results = generate(model, tokenizer, prompts, settings, method=method)
@@ -32,8 +41,6 @@ def _plain_model_generate(model, tokenizer, prompts, new_tokens, **extra):
 
 
 def _int8_dynamic(context: BenchContext) -> OPTForCausalLM:
-    from ..loading.apply_plan import quantize_dynamic_int8
-
     return quantize_dynamic_int8(context.model, inplace=False)
 
 
@@ -63,17 +70,22 @@ class Method:
     default: bool = True  # in the default list on its devices
 
 
+# Every decoding backend is measured through generate(), under the name the benchmark's JSON already knows it by
+# (new backends: their own name), except two measured otherwise: 'generate' is cpu-fast on the CPU, and
+# 'hf-generate' times model.generate itself, without this package around it.
+_BENCH_NAMES = {"tutorial": "seed-loop", "cached": "cached-loop", "static": "static-cache"}
+_MEASURED_OTHERWISE = ("cpu-fast", "hf")
+
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("seed-loop", "the 2022 tutorial's loop: the whole sequence re-run each step", _via_generate("tutorial")),
-    Method("cached-loop", "the explicit cached loop: prefill, then one token a step", _via_generate("cached")),
+    *(Method(_BENCH_NAMES.get(name, name), backend.summary, via_generate(name))
+      for name, backend in BACKENDS.items() if name not in _MEASURED_OTHERWISE),
     Method("hf-generate", "plain model.generate, its defaults (dynamic cache)", _plain_model_generate),
-    Method("static-cache", "model.generate with a static cache (compiled on CUDA)", _via_generate("static")),
-    Method("generate", "helpers' generate(): the fastest correct method for the device", _via_generate("auto")),
+    Method("generate", "helpers' generate(): the fastest correct method for the device", via_generate("auto")),
     Method("int8-dynamic", "torch dynamic int8 quantization of every Linear, lm_head included",
-           _via_generate("auto"), devices=("cpu",), prepare=_int8_dynamic),
-    Method("bnb-int8", "bitsandbytes LLM.int8()", _via_generate("auto"), devices=("cuda",),
+           via_generate("auto"), devices=("cpu",), prepare=_int8_dynamic),
+    Method("bnb-int8", "bitsandbytes LLM.int8()", via_generate("auto"), devices=("cuda",),
            prepare=_bitsandbytes("int8")),
-    Method("bnb-nf4", "bitsandbytes 4-bit NF4", _via_generate("auto"), devices=("cuda",), prepare=_bitsandbytes("nf4")),
+    Method("bnb-nf4", "bitsandbytes 4-bit NF4", via_generate("auto"), devices=("cuda",), prepare=_bitsandbytes("nf4")),
 ]}
 
 
@@ -107,13 +119,6 @@ class BenchContext:
 
 def benchmark_model(model: str | OPTSize, device: str = "auto", dtype: str = "auto") -> BenchContext:
     """Random weights in a real OPT shape for a size name (or an `OPTSize`), else the model in a local folder."""
-    from ..loading.devices import resolve_device
-    from ..loading.model import load_model
-    from ..memory.dtypes import resolve_dtype
-    from ..opt.random_weights import random_model
-    from ..opt.sizes import find_size
-    from ..opt.tokenizer import opt_tokenizer
-
     device = resolve_device(device)
     size = model if isinstance(model, OPTSize) else find_size(model)
     if size is not None:
@@ -123,13 +128,8 @@ def benchmark_model(model: str | OPTSize, device: str = "auto", dtype: str = "au
     return BenchContext(loaded.model, loaded.tokenizer, model, source_folder=loaded.info.source)
 
 
-def _check_random_model_fits(model: str | OPTSize, device: str, dtype: str, *, context: int, batch: int) -> None:
+def check_random_model_fits(model: str | OPTSize, device: str, dtype: str, *, context: int, batch: int) -> None:
     """Before the model is made or loaded: refuse, with the planner's figures, what would not fit."""
-    from ..loading.devices import resolve_device
-    from ..loading.sources import size_of
-    from ..memory.dtypes import resolve_dtype
-    from ..memory.planner import Budget, check_fits, plain_method
-
     size = model if isinstance(model, OPTSize) else size_of(model)
     device = resolve_device(device)
     dtype = dtype_name(resolve_dtype(dtype, device))

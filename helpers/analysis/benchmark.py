@@ -1,4 +1,4 @@
-"""Timing harness: time to first token, decode tokens/s, peak memory and the fraction of the memory-bandwidth roofline for each decoding method, measured side by side in one run, with the quality cost of quantization."""
+"""The timing harness: first token, decode tokens/s, peak memory, roofline fraction and quantization's cost."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from ..memory.measure import PeakMemory
 from ..opt.model_state import model_device
 from ..opt.sizes import OPTSize
 from ..opt.tokenizer import encode_prompt
-from .bandwidth import _sync, bytes_per_decode_step, measure_bandwidth, weight_tensors
-from .bench_methods import METHODS, _check_random_model_fits, _via_generate, benchmark_model, default_methods
+from .bandwidth import bytes_per_decode_step, measure_bandwidth, tensors_read_whole, wait_for_device
+from .bench_methods import METHODS, benchmark_model, check_random_model_fits, default_methods, via_generate
 
 SCHEMA = "opt-notebooks/bench/v1"
 
@@ -121,40 +121,10 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     first_tokens = new_tokens if device.type == "cuda" else min(new_tokens, 4)
     first_seconds = first_ttft = None
     if warmup:  # on a GPU the whole length: compiled static-cache graphs are specialised to it
-        _sync(device)
-        start = time.perf_counter()
-        _, first_ttft = run(model, tokenizer, prompts, first_tokens)
-        _sync(device)
-        first_seconds = time.perf_counter() - start
+        first_seconds, _, first_ttft = _timed(run, model, tokenizer, prompts, first_tokens)
     gc.collect()
-    seconds, ttfts, ids, bandwidths, peaks = [], [], [], [], []
-
-    def bandwidth_now() -> float:  # its buffer is not the method's memory: measured outside the peak
-        return measure_bandwidth(device, buffer_bytes=512 << 20, tensors=bandwidth_tensors)["bytes_per_second"]
-
-    before = bandwidth_now() if bandwidth == "each" else None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        with PeakMemory(device) as peak:
-            _sync(device)
-            start = time.perf_counter()
-            ids, ttft = run(model, tokenizer, prompts, new_tokens)
-            _sync(device)
-            seconds.append(time.perf_counter() - start)
-        peaks.append(peak.bytes)
-        if before is not None:  # a shared machine's bandwidth drifts: the run gets the mean of both sides
-            after = bandwidth_now()
-            bandwidths.append((before + after) / 2)
-            before = after
-        if ttft is not None:
-            ttfts.append(ttft)
-    if not ttfts:  # plain model.generate exposes no steps: time a one-token call instead
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(model, tokenizer, prompts, 1)
-            _sync(device)
-            ttfts.append(time.perf_counter() - start)
+    seconds, ttfts, ids, bandwidths, peaks = _timed_runs(run, model, tokenizer, prompts, new_tokens, repeats,
+                                                        bandwidth == "each", bandwidth_tensors)
     if bandwidth != "each":
         bandwidths = [bandwidth] * repeats if bandwidth else []
     total = statistics.median(seconds)
@@ -176,6 +146,46 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
         first_call_seconds=first_seconds, first_call_new_tokens=first_tokens if warmup else None,
         first_call_time_to_first_token=first_ttft, first_call_extra_seconds=first_extra,
     )
+
+
+def _timed(run: Callable, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+           new_tokens: int) -> tuple[float, list[list[int]], float | None]:
+    """(seconds, token ids, time to first token as the method saw it) of one call, the device waited for."""
+    device = model_device(model)
+    wait_for_device(device)
+    start = time.perf_counter()
+    ids, ttft = run(model, tokenizer, prompts, new_tokens)
+    wait_for_device(device)
+    return time.perf_counter() - start, ids, ttft
+
+
+def _timed_runs(run: Callable, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                new_tokens: int, repeats: int, pair_bandwidth: bool, bandwidth_tensors: list[torch.Tensor] | None):
+    """`repeats` timed calls, each with its peak memory; with `pair_bandwidth` each is paired with the mean of
+    the bandwidths (over `bandwidth_tensors`) measured just before and just after it."""
+    device = model_device(model)
+    seconds, ttfts, ids, bandwidths, peaks = [], [], [], [], []
+
+    def bandwidth_now() -> float:  # its buffer is not the method's memory: measured outside the peak
+        return measure_bandwidth(device, buffer_bytes=512 << 20, tensors=bandwidth_tensors)["bytes_per_second"]
+
+    before = bandwidth_now() if pair_bandwidth else None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        with PeakMemory(device) as peak:
+            took, ids, ttft = _timed(run, model, tokenizer, prompts, new_tokens)
+        seconds.append(took)
+        peaks.append(peak.bytes)
+        if before is not None:  # a shared machine's bandwidth drifts: the run gets the mean of both sides
+            after = bandwidth_now()
+            bandwidths.append((before + after) / 2)
+            before = after
+        if ttft is not None:
+            ttfts.append(ttft)
+    if not ttfts:  # plain model.generate exposes no steps: time a one-token call instead
+        ttfts = [_timed(run, model, tokenizer, prompts, 1)[0] for _ in range(repeats)]
+    return seconds, ttfts, ids, bandwidths, peaks
 
 
 # ------------------------------------------------------------------------------------------ a run
@@ -283,18 +293,18 @@ def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device:
               progress: Callable[[str], None] = lambda line: None) -> Report:
     """Measure every method at every batch size on the same model, in one process; quantized methods
     also get their quality against the unquantized model."""
-    _check_random_model_fits(model, device, dtype, context=prompt_tokens + new_tokens, batch=max(batches))
+    check_random_model_fits(model, device, dtype, context=prompt_tokens + new_tokens, batch=max(batches))
     context = benchmark_model(model, device, dtype)
     net, tokenizer = context.model, context.tokenizer
     device_type = model_device(net).type
     methods = methods or default_methods(device_type)
     progress("measuring the memory bandwidth")
-    yardstick = weight_tensors(net) if device_type == "cpu" else None
+    yardstick = tensors_read_whole(net) if device_type == "cpu" else None
     bandwidth = measure_bandwidth(model_device(net), tensors=yardstick)
     prompt = prompt_of_length(tokenizer, prompt_tokens)
     reference = None
     if any(METHODS[m].prepare for m in methods):  # the unquantized greedy continuation quality is judged on
-        reference = _via_generate("cached")(net, tokenizer, [prompt], new_tokens)[0][0]  # the same tokens, uncompiled
+        reference = via_generate("cached")(net, tokenizer, [prompt], new_tokens)[0][0]  # the same tokens, uncompiled
     measurements = []
     try:
         for method in methods:

@@ -1,4 +1,4 @@
-"""The comparison notebooks' runs: the 2022 tutorial's prompts across sizes, decoding strategies side by side, and the tutorial's own conditions (greedy, no BOS, no final layer norm) taken apart, each run measured."""
+"""The comparison notebooks' runs: sizes, decoding strategies and the tutorial's own conditions, measured."""
 
 from __future__ import annotations
 
@@ -15,9 +15,14 @@ from ..errors import HelpersError
 from ..generation.backends.loops import decode
 from ..generation.run import generate
 from ..generation.settings import PRESETS, GenerationSettings
+from ..loading.devices import resolve_device
+from ..loading.model import load_model, unload
+from ..loading.sources import size_of
 from ..memory.measure import PeakMemory
+from ..memory.planner import Budget, plan
 from ..opt.model_state import model_device
-from ..opt.tokenizer import encode_prompt
+from ..opt.random_weights import random_model
+from ..opt.tokenizer import encode_prompt, opt_tokenizer
 from .metrics import perplexity, repetition
 
 TUTORIAL_PROMPTS = [
@@ -54,13 +59,7 @@ class Subject:
 def loaded(name: str, *, random_weights: bool = False, device: str = "auto") -> Iterator[Subject]:
     """A model for one comparison round, unloaded afterwards: a size, a hub id or a folder; or, with
     `random_weights`, random weights in a size's real shape (speed and memory are real, text is not)."""
-    from ..loading.devices import resolve_device
-    from ..loading.model import load_model, unload
-    from ..opt.tokenizer import opt_tokenizer
-
     if random_weights:
-        from ..opt.random_weights import random_model
-
         target = resolve_device(device)
         model = random_model(name, dtype=torch.float32 if target == "cpu" else torch.float16, device=target)
         subject = Subject(name, model, opt_tokenizer(), sum(p.numel() for p in model.parameters()),
@@ -92,9 +91,6 @@ def _row(subject: Subject, label: str, result, peak: int | None = None) -> dict:
 def fitting(models: list[str], exclude: tuple[str, ...] = ("disk-offload",)) -> tuple[list[str], dict[str, str]]:
     """The models this machine can run usefully (a memory plan other than `exclude` fits), and why the
     others are left out."""
-    from ..loading.sources import size_of
-    from ..memory.planner import Budget, plan
-
     budget, keep, left_out = Budget.of_machine(), [], {}
     for name in models:
         try:

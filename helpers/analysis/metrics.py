@@ -1,4 +1,4 @@
-"""Measures of generated text: repetition and degeneration (distinct-n, repeated n-grams, the longest loop), per-token log-probabilities and perplexity under a model (sliding windows past 2048 tokens)."""
+"""Measures of generated text: repetition, degeneration, log-probabilities and perplexity under a model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ..generation.scoring import token_logprobs
+from ..opt.tokenizer import encode_prompt
 
 
 def ngrams(tokens: Sequence, n: int) -> list[tuple]:
@@ -81,11 +82,9 @@ def repetition(tokens: Sequence) -> Repetition:
 
 
 def perplexity(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, text: str, *, context: str = "",
-               window: int | None = None, stride: int = 512) -> float:
+               window: int | None = None, stride: int | None = None) -> float:
     """exp(mean negative log-likelihood) of `text`'s tokens under `model`, after `context` (a prompt
     whose tokens are conditioned on but not scored)."""
-    from ..opt.tokenizer import encode_prompt
-
     prefix = encode_prompt(tokenizer, context)
     body = tokenizer(text, add_special_tokens=False).input_ids
     if not body:

@@ -1,4 +1,4 @@
-"""What a machine has before a measuring run (package versions against the project's requirements, the CUDA device) and the carried wheels it lacks, installed offline."""
+"""A measuring run's first check: package versions, the CUDA device, and carried wheels installed offline."""
 
 from __future__ import annotations
 

@@ -7,11 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from .common import UsageError, _check_outputs, _quiet_libraries
+from ..memory.dtype_names import DTYPE_CHOICES
+from .common import UsageError, check_outputs, quiet_libraries
 
 # ---------------------------------------------------------------------------------------------- bench
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     from ..analysis.bench_methods import METHODS
 
     p = sub.add_parser(
@@ -25,7 +26,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="opt-125m", metavar="SIZE_OR_PATH",
                    help="an OPT size (random weights in its shape; default opt-125m) or a local model folder")
     p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="auto: float16 on a GPU, float32 on the CPU")
     p.add_argument("--batch", default="1", metavar="B[,B...]", help="batch size(s), e.g. 1,2,4,8 for a sweep")
     p.add_argument("--prompt-tokens", type=int, default=10, metavar="N")
@@ -53,8 +54,8 @@ def _run_bench(args: argparse.Namespace) -> int:
                         ("--new-tokens", args.new_tokens), ("--repeats", args.repeats)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
-    _check_outputs((args.json, "--json", False), (args.plot, "--plot", True))
-    _quiet_libraries()
+    check_outputs((args.json, "--json", False), (args.plot, "--plot", True))
+    quiet_libraries()
     from ..analysis.benchmark import run_suite
     from ..analysis.tables import text_table
 
@@ -79,7 +80,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- leaks
 
-def _add_leaks(sub: argparse._SubParsersAction) -> None:
+def add_leaks_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "leaks",
         help="load, generate and unload a model many times and record the memory left behind",
@@ -97,8 +98,8 @@ def _add_leaks(sub: argparse._SubParsersAction) -> None:
 def _run_leaks(args: argparse.Namespace) -> int:
     if args.cycles < 2:
         raise UsageError("--cycles must be at least 2 (growth is measured from the first cycle on)")
-    _check_outputs((args.out, "--out", False))
-    _quiet_libraries()
+    check_outputs((args.out, "--out", False))
+    quiet_libraries()
     from ..analysis.leaks import leak_check
     from ..units import human_bytes
 

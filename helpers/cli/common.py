@@ -16,7 +16,7 @@ class UsageError(Exception):
     """Flags that cannot go together; reported like argparse's own errors."""
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
@@ -25,7 +25,7 @@ def _quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def _stdout_takes_unicode() -> bool:
+def stdout_takes_unicode() -> bool:
     """Whether standard output's encoding can write any text (PYTHONIOENCODING=ascii, a latin-1 terminal cannot)."""
     try:
         "é€😀".encode(getattr(sys.stdout, "encoding", None) or "utf-8")
@@ -34,12 +34,12 @@ def _stdout_takes_unicode() -> bool:
     return True
 
 
-def _print_json(data: dict) -> None:
-    json.dump(data, sys.stdout, ensure_ascii=not _stdout_takes_unicode(), indent=2)  # \u escapes are still exact JSON
+def print_json(data: dict) -> None:
+    json.dump(data, sys.stdout, ensure_ascii=not stdout_takes_unicode(), indent=2)  # \u escapes are still exact JSON
     sys.stdout.write("\n")
 
 
-def _read_prompt(prompt: str) -> str:
+def read_prompt(prompt: str) -> str:
     if prompt != "-":
         return prompt
     if sys.stdin is None or sys.stdin.closed:
@@ -47,7 +47,7 @@ def _read_prompt(prompt: str) -> str:
     return sys.stdin.read()
 
 
-def _memory_flags(args: argparse.Namespace) -> tuple[int | None, int | None]:
+def memory_flags(args: argparse.Namespace) -> tuple[int | None, int | None]:
     """--gpu-memory and --cpu-memory in bytes, checked before anything loads."""
     from ..memory.bytes import parse_bytes
 
@@ -57,7 +57,7 @@ def _memory_flags(args: argparse.Namespace) -> tuple[int | None, int | None]:
         raise UsageError(str(exc)) from None
 
 
-def _check_outputs(*outputs: tuple[str | None, str, bool]) -> None:
+def check_outputs(*outputs: tuple[str | None, str, bool]) -> None:
     """(path, flag, is a figure) for each file the command will write: checked before the work starts."""
     from .outputs import check_output_file
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import _print_json, _quiet_libraries
+from ..memory.dtype_names import FLOAT_DTYPES
+from .common import print_json, quiet_libraries
 
 # ---------------------------------------------------------------------------------------------- convert-metaseq
 
-def _add_convert(sub: argparse._SubParsersAction) -> None:
+def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert-metaseq",
         help="convert an original metaseq OPT checkpoint to a Hugging Face folder",
@@ -21,20 +22,20 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", metavar="DST", help="the folder to write (created; see --overwrite)")
     p.add_argument("--size", metavar="NAME", help="the OPT size it comes from (opt-125m ... opt-66b), when it has no cfg")
     p.add_argument("--num-heads", type=int, metavar="N", help="the attention head count, when it has no cfg and no --size")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="convert the weights (default: keep)")
+    p.add_argument("--dtype", choices=FLOAT_DTYPES, help="convert the weights (default: keep)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it holds an earlier conversion (and nothing else)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     p.set_defaults(run=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     from ..metaseq import convert
 
     report = convert(args.src, args.dst, size=args.size, num_heads=args.num_heads, dtype=args.dtype,
                      overwrite=args.overwrite, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
         return 0
     arch = report.architecture  # the notes were printed as they came (progress)
     print(f"Converted {report.layout} checkpoint ({arch['layers']} layers, d_model {arch['d_model']}, "

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from .common import UsageError, _memory_flags, _print_json, _quiet_libraries, _read_prompt, _stdout_takes_unicode
+from ..memory.dtype_names import DTYPE_CHOICES
+from .common import UsageError, memory_flags, print_json, quiet_libraries, read_prompt, stdout_takes_unicode
+
+if TYPE_CHECKING:  # torch-free at import: --help needs none of it
+    from ..generation.results import GenerationResult
+    from ..generation.streaming import TextStream
 
 # ---------------------------------------------------------------------------------------------- generate
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
+def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate a continuation of a prompt",
@@ -32,7 +38,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed for sampling (printed when not given)")
     p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="auto: float16 on a GPU, float32 on the CPU")
     p.add_argument("--plan", metavar="P", help="memory plan: auto (the default with --device/--dtype auto), fp16, "
                                                "int8, nf4, fp16-cpu-offload, ... (see `python -m helpers plan`)")
@@ -41,8 +47,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logprobs", type=int, default=0, metavar="K",
                    help="with --json: each token's log-probability and its K most likely alternatives")
     p.add_argument("--truncate", action="store_true", help="drop the start of a prompt longer than the context")
-    p.add_argument("--method", default="auto", choices=["auto", "cached", "hf", "tutorial", "seed"],
-                   help=argparse.SUPPRESS)
+    p.add_argument("--method", default="auto", help=argparse.SUPPRESS)  # checked against the backends' registry
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(run=_run_generate)
 
@@ -84,9 +89,16 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.logprobs and not args.json:
         raise UsageError("--logprobs lists numbers per token: use it with --json.")
     check_top_logprobs(args.logprobs, "--logprobs")
-    _memory_flags(args)
-    prompt = _read_prompt(args.prompt)
-    _quiet_libraries()
+    memory_flags(args)
+    from ..errors import SettingsError
+    from ..generation.backends.registry import check_method
+
+    try:  # before the prompt is read (it may be all of standard input)
+        check_method(args.method)
+    except SettingsError as exc:
+        raise UsageError(f"--method: {exc}") from None
+    prompt = read_prompt(args.prompt)
+    quiet_libraries()
     from ..generation.run import generate
     from ..generation.streaming import stream
     from ..loading.devices import resolve_device
@@ -105,11 +117,26 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.json:
         result = generate(model, tokenizer, prompt, settings, logprobs=args.logprobs > 0,
                           top_logprobs=args.logprobs, **common)
-        _print_json({**result.as_dict(), "model": args.model, "source": info.source, "device": info.device,
+        print_json({**result.as_dict(), "model": args.model, "source": info.source, "device": info.device,
                      "dtype": info.dtype})
         return 0
-    text_stream = stream(model, tokenizer, prompt, settings, **common)
-    unicode_ok = _stdout_takes_unicode()
+    result = _stream_to_terminal(stream(model, tokenizer, prompt, settings, **common), prompt)
+    seed = f", seed {result.settings.seed}" if result.settings.samples else ""
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"[{result.timings.new_tokens} tokens in {result.timings.total_seconds:.2f} s, "
+        f"{result.timings.tokens_per_second:.1f} tokens/s, first token after "
+        f"{result.timings.time_to_first_token or 0:.2f} s, {result.settings.mode}{seed}, "
+        f"finished: {result.finish_reason}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _stream_to_terminal(text_stream: TextStream, prompt: str) -> GenerationResult:
+    """The prompt, then the continuation as it comes; characters stdout cannot show as escapes, said so."""
+    unicode_ok = stdout_takes_unicode()
     if not unicode_ok and hasattr(sys.stdout, "reconfigure"):  # write what it cannot show as \u escapes
         sys.stdout.reconfigure(errors="backslashreplace")
     sys.stdout.write(prompt)
@@ -122,14 +149,4 @@ def _run_generate(args: argparse.Namespace) -> int:
     if not unicode_ok and not (prompt + result.text).isascii():
         print(f"note: standard output's encoding ({sys.stdout.encoding}) cannot show some of this text, so those "
               "characters were written as backslash escapes (\\xe9, \\u200e). Set PYTHONIOENCODING=utf-8, or use --json.", file=sys.stderr)
-    seed = f", seed {result.settings.seed}" if result.settings.mode in ("sample", "beam-sample") else ""
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(
-        f"[{result.timings.new_tokens} tokens in {result.timings.total_seconds:.2f} s, "
-        f"{result.timings.tokens_per_second:.1f} tokens/s, first token after "
-        f"{result.timings.time_to_first_token or 0:.2f} s, {result.settings.mode}{seed}, "
-        f"finished: {result.finish_reason}]",
-        file=sys.stderr,
-    )
-    return 0
+    return result

@@ -8,16 +8,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import HelpersError
-from .bench import _add_bench, _add_leaks
+from .bench import add_bench_parser, add_leaks_parser
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from .convert import _add_convert
-from .generate import _add_generate
-from .plan import _add_plan
+from .convert import add_convert_parser
+from .generate import add_generate_parser
+from .plan import add_plan_parser
 
 # ---------------------------------------------------------------------------------------------- main
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_generate, _add_convert, _add_plan, _add_bench,
-                                                                    _add_leaks]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate_parser, add_convert_parser, add_plan_parser, add_bench_parser,
+                                                                    add_leaks_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

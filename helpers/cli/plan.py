@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from ..errors import HelpersError
-from .common import EXIT_ERROR, UsageError, _check_outputs, _memory_flags, _print_json, _quiet_libraries
+from .common import EXIT_ERROR, UsageError, check_outputs, memory_flags, print_json, quiet_libraries
 
 # ---------------------------------------------------------------------------------------------- plan
 
-def _add_plan(sub: argparse._SubParsersAction) -> None:
+def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan",
         help="list the ways to fit a model in memory, best first",
@@ -40,15 +40,15 @@ def _run_plan(args: argparse.Namespace) -> int:
     from ..memory.planner import Budget, plan
     from ..units import human_bytes
 
-    gpu, cpu = _memory_flags(args)
+    gpu, cpu = memory_flags(args)
     gpus = args.gpus if args.gpus is not None else (1 if gpu and not _gpu_count() else None)
     try:
         budget = Budget.of_machine(gpu_bytes=gpu, gpus=gpus, cpu_bytes=cpu)
     except ValueError as exc:
         raise UsageError(f"--gpus: {exc}") from None
     if args.check:
-        _check_outputs((args.out, "--out", False))
-        _quiet_libraries()
+        check_outputs((args.out, "--out", False))
+        quiet_libraries()
         from ..analysis.plan_check import check_plan
 
         result = check_plan(args.model, args.method, gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory,
@@ -69,7 +69,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     usable = [o for o in options if o.usable]
     if args.json:
-        _print_json({"model": size.name, "budget": {"gpu_bytes": budget.gpu_bytes, "gpus": budget.gpus,
+        print_json({"model": size.name, "budget": {"gpu_bytes": budget.gpu_bytes, "gpus": budget.gpus,
                                                     "cpu_bytes": budget.cpu_bytes},
                      "context": args.context, "batch": args.batch, "options": [o.as_dict() for o in options]})
     else:

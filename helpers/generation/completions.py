@@ -87,24 +87,10 @@ def complete(
         {"id", "object": "text_completion", "created", "model", "choices": [{"text", "index",
         "logprobs", "finish_reason"}], "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}.
     """
-    if isinstance(prompt, str):
-        prompts = [prompt]
-    elif isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
-        prompts = list(prompt)
-    else:
-        raise PromptError(f"prompt must be a string or a list of strings, got {_kind(prompt)}.")
+    prompts = _prompts(prompt)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     best_of = n if best_of is None else best_of
-    for name, value, low in (("n", n, 1), ("best_of", best_of, 1), ("max_tokens", max_tokens, 1),
-                             ("min_tokens", min_tokens, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise SettingsError(f"{name} must be a whole number of at least {low} (got {value!r}).")
-    if best_of < n:
-        raise SettingsError(f"best_of ({best_of}) must be at least n ({n}): it is how many candidates n are picked from.")
-    if logprobs is not None:
-        check_top_logprobs(logprobs, "logprobs")
-    if len(stops) > MAX_STOPS:
-        raise SettingsError(f"At most {MAX_STOPS} stop strings (got {len(stops)}).")
+    _check_request(n, best_of, max_tokens, min_tokens, logprobs, stops)
     if not prompts:
         raise SettingsError("No prompt was given.")
     if seed is None and temperature:
@@ -134,6 +120,29 @@ def complete(
         "usage": {"prompt_tokens": usage_prompt, "completion_tokens": usage_completion,
                   "total_tokens": usage_prompt + usage_completion},
     }
+
+
+def _prompts(prompt) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise PromptError(f"prompt must be a string or a list of strings, got {_kind(prompt)}.")
+
+
+def _check_request(n: int, best_of: int, max_tokens: int, min_tokens: int, logprobs: int | None,
+                   stops: list[str]) -> None:
+    """The hosted API's limits, as SettingsErrors a user can act on."""
+    for name, value, low in (("n", n, 1), ("best_of", best_of, 1), ("max_tokens", max_tokens, 1),
+                             ("min_tokens", min_tokens, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise SettingsError(f"{name} must be a whole number of at least {low} (got {value!r}).")
+    if best_of < n:
+        raise SettingsError(f"best_of ({best_of}) must be at least n ({n}): it is how many candidates n are picked from.")
+    if logprobs is not None:
+        check_top_logprobs(logprobs, "logprobs")
+    if len(stops) > MAX_STOPS:
+        raise SettingsError(f"At most {MAX_STOPS} stop strings (got {len(stops)}).")
 
 
 def _kind(value) -> str:

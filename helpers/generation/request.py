@@ -1,17 +1,13 @@
-"""A generation request: the methods, prompts fitted to the context and padded, settings fixed."""
+"""A generation request's checks: a prompt fitted to the context, the settings with the call's changes."""
 
 from __future__ import annotations
 
-import torch
-
 from ..errors import PromptError, SettingsError
-from ..opt.sizes import BOS_TOKEN_ID, PAD_TOKEN_ID
+from ..opt.sizes import BOS_TOKEN_ID
 from .settings import GenerationSettings
 
-METHODS = ("auto", "cached", "cpu-fast", "static", "hf", "tutorial")
 
-
-def _fit_context(ids: list[int], limit: int, truncate: bool) -> tuple[list[int], str | None]:
+def fit_context(ids: list[int], limit: int, truncate: bool) -> tuple[list[int], str | None]:
     """Keep a prompt inside the model's positions, leaving room for at least one new token."""
     room = limit - 1
     if len(ids) <= room:
@@ -26,17 +22,7 @@ def _fit_context(ids: list[int], limit: int, truncate: bool) -> tuple[list[int],
     return kept, f"The prompt was {len(ids)} tokens; its first {len(ids) - len(kept)} tokens were dropped to fit {limit} positions."
 
 
-def _pad_left(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD_TOKEN_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _settings(settings: GenerationSettings | None, changes: dict) -> GenerationSettings:
+def settings_with(settings: GenerationSettings | None, changes: dict) -> GenerationSettings:
     settings = settings or GenerationSettings()
     if not isinstance(settings, GenerationSettings):
         raise SettingsError(f"settings must be a GenerationSettings, got {type(settings).__name__}.")

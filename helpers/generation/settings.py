@@ -88,6 +88,11 @@ class GenerationSettings:
             return "contrastive"
         return "sample" if self.do_sample else "greedy"
 
+    @property
+    def samples(self) -> bool:
+        """Whether tokens are drawn at random (sampling or beam sampling), so that the seed matters."""
+        return self.mode in ("sample", "beam-sample")
+
     def problems(self) -> list[str]:
         """Every reason these settings cannot work, as sentences a user can act on (empty if fine)."""
         out = []

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ..errors import PromptError
-from ..opt.tokenizer import Prompt, _is_token_ids
-from .request import _settings
+from ..opt.tokenizer import Prompt, is_token_ids
+from .request import settings_with
 from .results import GenerationResult, TokenInfo
-from .run import _Run
+from .run import GenerationRun
 from .settings import GenerationSettings
 
 
@@ -24,7 +24,7 @@ class TextStream:
         s.result.timings.tokens_per_second
     """
 
-    def __init__(self, run: _Run):
+    def __init__(self, run: GenerationRun):
         self._run = run
         self._pieces = run.pieces()
         self.result: GenerationResult | None = None
@@ -79,8 +79,8 @@ def stream(
     """Like `generate` for one prompt, but returns a `TextStream` yielding text as it is produced.
     Beam search produces its text at the end (beams are only final then). `on_step()` is called in the
     consuming thread after every decoding step (beam search's too), whether or not text came of it."""
-    if not (isinstance(prompt, str) or _is_token_ids(prompt)):
+    if not (isinstance(prompt, str) or is_token_ids(prompt)):
         raise PromptError("stream() takes one prompt (a string or a list of token ids); use generate() for a batch.")
-    run = _Run(model, tokenizer, [prompt], _settings(settings, changes), logprobs, top_logprobs, truncate, method)
-    run.on_step = on_step
+    run = GenerationRun(model, tokenizer, [prompt], settings_with(settings, changes), logprobs, top_logprobs, truncate,
+                        method, on_step=on_step)
     return TextStream(run)

@@ -8,7 +8,7 @@ from ..opt.sizes import EOS_TOKEN_ID
 from .results import TokenInfo
 
 
-class _RowText:
+class RowText:
     """The text of one sequence as tokens arrive: decoded incrementally, cut at a stop string, and
     holding back what may still turn into one (or an incomplete UTF-8 character)."""
 

@@ -19,7 +19,7 @@ from .sizes import BOS_TOKEN_ID, MAX_POSITIONS
 Prompt = str | list[int]  # text, or token ids (to continue exactly from a point, as branches do)
 
 
-def _is_token_ids(prompt) -> bool:
+def is_token_ids(prompt) -> bool:
     return isinstance(prompt, (list, tuple)) and bool(prompt) and all(
         isinstance(t, int) and not isinstance(t, bool) for t in prompt)
 
@@ -28,7 +28,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
     """Token ids of a prompt, starting with OPT's BOS (`</s>`, id 2) exactly once, also when the
     tokenizer adds none (the 2022 tutorial's bart-large tokenizer) or the text itself starts with '</s>'.
     A list of token ids is taken as it is (BOS added if missing)."""
-    if _is_token_ids(prompt):
+    if is_token_ids(prompt):
         vocab = len(tokenizer)
         bad = [t for t in prompt if not 0 <= t < max(vocab, 50272)]
         if bad:

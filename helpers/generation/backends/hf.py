@@ -1,14 +1,18 @@
-"""transformers' model.generate as a backend: its token queue and its stop criterion."""
+"""transformers' `model.generate` as a backend (plain, or with a static cache): streamed, or beams at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
-from transformers import StoppingCriteria
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
+
+from ...opt.model_state import model_device
+from .base import DecodeJob, DecodeStep
 
 # model.generate samples from torch's one process-wide generator (seeded per run), so sampling runs through
 # it take turns: a seeded result must not depend on what else is running. The cached loop and the CPU
@@ -42,3 +46,76 @@ class _StopWhenSet(StoppingCriteria):
         if self.on_step is not None:
             self.on_step()
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def generate_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+    """`model.generate`'s tokens: streamed step by step, or, for beam search, once the beams are final."""
+    return _steps(job, static=False)
+
+
+def static_cache_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+    """`model.generate` with a static cache (which transformers compiles on CUDA), streamed."""
+    return _steps(job, static=True)
+
+
+def _steps(job: DecodeJob, static: bool) -> Iterator[DecodeStep]:
+    if job.settings.mode.startswith("beam"):  # beams are final only at the end: nothing to stream
+        columns = _generate(job, static, None)
+        for step in range(max(len(c) for c in columns)):
+            yield DecodeStep([c[step] if step < len(c) else None for c in columns])
+        return
+    yield from _streamed(job, static)
+
+
+def _generate(job: DecodeJob, static: bool, streamer: BaseStreamer | None) -> list[list[int]]:
+    """One `model.generate` call with the job's settings; the new tokens of each row."""
+    device = model_device(job.model)
+    ids, mask = job.padded(device)
+    config = job.settings.generation_config()
+    config.max_new_tokens = job.max_new_tokens
+    extra = {}
+    if static:
+        extra["cache_implementation"] = "static"
+        warm = job.model.__dict__.setdefault("_helpers_static_shapes", set())
+        if device.type == "cuda" and ids.shape[0] not in warm:
+            warm.add(ids.shape[0])
+            job.notes.append("First static-cache call for this model and batch size on the GPU: the decoding step "
+                             "is compiled once now (this call is slow); later calls reuse it.")
+    samples = job.settings.samples
+    stop = _StopWhenSet(job.stop_event, None if streamer else job.on_step)  # a streamed run steps in its consumer
+    with _GLOBAL_RNG if samples else contextlib.nullcontext(), torch.inference_mode():
+        if job.settings.seed is not None:
+            torch.manual_seed(job.settings.seed)
+        out = job.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                 tokenizer=job.tokenizer if job.settings.stop else None, streamer=streamer,
+                                 stopping_criteria=StoppingCriteriaList([stop]), **extra)
+    return out[:, ids.shape[1]:].tolist()
+
+
+def _streamed(job: DecodeJob, static: bool) -> Iterator[DecodeStep]:
+    """`model.generate` in a worker thread, its tokens passed on as they come. The thread always
+    ends before this returns: a stop, an early exit or an error first sets the stop event."""
+    tokens: queue.Queue = queue.Queue()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            _generate(job, static, _TokenQueue(tokens))
+        except BaseException as exc:  # handed to the consumer below
+            failure.append(exc)
+        finally:
+            tokens.put(None)
+
+    worker = threading.Thread(target=work, name="helpers-generate", daemon=True)
+    worker.start()
+    drained = False
+    try:
+        while (step := tokens.get()) is not None:
+            yield DecodeStep(step)
+        drained = True
+    finally:
+        if not drained:  # the consumer left early: end model.generate within one step
+            job.stop_event.set()
+        worker.join()
+    if failure:
+        raise failure[0]

@@ -1,4 +1,4 @@
-"""The decoding loops: the 2022 tutorial's loop (the reference) and the cached loop it should have been: prefill once, then decode one token at a time, with sampling and contrastive search on top."""
+"""The cached loop: prefill once, then one token a step, with sampling and contrastive search on top."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from transformers import (
 from ...opt.model_state import model_device
 from ...opt.sizes import EOS_TOKEN_ID, PAD_TOKEN_ID
 from ..settings import GenerationSettings
+from .base import DecodeJob, DecodeStep
 from .cpu_engine import engine_for, one_torch_thread
 
 # transformers 5.2x renamed the forward argument `past_key_values` to `cache`; accept both releases.
@@ -112,6 +113,16 @@ class Step:
     top_ids: torch.Tensor | None  # [batch, k] the k most likely tokens
     top_logprobs: torch.Tensor | None  # [batch, k]
 
+    def as_decode_step(self) -> DecodeStep:
+        """The same step as plain numbers, as every backend yields it."""
+        tokens = self.tokens.tolist()
+        if self.logprobs is None:
+            return DecodeStep(tokens)
+        top = None
+        if self.top_ids is not None:
+            top = [list(zip(ids, lps)) for ids, lps in zip(self.top_ids.tolist(), self.top_logprobs.tolist())]
+        return DecodeStep(tokens, self.logprobs.tolist(), top)
+
 
 def _step(tokens: torch.Tensor, logits: torch.Tensor, top: int, want_logprobs: bool) -> Step:
     if not want_logprobs:
@@ -194,13 +205,13 @@ def decode(
         threads = one_torch_thread() if steps.engine.numpy_blas else threads
     else:
         steps = _TransformersSteps(model)
-    sequences = input_ids
+    sequences, sampling = input_ids, settings.mode == "sample"
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     with torch.inference_mode(), threads:
         logits = steps.prefill(input_ids, attention_mask)
         for step in range(max_new_tokens):
             scores = processors(sequences, logits)
-            tokens = sample(scores, generator) if settings.mode == "sample" else torch.argmax(scores, dim=-1)
+            tokens = sample(scores, generator) if sampling else torch.argmax(scores, dim=-1)
             tokens = torch.where(done, PAD_TOKEN_ID, tokens)
             yield _step(tokens, logits, top_logprobs, logprobs)
             done = _rows_done(done, tokens, finished)
@@ -209,6 +220,29 @@ def decode(
             sequences = torch.cat([sequences, tokens[:, None]], dim=1)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
             logits = steps.step(tokens, attention_mask)
+
+
+def cached_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+    """The cached loop as a backend: any batch (left padded), any device."""
+    return _loop_steps(job, engine=False)
+
+
+def engine_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+    """The cached loop stepping on the lean CPU engine: one prompt of an fp32 model on the CPU."""
+    return _loop_steps(job, engine=True)
+
+
+def _loop_steps(job: DecodeJob, engine: bool) -> Iterator[DecodeStep]:
+    device = model_device(job.model)
+    ids, mask = job.padded(device)
+    generator = None
+    if job.settings.mode == "sample":
+        generator = torch.Generator(device=device).manual_seed(job.settings.seed)
+    steps = decode(job.model, ids, mask, job.settings, max_new_tokens=job.max_new_tokens, generator=generator,
+                   logprobs=job.logprobs, top_logprobs=job.top_logprobs, finished=job.finished, engine=engine)
+    with contextlib.closing(steps):
+        for step in steps:
+            yield step.as_decode_step()
 
 
 def _decoder_step(model: OPTForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from transformers import (
-    OPTForCausalLM,
-)
+from transformers import OPTForCausalLM
 
 from ...opt.model_state import model_device
+from ...opt.sizes import EOS_TOKEN_ID
+from .base import DecodeJob, DecodeStep
 
 
 def tutorial_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
@@ -31,3 +31,15 @@ def tutorial_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens:
                     eos_token_id: int | None = None) -> list[int]:
     """The tutorial's greedy loop (see `tutorial_greedy_steps`); returns the new token ids."""
     return list(tutorial_greedy_steps(model, input_ids, max_new_tokens, eos_token_id))
+
+
+def tutorial_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+    """The tutorial's loop has no batch: the rows run one after another, each streamed, each ending at EOS,
+    after the job's new tokens, or when the caller counts it done (a stop string)."""
+    rows = len(job.prompt_ids)
+    for row, ids in enumerate(job.prompt_ids):
+        for token in tutorial_greedy_steps(job.model, ids, job.max_new_tokens, EOS_TOKEN_ID):
+            yield DecodeStep([token if i == row else None for i in range(rows)])
+            done = job.finished()
+            if done is not None and bool(done[row]):
+                break

@@ -1,0 +1,87 @@
+"""The one list of decoding backends, and the rule `method="auto"` follows to pick one."""
+
+from __future__ import annotations
+
+from transformers import OPTForCausalLM
+
+from ...errors import SettingsError
+from ...opt.model_state import model_device
+from ..settings import GenerationSettings
+from .base import Backend
+from .cpu_engine import supported
+from .hf import generate_steps, static_cache_steps
+from .loops import cached_steps, engine_steps
+from .tutorial import tutorial_steps
+
+MODE_NAMES = {"greedy": "greedy decoding", "sample": "sampling", "beam": "beam search",
+              "beam-sample": "beam sampling", "contrastive": "contrastive search"}
+_NO_CONTRASTIVE = {"contrastive": "transformers 5 no longer ships it: it needs remote hub code; the cached loop "
+                                  "implements it here"}
+
+
+def _engine_cannot_run(model: OPTForCausalLM, batch: int) -> str | None:
+    if supported(model, batch):
+        return None
+    return "it runs one prompt of an fp32 model on the CPU (unquantized, in one piece)"
+
+
+def _on_the_cpu(model: OPTForCausalLM, batch: int) -> bool:
+    return model_device(model).type == "cpu"
+
+
+def _one_prompt_on_cuda(model: OPTForCausalLM, batch: int) -> bool:
+    """Where a static cache pays off: one prompt of an unquantized model (bitsandbytes' layers don't compile)."""
+    return model_device(model).type == "cuda" and batch == 1 and getattr(model, "hf_quantizer", None) is None
+
+
+def _always(model: OPTForCausalLM, batch: int) -> bool:
+    return True
+
+
+# In the order `method="auto"` tries them: the first that runs the settings' mode on this model and batch,
+# and whose `chosen_by_auto` holds, is used (the README's Speed section says why each wins where it does).
+BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
+    Backend("cpu-fast", "the lean CPU engine, numpy's BLAS on every core", frozenset({"greedy", "sample"}),
+            engine_steps, carries_logprobs=True, cannot_run=_engine_cannot_run, chosen_by_auto=_on_the_cpu),
+    Backend("static", "model.generate with a static cache, compiled on CUDA", frozenset({"greedy", "sample"}),
+            static_cache_steps, chosen_by_auto=_one_prompt_on_cuda, why_not=_NO_CONTRASTIVE),
+    Backend("cached", "the cached loop: prefill once, then one token a step",
+            frozenset({"greedy", "sample", "contrastive"}), cached_steps, carries_logprobs=True, chosen_by_auto=_always),
+    Backend("hf", "transformers' model.generate", frozenset({"greedy", "sample", "beam", "beam-sample"}),
+            generate_steps, chosen_by_auto=_always, why_not=_NO_CONTRASTIVE),
+    Backend("tutorial", "the 2022 tutorial's loop: the whole sequence re-run each step", frozenset({"greedy"}),
+            tutorial_steps),
+)}
+ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first, still accepted
+
+
+def method_names() -> tuple[str, ...]:
+    """What `method=` accepts: 'auto' and every backend (and the old names in ALIASES)."""
+    return ("auto", *BACKENDS)
+
+
+def check_method(method: str) -> str:
+    """The backend name `method` stands for ('auto' stays 'auto'); an unknown name is a SettingsError."""
+    name = ALIASES.get(method, method)
+    if name not in method_names():
+        raise SettingsError(f"Unknown method '{method}'. Use one of: {', '.join(method_names())}.")
+    return name
+
+
+def choose_backend(method: str, model: OPTForCausalLM, settings: GenerationSettings, batch: int) -> Backend:
+    """The backend for this call: the one named, checked against what it can do, or auto's pick."""
+    name, mode = check_method(method), settings.mode
+    if name == "auto":
+        return next(b for b in BACKENDS.values() if b.chosen_by_auto and mode in b.modes
+                    and b.cannot_run(model, batch) is None and b.chosen_by_auto(model, batch))
+    backend = BACKENDS[name]
+    if mode not in backend.modes:
+        does = " and ".join(MODE_NAMES[m] for m in MODE_NAMES if m in backend.modes)
+        others = ", ".join(f"'{b.name}'" for b in BACKENDS.values() if mode in b.modes)
+        why = f" ({backend.why_not[mode]})" if mode in backend.why_not else ""
+        raise SettingsError(f"method '{name}' ({backend.summary}) does {does} only, not {MODE_NAMES[mode]}{why}: "
+                            f"use method='auto', or one of {others}.")
+    reason = backend.cannot_run(model, batch)
+    if reason is not None:
+        raise SettingsError(f"method '{name}' cannot run this: {reason}; use method='auto' for anything else.")
+    return backend
