@@ -8,6 +8,7 @@ import re
 import threading
 import time
 
+import ipywidgets
 import pytest
 import torch
 from tiny_models import save_tiny_model
@@ -259,7 +260,7 @@ def test_a_switch_to_a_model_that_cannot_load_leaves_the_working_one(app, monkey
 def test_tabs_and_settings_have_names_on_ipywidgets_7_and_8(app):
     assert [app.tabs.get_title(i) for i in range(5)] == ["Output", "Probabilities", "Branches", "Side by side",
                                                          "History"]
-    settings = next(c for c in app.widget.children if isinstance(c, widgets.W.Accordion))
+    settings = next(c for c in app.widget.children if isinstance(c, ipywidgets.Accordion))
     assert settings.get_title(0) == "Decoding settings"
 
 

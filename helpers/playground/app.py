@@ -1,47 +1,35 @@
-"""The playground app: `Playground` runs its jobs (loading, generating, branches, side by side) inside the
-requests that ask for them and shows them; its widgets are in `layout`, its state in `state`, its markup in
-`views`. Loading goes through `helpers.loading`, generation through `helpers.generation`."""
+"""The playground app: `Playground`'s settings, generation, side by side and history, on its mixins' parts."""
 
 from __future__ import annotations
 
 import base64
-import html
-import math
 import time
 from collections.abc import Callable
 
-import ipywidgets as W
-import torch
-
-from .. import environment
 from ..errors import HelpersError
-from ..generation.results import GenerationResult, TokenInfo
+from ..generation.results import GenerationResult
 from ..generation.settings import PRESETS, GenerationSettings
 from ..generation.streaming import stream
 from ..loading.model import LoadedModel, load_model
 from ..opt.sizes import SIZES
-from ..units import human_bytes
 from . import side_by_side
 from .jobs import Jobs
 from .kernel_events import current_request_id, running_kernel
 from .layout import build
+from .model_loading import ModelLoading
 from .state import (
     Branch,
     Run,
-    branch_from,
-    free_bytes,
     history_csv,
     history_entry,
     history_json,
     model_choices,
-    needs_bytes,
 )
-from .views import branches_html, clear, history_html, percent, probability_color, text_html, token_tooltip, visible
+from .token_view import TOP_ALTERNATIVES, TokenView
+from .views import clear, history_html, text_html
 
-TOP_ALTERNATIVES = 5
 
-
-class Playground(Jobs):
+class Playground(ModelLoading, TokenView, Jobs):
     """The app. `Playground(model="opt-350m")` in a notebook cell displays it and loads the model.
 
     Everything a user can do has a method too (`generate()`, `stop()`, `branch()`, `side_by_side()`,
@@ -123,82 +111,6 @@ class Playground(Jobs):
             seed=self.seed.value if self.fixed_seed.value else None,
         )
 
-    # ------------------------------------------------------------------------------------- models
-
-    def _on_model_change(self, change) -> None:
-        if not self._quiet_picker:
-            self._start(self._load, change["new"])
-
-    def _show_picked(self, name: str) -> None:
-        """Put the picker back on `name` without loading anything."""
-        self._quiet_picker = True
-        try:
-            self.model_picker.value = name
-        finally:
-            self._quiet_picker = False
-
-    def _memory_text(self) -> str:
-        if torch.cuda.is_available():
-            return f"GPU memory {human_bytes(torch.cuda.memory_allocated())}"
-        return f"RAM {human_bytes(environment.resident_memory_bytes())}"
-
-    def _load(self, name: str) -> LoadedModel:
-        """Load `name` as the playground's model. The working model stays loaded while the new one loads
-        when both fit, else it goes first; if the new one fails, the old one is what is left (loaded back
-        when it had gone), the picker shows it and the status says what happened."""
-        if self.loaded is not None and self.loaded_name == name and self.loaded.model is not None:
-            return self.loaded
-        self._say("")
-        previous, previous_name = self.loaded, self.loaded_name
-        if previous is not None and previous.model is None:
-            previous = previous_name = None
-        if previous is not None and self._needs_bytes(name) > self._budget_bytes():
-            previous.unload()
-            self.loaded = None
-        try:
-            new = self._load_one(name)
-        except BaseException as exc:
-            if previous_name is None:
-                self.model_status.value = f"<b>{html.escape(name)}</b> did not load: no model is loaded."
-                raise
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            if previous.model is None:  # it made room for the new one: load it back
-                self.loaded = self._load_one(previous_name)
-                kept = "loaded back"
-            else:
-                self.loaded = previous
-                kept = "still loaded"
-            self.loaded_name = previous_name
-            self._show_picked(previous_name)
-            self.model_status.value = (f"Loading <b>{html.escape(name)}</b> {reason}; <b>{html.escape(previous_name)}"
-                                       f"</b> is {kept}: {html.escape(self.loaded.info.summary())}; "
-                                       f"{self._memory_text()}")
-            raise
-        if previous is not None and previous.model is not None:
-            previous.unload()
-        self.loaded, self.loaded_name = new, name
-        self.model_status.value = (f"<b>{html.escape(name)}</b>: {html.escape(new.info.summary())}; "
-                                   f"{self._memory_text()}")
-        return new
-
-    def _load_one(self, name: str) -> LoadedModel:
-        """Call the loader with the progress bar and the status line following it."""
-        self.model_status.value = f"Loading <b>{html.escape(name)}</b> \u2026 ({self._memory_text()} before)"
-        self.progress.value, self.progress.max = 0, 1
-        self.progress.layout.visibility = "visible"
-        start = time.perf_counter()
-
-        def report(stage: str, done: int, total: int | None) -> None:
-            if total:
-                self.progress.max, self.progress.value = total, min(done, total)
-            self.model_status.value = (f"Loading <b>{html.escape(name)}</b>: {html.escape(stage)} {done}"
-                                       f"{f'/{total}' if total else ''} ({time.perf_counter() - start:.0f} s)")
-
-        try:
-            return self._loader(name, device=self.device, dtype=self.dtype, progress=report)
-        finally:
-            self.progress.layout.visibility = "hidden"
-
     # ------------------------------------------------------------------------------------- generating
 
     def _request(self, prompt: str | None) -> tuple[str, GenerationSettings] | None:
@@ -272,7 +184,7 @@ class Playground(Jobs):
 
     def _show_status(self, result: GenerationResult) -> None:
         t = result.timings
-        seed = f" \u00b7 seed {result.settings.seed}" if result.settings.mode in ("sample", "beam-sample") else ""
+        seed = f" \u00b7 seed {result.settings.seed}" if result.settings.samples else ""
         first = f"{t.time_to_first_token:.2f} s" if t.time_to_first_token is not None else "n/a"
         self.status.value = (
             f"<b>{t.new_tokens} tokens</b> \u00b7 {t.tokens_per_second:.1f} tokens/s \u00b7 first token {first} \u00b7 "
@@ -281,83 +193,6 @@ class Playground(Jobs):
         )
         for note in result.notes:
             self._say(note, "warning")
-
-    # ------------------------------------------------------------------------------------- probabilities
-
-    def _token_button(self, run: Run, index: int, token: TokenInfo) -> W.Button:
-        color = probability_color(math.exp(token.logprob) if token.logprob is not None else 0.0)
-        style = self._token_styles.get(color) or self._token_styles.setdefault(color, W.ButtonStyle(button_color=color))
-        button = W.Button(description=visible(token.text), tooltip=token_tooltip(token), layout=self._token_layout,
-                          style=style)
-        button.add_class("opt-token")
-        button.on_click(lambda _, i=index: self.select_token(i))
-        return button
-
-
-    def _probabilities_open(self) -> bool:
-        index = self.tabs.selected_index
-        return index is not None and self.tabs.children[index] is self._probabilities_page
-
-    def _on_tab(self, change) -> None:
-        if self._probabilities_open() and self.current is not None:
-            self._show_tokens(self.current)
-
-    def _show_tokens(self, run: Run, fresh: bool = False) -> None:
-        """Add buttons for the tokens not shown yet (all of them, after the prompt, for a new run). Only
-        while the Probabilities tab is open: opening it draws what it missed."""
-        if fresh or self._tokens_run is not run:
-            clear(self.tokens_box)
-            shown_prompt = run.prompt or self.prompt.value
-            self.tokens_box.children = (W.HTML(f'<span style="color:#777">{html.escape(shown_prompt[-200:])}</span>'),)
-            self._tokens_run = run
-        if not self._probabilities_open():
-            return
-        have = len(self.tokens_box.children) - 1
-        new = [self._token_button(run, i, t) for i, t in enumerate(run.tokens[have:], start=have)]
-        if new:
-            self.tokens_box.children = self.tokens_box.children + tuple(new)
-
-    def select_token(self, index: int) -> None:
-        """Show a token's alternatives, each a button that branches from there."""
-        run = self.current
-        if run is None or not 0 <= index < len(run.tokens):
-            return
-        self.selected_token = index
-        token = run.tokens[index]
-        header = W.HTML(f"Token {index + 1}: <b>{html.escape(repr(token.text))}</b>"
-                        + (f" ({percent(token.logprob)})" if token.logprob is not None else "")
-                        + ". Continue from here with:")
-        buttons = []
-        for token_id, text, logprob in token.top:
-            b = W.Button(description=f"{visible(text)} {percent(logprob)}", tooltip=f"branch with {text!r}",
-                         button_style="info" if token_id == token.id else "",
-                         layout=W.Layout(width="auto"))
-            b.add_class("opt-alternative")
-            b.style.button_color = probability_color(math.exp(logprob))
-            b.on_click(lambda _, i=index, t=token_id: self.branch(i, t))
-            buttons.append(b)
-        clear(self.alternatives)
-        self.alternatives.children = (header, W.HBox(buttons, layout=W.Layout(flex_flow="row wrap")))
-
-    def branch(self, index: int, token_id: int) -> bool:
-        """Continue the shown run from token `index`, replaced by `token_id`, with the same settings."""
-        run = self.current
-        if run is None or run.result is None or not 0 <= index < len(run.tokens):
-            self._say("Nothing to branch from: generate first, then pick a token.", "error")
-            return False
-        if self.busy:
-            self._say("Already generating: press Stop first.", "warning")
-            return False
-        label = f"branch {sum(1 for r in self.runs if r.parent) + 1}"
-        ids, settings, branch = branch_from(run, index, token_id, self.loaded.tokenizer, label)
-        self._say("")
-        return self._start(self._generate, ids, settings, branch)
-
-    def _show_branches(self) -> None:
-        """Every branch beside the run it came from, the part where they differ in bold."""
-        table = branches_html(self.runs)
-        if table is not None:
-            self.branches_view.value = table
 
     # ------------------------------------------------------------------------------------- side by side
 
@@ -374,12 +209,6 @@ class Playground(Jobs):
         if settings.seed is None:
             settings = settings.replace(seed=int(time.time()) % 100_000)  # one seed for every column
         return self._start(self._side_by_side, models, text, settings)
-
-    def _needs_bytes(self, name: str) -> int:
-        return needs_bytes(self.choices, name, self.device, self.dtype)
-
-    def _budget_bytes(self) -> int:
-        return free_bytes(self.device)
 
     def _side_by_side(self, models: list[str], prompt: str, settings: GenerationSettings) -> None:
         side_by_side.run(self, models, prompt, settings)

@@ -1,5 +1,4 @@
-"""The playground's jobs: each runs inside the request that asked for it, one at a time, Stop and the
-kernel's interrupt honoured between steps, any failure turned into a message."""
+"""The playground's jobs: one at a time, inside their request, Stop and interrupts honoured, failures shown."""
 
 from __future__ import annotations
 
