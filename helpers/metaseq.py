@@ -1,10 +1,4 @@
-"""Read original metaseq OPT checkpoints (single files, FSDP-flattened parts, model-parallel parts) without
-metaseq, Megatron-LM or fairscale, and convert them to a Hugging Face folder.
-
-Written by hand because no library reads these formats any more: metaseq's own tools need the
-metaseq/Megatron/fairscale stack (which no longer installs) and several GPUs; this runs on a CPU.
-The work is done by `helpers.checkpoints`, one module per stage; this module gathers its public names.
-"""
+"""Original metaseq OPT checkpoints read and converted without metaseq: `helpers.checkpoints`' public names."""
 
 from .checkpoints.architecture import (
     architecture_from_cfg,

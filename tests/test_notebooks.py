@@ -72,9 +72,9 @@ def test_02_metaseq_clones_converts_and_matches_the_reference(tmp_path):
     from test_fetch import make_lfs_repo, needs_git_lfs  # noqa: F401
     from tiny_models import save_tiny_model, tiny_model
 
-    from helpers.loading.fetch import _git_has_lfs
+    from helpers.loading.fetch import git_has_lfs
 
-    if not _git_has_lfs():
+    if not git_has_lfs():
         pytest.skip("git-lfs is not installed (make test installs it as root)")
     model = tiny_model("post-ln", seed=21)  # the 350M layout, as the notebook's default
     staging = tmp_path / "staging"

@@ -1,5 +1,4 @@
-"""The model's shape and its model-parallel split: from the weights, checked against `cfg`; heads from `cfg`,
-`--size` or `--num-heads`."""
+"""The model's shape and model-parallel split: from the weights, checked against `cfg`; heads from `cfg` or flags."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import CheckpointError
-from ..opt.sizes import POSITION_OFFSET, VOCAB_SIZE, get_size
+from ..opt.sizes import POSITION_OFFSET, SIZES, VOCAB_SIZE, get_size
 from .layouts import Architecture, flat_layer_count, flat_split, flat_vocab_rows, layer_shapes, numel
 from .parts import Part
 
@@ -101,8 +100,6 @@ def _check_against(arch: Architecture, reference: Architecture, source: str, pos
 
 
 def find_size_by_shape(arch: Architecture) -> str | None:
-    from ..opt.sizes import SIZES
-
     for size in SIZES.values():
         if (size.layers, size.d_model, size.ffn, size.word_embed_proj_dim) == (
                 arch.layers, arch.d_model, arch.ffn, arch.word_embed_proj_dim):
@@ -111,8 +108,6 @@ def find_size_by_shape(arch: Architecture) -> str | None:
 
 
 def _size_by_flat_values(layers: int, layer_values: int) -> str | None:
-    from ..opt.sizes import SIZES
-
     for size in SIZES.values():
         arch = architecture_from_size(size.name)
         if arch.layers == layers and flat_split(arch, layer_values) is not None:

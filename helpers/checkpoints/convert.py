@@ -11,7 +11,12 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..generation.run import generate
+from ..generation.settings import GenerationSettings
+from ..memory.dtypes import resolve_dtype
+from ..opt.model_state import model_device
 from ..opt.sizes import get_size
+from ..opt.tokenizer import encode_prompt
 from ..signals import sigterm_as_interrupt
 from .architecture import resolve_architecture
 from .destination import check_destination, claim, mark_as_output, publish
@@ -38,6 +43,8 @@ class ConversionReport:
         return asdict(self)
 
 
+# Written by hand because no library reads these formats any more: metaseq's own tools need the
+# metaseq/Megatron/fairscale stack (which no longer installs) and several GPUs; this runs on a CPU.
 def convert(
     src: str | Path,
     dst: str | Path,
@@ -100,8 +107,6 @@ def _convert(src: Path, dst: Path, size, num_heads, dtype, overwrite, max_shard_
                 "final layer norm, which ruins the output; it is kept here.")
         torch_dtype = None
         if dtype is not None:
-            from ..memory.dtypes import resolve_dtype
-
             torch_dtype = resolve_dtype(dtype, "cpu")
         torch_dtype = common_dtype(parts, torch_dtype, say)
         states = part_states(parts, arch, split)
@@ -136,11 +141,6 @@ def _convert(src: Path, dst: Path, size, num_heads, dtype, overwrite, max_shard_
 def compare_models(converted, reference, tokenizer, prompts: list[str], new_tokens: int = 20) -> list[dict]:
     """Per prompt: the largest logit difference between two models (run in fp32 on the converted model's
     device) and whether greedy decoding picks the same tokens: how a conversion is checked."""
-    from ..generation.run import generate
-    from ..generation.settings import GenerationSettings
-    from ..opt.model_state import model_device
-    from ..opt.tokenizer import encode_prompt
-
     settings = GenerationSettings.greedy(max_new_tokens=new_tokens)
     rows = []
     for prompt in prompts:

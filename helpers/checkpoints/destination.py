@@ -1,5 +1,4 @@
-"""Where a conversion writes: checked against the source, claimed while converting, published at the end.
-Nothing a conversion did not write is ever deleted; what killed conversions left behind is cleaned up."""
+"""Where a conversion writes: checked, claimed while converting, published at the end, never others' files."""
 
 from __future__ import annotations
 

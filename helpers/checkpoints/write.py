@@ -1,5 +1,4 @@
-"""Writing the Hugging Face folder: safetensors shards as tensors come, checked against transformers' OPT,
-then the config, generation config and OPT's tokenizer."""
+"""Writing the Hugging Face folder: safetensors shards, checked against transformers' OPT, config, tokenizer."""
 
 from __future__ import annotations
 
@@ -12,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
-from ..opt.sizes import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, opt_config
+from ..opt.sizes import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID, OPTSize, opt_config
+from ..opt.tokenizer import opt_tokenizer
 from .layouts import Architecture, numel
 
 
@@ -60,8 +60,6 @@ class ShardWriter:
 
 def hf_config(arch: Architecture, dtype: torch.dtype):
     """The `OPTConfig` of the converted model: its own vocabulary and positions."""
-    from ..opt.sizes import OPTSize
-
     size = OPTSize("converted", arch.layers, arch.heads, arch.d_model, arch.ffn, arch.word_embed_proj_dim,
                    arch.pre_layer_norm)
     return opt_config(size, vocab_size=arch.vocab_size, max_position_embeddings=arch.max_positions,
@@ -95,8 +93,6 @@ def check_against_model(folder: Path, files: list[str], arch: Architecture, conf
 def save_companions(folder: Path, config) -> None:
     """config.json, generation_config.json and OPT's tokenizer (with its BOS, as OPT was trained)."""
     from transformers import GenerationConfig
-
-    from ..opt.tokenizer import opt_tokenizer
 
     config.save_pretrained(folder)
     GenerationConfig(bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID).save_pretrained(folder)

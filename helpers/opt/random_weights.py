@@ -8,6 +8,7 @@ import torch
 from transformers import OPTForCausalLM
 
 from .sizes import OPTSize, get_size, opt_config
+from .tokenizer import opt_tokenizer
 
 
 def random_model(
@@ -39,8 +40,6 @@ def save_random_model(size: str | OPTSize, path: str | Path, dtype: torch.dtype 
     """Write an OPT of a real size with random weights and OPT's tokenizer to `path`, in shards of
     `max_shard_size` ("10GB" gives the hub's own layout of the larger sizes). Made on `device`: a GPU
     fills 13B parameters in a moment, where the CPU's generator takes a minute."""
-    from .tokenizer import opt_tokenizer
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = random_model(size, dtype=dtype, device=device)

@@ -91,17 +91,16 @@ def get_size(name: str) -> OPTSize:
     return size
 
 
+# Each OPTSize field and the OPTConfig field that holds it.
+_CONFIG_FIELDS = {"layers": "num_hidden_layers", "heads": "num_attention_heads", "d_model": "hidden_size",
+                  "ffn": "ffn_dim", "word_embed_proj_dim": "word_embed_proj_dim", "pre_layer_norm": "do_layer_norm_before",
+                  "vocab_size": "vocab_size", "max_positions": "max_position_embeddings"}
+
+
 def opt_config(size: OPTSize, **overrides) -> OPTConfig:
     """The `transformers.OPTConfig` for a size; keyword arguments override fields (e.g. dropout)."""
     fields = dict(
-        vocab_size=size.vocab_size,
-        hidden_size=size.d_model,
-        num_hidden_layers=size.layers,
-        ffn_dim=size.ffn,
-        num_attention_heads=size.heads,
-        word_embed_proj_dim=size.word_embed_proj_dim,
-        do_layer_norm_before=size.pre_layer_norm,
-        max_position_embeddings=size.max_positions,
+        **{config_field: getattr(size, ours) for ours, config_field in _CONFIG_FIELDS.items()},
         activation_function="relu",
         enable_bias=True,
         dropout=0.1,
@@ -118,17 +117,7 @@ def opt_config(size: OPTSize, **overrides) -> OPTConfig:
 def size_from_config(config: OPTConfig, name: str = "custom") -> OPTSize:
     """An `OPTSize` describing any OPT config (a tiny test model, a fine-tune, a converted checkpoint):
     the published size when the architecture is one, else a new description named `name`."""
-    described = OPTSize(
-        name=name,
-        layers=config.num_hidden_layers,
-        heads=config.num_attention_heads,
-        d_model=config.hidden_size,
-        ffn=config.ffn_dim,
-        word_embed_proj_dim=config.word_embed_proj_dim,
-        pre_layer_norm=config.do_layer_norm_before,
-        vocab_size=config.vocab_size,
-        max_positions=config.max_position_embeddings,
-    )
+    described = OPTSize(name=name, **{ours: getattr(config, config_field) for ours, config_field in _CONFIG_FIELDS.items()})
 
     def shape(size: OPTSize) -> tuple:
         return size.layers, size.d_model, size.heads, size.ffn, size.word_embed_proj_dim
