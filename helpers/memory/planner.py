@@ -171,12 +171,7 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
     runs_on_cpu = not gpus or offload_storage == "float32"
     streams = bool(gpus) and ("disk" in devices or ("cpu" in devices and not runs_on_cpu))
     execution = gpus[0] if gpus else "cpu"
-    capacity = {d: budget.gpu_bytes - CUDA_CONTEXT_BYTES - working for d in gpus}
-    if gpus:
-        capacity["cpu"] = budget.cpu_bytes - CPU_PROCESS_BYTES_CUDA - LOAD_SHARD_BYTES
-    else:
-        capacity["cpu"] = budget.cpu_bytes - CPU_PROCESS_BYTES - TOKENIZER_BYTES - working
-    capacity["disk"] = float("inf")
+    capacity = _capacities(budget, gpus, working)
     reserve = 0
     if streams:
         reserve = pieces(size)[-1].weight_bytes(offload_storage) + kv_per_layer * size.layers
@@ -184,12 +179,7 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
     placement, stored, peak = {}, dict.fromkeys(devices, 0), dict.fromkeys(gpus + ["cpu"], 0)
     which = 0
     for piece in pieces(size):
-        kind = storage if devices[which].startswith("cuda") or not gpus else offload_storage
-        if piece.name == "model.decoder.embed_tokens" and kind in ("int8", "nf4"):
-            kind = "float16"  # bitsandbytes leaves the token table (and the tied lm_head) unquantized
-        weight = piece.weight_bytes(kind)
-        if piece.name == "model.decoder.embed_tokens" and kind == "int8-dynamic":
-            weight += size.vocab_size * size.word_embed_proj_dim  # lm_head's own int8 copy
+        weight = _stored_bytes(size, piece, storage if devices[which].startswith("cuda") or not gpus else offload_storage)
         cache = kv_per_layer if piece.layer else 0
 
         def adds(device: str, weight: int = weight, cache: int = cache) -> int:
@@ -216,6 +206,27 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
             peak[device] += working
     placement["lm_head"] = placement["model.decoder.embed_tokens"]  # tied: they share one tensor
     return placement, stored, peak
+
+
+def _capacities(budget: Budget, gpus: list[str], working: int) -> dict[str, float]:
+    """What each place can hold for weights and caches: the budget less the CUDA context, this process and
+    the working memory of wherever the model runs; the disk without limit."""
+    capacity: dict[str, float] = {d: budget.gpu_bytes - CUDA_CONTEXT_BYTES - working for d in gpus}
+    if gpus:
+        capacity["cpu"] = budget.cpu_bytes - CPU_PROCESS_BYTES_CUDA - LOAD_SHARD_BYTES
+    else:
+        capacity["cpu"] = budget.cpu_bytes - CPU_PROCESS_BYTES - TOKENIZER_BYTES - working
+    capacity["disk"] = float("inf")
+    return capacity
+
+
+def _stored_bytes(size: OPTSize, piece, kind: str) -> int:
+    """A piece's weight bytes stored as `kind`. The token table has no matrices a quantization shrinks, so
+    bitsandbytes leaves it (and the tied lm_head) in fp16; torch's dynamic int8 adds lm_head's own copy."""
+    weight = piece.weight_bytes(kind)
+    if piece.name == "model.decoder.embed_tokens" and kind == "int8-dynamic":
+        weight += size.vocab_size * size.word_embed_proj_dim  # lm_head's own int8 copy
+    return weight
 
 
 def _option(method: str, description: str, size: OPTSize, budget: Budget, storage: str, devices: list[str],
