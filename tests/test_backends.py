@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_models import tiny_model
+from transformers import OPTForCausalLM
 
 from helpers.errors import SettingsError
 from helpers.generation.backends import registry
@@ -32,10 +33,23 @@ def forward_logprobs(model, prompt_ids: list[int], new_ids: list[int]) -> list[f
     return torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(new_ids)[:, None]).squeeze(1).tolist()
 
 
-def test_every_mode_has_settings_here_and_a_backend_auto_picks():
+def emulate_cuda(monkeypatch) -> None:
+    """The model reads as being on CUDA to what picks a backend (its tensors stay on the CPU: only the choice is
+    asked): the registry's `model_device` and `model.device`, which the CPU engine's `supported` reads."""
+    monkeypatch.setattr(registry, "model_device", lambda model: torch.device("cuda"))
+    monkeypatch.setattr(OPTForCausalLM, "device", property(lambda self: torch.device("cuda")))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_auto_finds_a_backend_for_every_mode_device_and_batch(tiny, monkeypatch, device):
     assert set(SETTINGS) == set(registry.MODE_NAMES)
-    for mode in registry.MODE_NAMES:
-        assert any(b.chosen_by_auto and mode in b.modes for b in registry.BACKENDS.values()), mode
+    if device == "cuda":
+        emulate_cuda(monkeypatch)
+    for mode, settings in SETTINGS.items():
+        for batch in (1, 2):
+            chosen = registry.choose_backend("auto", tiny, settings, batch)  # an error where nothing auto may pick runs it
+            assert mode in chosen.modes and chosen.cannot_run(tiny, batch) is None, (mode, batch, chosen.name)
+            assert chosen.chosen_by_auto is not None and chosen.chosen_by_auto(tiny, batch), (mode, batch, chosen.name)
 
 
 @pytest.mark.parametrize("name", list(registry.BACKENDS))
@@ -69,10 +83,12 @@ def test_a_backend_runs_the_modes_it_declares_and_refuses_the_others(tiny, token
     with pytest.raises(SettingsError) as refused:
         generate(tiny, tokenizer, PROMPT, SETTINGS[mode], method=name)
     message = str(refused.value)
-    assert registry.MODE_NAMES[mode] in message and "method='auto'" in message
-    assert all(f"'{b.name}'" in message for b in registry.BACKENDS.values() if mode in b.modes)
-    assert (backend.why_not.get(mode, "") in message) and ("transformers 5" in message) == ("transformers 5" in
-                                                                                        backend.why_not.get(mode, ""))
+    assert name in message and registry.MODE_NAMES[mode] in message, message  # what was refused, and for what
+    runs_it = {b.name for b in registry.BACKENDS.values() if mode in b.modes}
+    suggested = {b.name for b in registry.BACKENDS.values() if f"'{b.name}'" in message} - {name}
+    assert suggested and suggested <= runs_it, message  # alternatives, and only ones that run this mode
+    if mode in backend.why_not:
+        assert backend.why_not[mode] in message, message
 
 
 def test_an_unknown_method_is_refused_before_the_prompt_is_looked_at(tiny, tokenizer):
@@ -80,14 +96,45 @@ def test_an_unknown_method_is_refused_before_the_prompt_is_looked_at(tiny, token
         generate(tiny, tokenizer, "word " * 5000, method="warp")  # too long for the context, but that comes later
 
 
-@pytest.mark.parametrize("mode", list(SETTINGS))
-def test_auto_is_the_first_backend_that_can_and_should(tiny, tokenizer, mode):
-    for batch in (1, 2):
-        chosen = registry.choose_backend("auto", tiny, SETTINGS[mode], batch)
-        earlier = list(registry.BACKENDS.values())[: list(registry.BACKENDS).index(chosen.name)]
-        assert mode in chosen.modes and chosen.cannot_run(tiny, batch) is None
-        assert not any(b.chosen_by_auto and mode in b.modes and b.cannot_run(tiny, batch) is None
-                       and b.chosen_by_auto(tiny, batch) for b in earlier)
+# (device, mode, prompts, quantized) -> auto's pick: the rule before the registry (c3f961a's _choose_method):
+# beam modes -> hf; contrastive -> cached; the CPU engine where it runs; one unquantized prompt on CUDA -> static.
+AUTO_CASES = [
+    ("cpu", "greedy", 1, False, "cpu-fast"),
+    ("cpu", "sample", 1, False, "cpu-fast"),
+    ("cpu", "greedy", 2, False, "cached"),  # the engine runs one sequence
+    ("cpu", "sample", 2, False, "cached"),
+    ("cpu", "greedy", 1, True, "cached"),  # nor a quantized model
+    ("cpu", "contrastive", 1, False, "cached"),
+    ("cpu", "beam", 1, False, "hf"),
+    ("cpu", "beam-sample", 2, False, "hf"),
+    ("cuda", "greedy", 1, False, "static"),
+    ("cuda", "sample", 1, False, "static"),
+    ("cuda", "beam", 1, False, "hf"),
+    ("cuda", "beam-sample", 1, False, "hf"),
+    ("cuda", "contrastive", 1, False, "cached"),
+    ("cuda", "greedy", 2, False, "cached"),
+    ("cuda", "sample", 2, False, "cached"),
+    ("cuda", "greedy", 1, True, "cached"),  # bitsandbytes' layers don't compile
+    ("cuda", "sample", 1, True, "cached"),
+]
+
+
+@pytest.mark.parametrize("device, mode, batch, quantized, expected", AUTO_CASES)
+def test_auto_picks_what_the_rule_says(tiny, tokenizer, monkeypatch, device, mode, batch, quantized, expected):
+    if quantized:
+        monkeypatch.setattr(tiny, "hf_quantizer", object(), raising=False)
+    if device == "cuda":
+        emulate_cuda(monkeypatch)
+    assert registry.choose_backend("auto", tiny, SETTINGS[mode], batch).name == expected
+    if device == "cpu" and not quantized:  # and generate uses that pick
+        results = generate(tiny, tokenizer, [PROMPT] * batch, SETTINGS[mode])
+        assert [r.method for r in results] == [expected] * batch
+
+
+def test_the_old_name_seed_is_the_tutorial_loop(tiny, tokenizer):
+    assert registry.check_method("seed") == "tutorial"
+    assert registry.choose_backend("seed", tiny, SETTINGS["greedy"], 1).name == "tutorial"
+    assert generate(tiny, tokenizer, PROMPT, SETTINGS["greedy"], method="seed").method == "tutorial"
 
 
 @pytest.mark.parametrize("name", list(registry.BACKENDS))
@@ -118,7 +165,10 @@ def test_one_registry_entry_is_all_a_new_backend_needs(tiny, tokenizer, monkeypa
     greedy = SETTINGS["greedy"]
     result = generate(tiny, tokenizer, PROMPT, greedy, method="toy", logprobs=True)
     assert result.method == "toy" and result.token_ids == generate(tiny, tokenizer, PROMPT, greedy).token_ids
-    assert all(t.logprob is not None for t in result.tokens)  # it declares none: scored afterwards
+    assert len(result.tokens) == len(result.token_ids) > 0  # it declares none: scored afterwards
+    assert [t.id for t in result.tokens] == result.token_ids
+    assert [t.logprob for t in result.tokens] == pytest.approx(
+        forward_logprobs(tiny, result.prompt_token_ids, result.token_ids), abs=1e-4)
     assert "".join(stream(tiny, tokenizer, PROMPT, greedy, method="toy")) == result.text
     with pytest.raises(SettingsError, match="does greedy decoding only, not sampling"):
         generate(tiny, tokenizer, PROMPT, SETTINGS["sample"], method="toy")
