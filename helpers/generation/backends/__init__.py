@@ -1,1 +1,1 @@
-"""Decoding backends: the tutorial's loop, the cached loop, the CPU engine, model.generate."""
+"""Decoding backends: what each takes, yields and declares (base), the one list of them (registry), and the loops."""

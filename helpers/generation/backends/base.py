@@ -50,12 +50,12 @@ class DecodeJob:
         return ids.to(device), mask.to(device)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per backend: compared and hashed by identity
 class Backend:
     """A decoding method as `generate(method=...)` offers it: what it does, and how to run it."""
 
     name: str
-    summary: str  # one line for people: error messages, the README's method list, the benchmark's rows
+    summary: str  # one line for people: error messages, the README's methods table, the benchmark's rows
     modes: frozenset[str]  # the `GenerationSettings.mode`s it runs
     steps: Callable[[DecodeJob], Generator[DecodeStep, None, None]]  # a generator: closed when the caller stops
     carries_logprobs: bool = False  # its steps hold log-probabilities; otherwise they are scored afterwards

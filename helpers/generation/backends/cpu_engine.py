@@ -153,7 +153,8 @@ class CpuEngine:
         return self._linear(out.transpose(0, 1).reshape(t, self.d), *layer.out)
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int], start: int, cache: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: list[int], start: int, cache: torch.Tensor) -> torch.Tensor:
+        """The logits after `ids`, placed from position `start` on, their keys and values written to `cache`."""
         x = self.embed[torch.tensor(ids)]
         if self.project_in is not None:
             x = self._linear(x.contiguous(), self.project_in)
@@ -195,7 +196,7 @@ class EngineSequence:
     def _forward(self, ids: list[int]) -> torch.Tensor:
         if self.engine.dropped:
             raise ModelUnloadedError.midway()
-        logits = self.engine._forward(ids, self.length, self.cache)
+        logits = self.engine.forward(ids, self.length, self.cache)
         self.length += len(ids)
         return logits
 

@@ -34,6 +34,11 @@ def _one_prompt_on_cuda(model: OPTForCausalLM, batch: int) -> bool:
     return model_device(model).type == "cuda" and batch == 1 and getattr(model, "hf_quantizer", None) is None
 
 
+def _listed(items: list[str], last: str = "and") -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
 def _always(model: OPTForCausalLM, batch: int) -> bool:
     return True
 
@@ -56,7 +61,7 @@ ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first, still 
 
 
 def method_names() -> tuple[str, ...]:
-    """What `method=` accepts: 'auto' and every backend (and the old names in ALIASES)."""
+    """The methods to offer: 'auto' and every backend (`check_method` also takes the old names in ALIASES)."""
     return ("auto", *BACKENDS)
 
 
@@ -72,15 +77,21 @@ def choose_backend(method: str, model: OPTForCausalLM, settings: GenerationSetti
     """The backend for this call: the one named, checked against what it can do, or auto's pick."""
     name, mode = check_method(method), settings.mode
     if name == "auto":
-        return next(b for b in BACKENDS.values() if b.chosen_by_auto and mode in b.modes
-                    and b.cannot_run(model, batch) is None and b.chosen_by_auto(model, batch))
+        chosen = next((b for b in BACKENDS.values() if b.chosen_by_auto and mode in b.modes
+                       and b.cannot_run(model, batch) is None and b.chosen_by_auto(model, batch)), None)
+        if chosen is None:
+            raise SettingsError(f"No decoding method runs {MODE_NAMES.get(mode, mode)} on this model with "
+                                f"{batch} prompt(s) at once: change the settings' mode.")
+        return chosen
     backend = BACKENDS[name]
     if mode not in backend.modes:
-        does = " and ".join(MODE_NAMES[m] for m in MODE_NAMES if m in backend.modes)
-        others = ", ".join(f"'{b.name}'" for b in BACKENDS.values() if mode in b.modes)
+        does = _listed([MODE_NAMES[m] for m in MODE_NAMES if m in backend.modes])
         why = f" ({backend.why_not[mode]})" if mode in backend.why_not else ""
+        others = [f"'{b.name}'" for b in BACKENDS.values() if mode in b.modes and b.cannot_run(model, batch) is None]
+        instead = f", or {_listed(others, 'or')}" if others else ""
+        greedy = ", or greedy decoding (do_sample=False, num_beams=1)" if backend.modes == {"greedy"} else ""
         raise SettingsError(f"method '{name}' ({backend.summary}) does {does} only, not {MODE_NAMES[mode]}{why}: "
-                            f"use method='auto', or one of {others}.")
+                            f"use method='auto'{instead}{greedy}.")
     reason = backend.cannot_run(model, batch)
     if reason is not None:
         raise SettingsError(f"method '{name}' cannot run this: {reason}; use method='auto' for anything else.")

@@ -40,6 +40,8 @@ def tutorial_steps(job: DecodeJob) -> Iterator[DecodeStep]:
     for row, ids in enumerate(job.prompt_ids):
         for token in tutorial_greedy_steps(job.model, ids, job.max_new_tokens, EOS_TOKEN_ID):
             yield DecodeStep([token if i == row else None for i in range(rows)])
+            if job.stop_event.is_set():  # the later rows are not started either
+                return
             done = job.finished()
             if done is not None and bool(done[row]):
                 break
