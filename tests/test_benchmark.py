@@ -1,6 +1,7 @@
 """The benchmark harness on tiny models: it runs every method, its figures are positive and consistent,
 the roofline arithmetic holds, and its JSON has its schema."""
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -97,9 +98,22 @@ def test_quantized_methods_report_their_quality(tiny_loaded, method):
     assert bytes_per_decode_step(quantized, 0, 1) < bytes_per_decode_step(model, 0, 1)
 
 
-def test_default_methods_depend_on_the_device():
-    assert "int8-dynamic" in default_methods("cpu") and "bnb-int8" not in default_methods("cpu")
-    assert {"bnb-int8", "bnb-nf4", "static-cache"} <= set(default_methods("cuda"))
+def test_default_methods_depend_on_the_device_and_keep_their_order():
+    """The rows the benchmark's JSON, plots and README figures have always had, in their order: the
+    tutorial's loop first (on a GPU it also takes the process's one-off start-up cost)."""
+    shared = ["seed-loop", "cached-loop", "hf-generate", "static-cache", "generate"]
+    assert default_methods("cpu") == [*shared, "int8-dynamic"]
+    assert default_methods("cuda") == [*shared, "bnb-int8", "bnb-nf4"]
+
+
+def test_a_new_backend_gets_a_bench_row_before_generate():
+    from helpers.analysis.bench_methods import method_rows
+    from helpers.generation.backends.registry import BACKENDS
+
+    extra = dataclasses.replace(BACKENDS["cached"], name="speculative", summary="a new backend")
+    rows = method_rows({**BACKENDS, "speculative": extra})
+    assert list(rows).index("static-cache") < list(rows).index("speculative") < list(rows).index("generate")
+    assert rows["speculative"].description == "a new backend" and list(method_rows()) == list(METHODS)
 
 
 def test_bench_command_writes_json_and_plot(tiny_pre_folder, tmp_path, capsys):

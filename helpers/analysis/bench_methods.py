@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
+from ..generation.backends.base import Backend
 from ..generation.backends.registry import BACKENDS
 from ..generation.run import generate
 from ..generation.settings import GenerationSettings
@@ -76,20 +77,34 @@ class Method:
 _BENCH_NAMES = {"tutorial": "seed-loop", "cached": "cached-loop", "static": "static-cache"}
 _MEASURED_OTHERWISE = ("cpu-fast", "hf")
 
-METHODS: dict[str, Method] = {m.name: m for m in [
-    *(Method(_BENCH_NAMES.get(name, name), backend.summary, via_generate(name))
-      for name, backend in BACKENDS.items() if name not in _MEASURED_OTHERWISE),
-    Method("hf-generate", "plain model.generate, its defaults (dynamic cache)", _plain_model_generate),
-    Method("generate", "helpers' generate(): the fastest correct method for the device", via_generate("auto")),
-    Method("int8-dynamic", "torch dynamic int8 quantization of every Linear, lm_head included",
-           via_generate("auto"), devices=("cpu",), prepare=_int8_dynamic),
-    Method("bnb-int8", "bitsandbytes LLM.int8()", via_generate("auto"), devices=("cuda",),
-           prepare=_bitsandbytes("int8")),
-    Method("bnb-nf4", "bitsandbytes 4-bit NF4", via_generate("auto"), devices=("cuda",), prepare=_bitsandbytes("nf4")),
-]}
+
+def method_rows(backends: dict[str, Backend] = BACKENDS) -> dict[str, Method]:
+    """The benchmark's methods, in the order the rows have always come (the slowest reference first); a new
+    backend's row comes before 'generate'."""
+    def row(name: str) -> Method:
+        return Method(_BENCH_NAMES.get(name, name), backends[name].summary, via_generate(name))
+
+    return {m.name: m for m in [
+        row("tutorial"),
+        row("cached"),
+        Method("hf-generate", "plain model.generate, its defaults (dynamic cache)", _plain_model_generate),
+        row("static"),
+        *(row(name) for name in backends if name not in (*_BENCH_NAMES, *_MEASURED_OTHERWISE)),
+        Method("generate", "helpers' generate(): the fastest correct method for the device", via_generate("auto")),
+        Method("int8-dynamic", "torch dynamic int8 quantization of every Linear, lm_head included",
+               via_generate("auto"), devices=("cpu",), prepare=_int8_dynamic),
+        Method("bnb-int8", "bitsandbytes LLM.int8()", via_generate("auto"), devices=("cuda",),
+               prepare=_bitsandbytes("int8")),
+        Method("bnb-nf4", "bitsandbytes 4-bit NF4", via_generate("auto"), devices=("cuda",),
+               prepare=_bitsandbytes("nf4")),
+    ]}
+
+
+METHODS: dict[str, Method] = method_rows()
 
 
 def default_methods(device: str) -> list[str]:
+    """The methods `bench` runs when none are named: every default one that runs on `device`, in row order."""
     return [m.name for m in METHODS.values() if m.default and device in m.devices]
 
 

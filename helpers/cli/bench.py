@@ -22,6 +22,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "in one run: time to first token, decode tokens/s, peak memory, and the fraction of the "
                     "memory-bandwidth roofline (the bandwidth is measured in the same run). Quantized methods "
                     "also report their quality cost against the unquantized model.",
+        epilog="methods: " + "; ".join(f"{m.name} ({m.description})" for m in METHODS.values()) + ".",
     )
     p.add_argument("--model", default="opt-125m", metavar="SIZE_OR_PATH",
                    help="an OPT size (random weights in its shape; default opt-125m) or a local model folder")
