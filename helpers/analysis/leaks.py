@@ -11,9 +11,8 @@ import torch
 from ..environment import resident_memory_bytes
 from ..loading.model import load_model
 from ..memory.measure import release_freed_memory
-from ..opt.random_weights import random_model
+from ..opt.random_weights import save_random_model
 from ..opt.sizes import find_size
-from ..opt.tokenizer import opt_tokenizer
 from .benchmark import hardware_facts
 
 # ------------------------------------------------------------------------------------------ leaks
@@ -31,11 +30,7 @@ def leak_check(model: str, cycles: int = 20, *, device: str = "auto", new_tokens
     try:
         if find_size(model) is not None:
             tmp = tempfile.TemporaryDirectory(prefix="opt-leaks-")
-            net = random_model(model, dtype=torch.float16, device="cpu")
-            net.save_pretrained(tmp.name)
-            opt_tokenizer().save_pretrained(tmp.name)
-            folder = tmp.name
-            del net
+            folder = str(save_random_model(model, tmp.name, dtype=torch.float16))
         for cycle in range(cycles):
             loaded = load_model(folder) if device == "auto" else load_model(folder, device=device)
             loaded.generate("The memory of a long afternoon", max_new_tokens=new_tokens, do_sample=False)

@@ -15,7 +15,7 @@ from ..loading.sources import size_of
 from ..memory.bytes import parse_bytes
 from ..memory.measure import PeakMemory, release_freed_memory
 from ..memory.planner import Budget, choose, plan
-from ..opt.random_weights import random_model
+from ..opt.random_weights import random_model, save_random_model
 from ..opt.sizes import OPTSize, find_size
 from ..opt.tokenizer import opt_tokenizer
 from .benchmark import hardware_facts, prompt_of_length
@@ -82,13 +82,10 @@ def _random_weights_folder(size: OPTSize, dtype: torch.dtype, progress: Callable
     progress(f"writing random {size.name} weights ({str(dtype)[6:]}) for the plan to load")
     tmp = tempfile.TemporaryDirectory(prefix="opt-plan-")
     try:
-        net = random_model(size, dtype=dtype, device="cpu")
-        net.save_pretrained(tmp.name)
-        opt_tokenizer().save_pretrained(tmp.name)
+        save_random_model(size, tmp.name, dtype=dtype)
     except BaseException:  # an error, Ctrl-C or SIGTERM while writing: the folder goes with it
         tmp.cleanup()
         raise
-    del net
     gc.collect()
     return tmp
 
