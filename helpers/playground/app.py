@@ -12,11 +12,11 @@ from ..generation.settings import PRESETS, GenerationSettings
 from ..generation.streaming import stream
 from ..loading.model import LoadedModel, load_model
 from ..opt.sizes import SIZES
-from . import side_by_side
 from .jobs import Jobs
 from .kernel_events import current_request_id, running_kernel
 from .layout import build
 from .model_loading import ModelLoading
+from .side_by_side import SideBySide
 from .state import (
     Branch,
     Run,
@@ -29,7 +29,7 @@ from .token_view import TOP_ALTERNATIVES, TokenView
 from .views import clear, history_html, text_html
 
 
-class Playground(ModelLoading, TokenView, Jobs):
+class Playground(ModelLoading, TokenView, SideBySide, Jobs):
     """The app. `Playground(model="opt-350m")` in a notebook cell displays it and loads the model.
 
     Everything a user can do has a method too (`generate()`, `stop()`, `branch()`, `side_by_side()`,
@@ -60,10 +60,20 @@ class Playground(ModelLoading, TokenView, Jobs):
         self._applying_preset = False
         self.refresh_seconds = 0.25  # how often streamed text, status and tokens reach the page
         build(self, model)
+        self._wire()
         if load:
             if running_kernel() is not None:
                 self._ipython_display_()  # shown first, so the loading progress is seen in this cell
             self._start(self._load, model)
+
+    def _wire(self) -> None:
+        """The widgets' events to the app's handlers, then the first preset into the controls."""
+        self.tabs.observe(self._on_tab, names="selected_index")
+        self.model_picker.observe(self._on_model_change, names="value")
+        for control in self.decoding_controls:
+            control.observe(self._on_control_change, names="value")
+        self.preset.observe(self._on_preset, names="value")
+        self._apply_preset(self.preset.value)
 
     # ------------------------------------------------------------------------------------- display
 
@@ -209,9 +219,6 @@ class Playground(ModelLoading, TokenView, Jobs):
         if settings.seed is None:
             settings = settings.replace(seed=int(time.time()) % 100_000)  # one seed for every column
         return self._start(self._side_by_side, models, text, settings)
-
-    def _side_by_side(self, models: list[str], prompt: str, settings: GenerationSettings) -> None:
-        side_by_side.run(self, models, prompt, settings)
 
     # ------------------------------------------------------------------------------------- history
 

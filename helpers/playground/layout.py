@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def build(app: Playground, model: str) -> None:
-    """Every widget of the app, wired to its methods; `model` is the picker's first value."""
+    """Every widget of the app (its buttons wired to its public methods); `model` is the picker's first value."""
     options = [(c.label, c.name) for c in app.choices]
     _model_row(app, options, model)
     app.prompt = W.Textarea(value="Natural language processing is a subfield of",
@@ -28,7 +28,6 @@ def build(app: Playground, model: str) -> None:
     app.tabs = titled(W.Tab(children=pages),
                        ["Output", "Probabilities", "Branches", "Side by side", "History"])
     app.tabs.add_class("opt-tabs")
-    app.tabs.observe(app._on_tab, names="selected_index")
     app.widget = W.VBox([
         W.HBox([app.model_picker, app.progress], layout=ROW), app.model_status, app.prompt, settings,
         W.HBox([app.generate_button, app.stop_button]), app.status, app.message, app.tabs,
@@ -44,11 +43,10 @@ def _model_row(app: Playground, options: list[tuple[str, str]], model: str) -> N
     app.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="auto", flex="0 1 240px", visibility="hidden"))
     app.model_status = W.HTML()
     app.model_status.add_class("opt-model-status")
-    app.model_picker.observe(app._on_model_change, names="value")
 
 
 def _settings(app: Playground) -> W.Accordion:
-    """The preset and every decoding control, in an accordion; changing a control makes the preset custom."""
+    """The preset and every decoding control (`decoding_controls`), in an accordion."""
     app.preset = W.Dropdown(options=["custom", *PRESETS], value="balanced sampling", description="Preset",
                              style=LABELS)
     app.preset.add_class("opt-preset")
@@ -69,13 +67,9 @@ def _settings(app: Playground) -> W.Accordion:
                                style=LABELS, layout=W.Layout(width="auto"))
     app.max_new_tokens.add_class("opt-max-new-tokens")
     app.temperature.add_class("opt-temperature")
-    app._controls = [app.max_new_tokens, app.do_sample, app.temperature, app.top_k, app.top_p,
-                      app.typical_p, app.repetition_penalty, app.no_repeat_ngram_size, app.num_beams,
-                      app.penalty_alpha, app.seed, app.fixed_seed, app.stop_strings]
-    for control in app._controls:
-        control.observe(app._on_control_change, names="value")
-    app.preset.observe(app._on_preset, names="value")
-    app._apply_preset("balanced sampling")
+    app.decoding_controls = [app.max_new_tokens, app.do_sample, app.temperature, app.top_k, app.top_p,
+                             app.typical_p, app.repetition_penalty, app.no_repeat_ngram_size, app.num_beams,
+                             app.penalty_alpha, app.seed, app.fixed_seed, app.stop_strings]
     grid = W.GridBox([app.max_new_tokens, app.temperature, app.top_k, app.top_p, app.typical_p,
                       app.repetition_penalty, app.no_repeat_ngram_size, app.num_beams, app.penalty_alpha,
                       W.HBox([app.seed, app.fixed_seed], layout=ROW)],
@@ -106,9 +100,6 @@ def _probabilities_page(app: Playground) -> W.VBox:
     """The token view: a button per token, shaded by its probability, and the alternatives of the one picked."""
     app.tokens_box = W.Box(layout=W.Layout(display="flex", flex_flow="row wrap", align_items="center"))
     app.tokens_box.add_class("opt-tokens")
-    app._token_layout = W.Layout(width="auto", height="26px", margin="1px", padding="0 3px")  # one for all
-    app._token_styles: dict[str, W.ButtonStyle] = {}  # one per shade, shared by the tokens of that shade
-    app._tokens_run = None  # the run whose tokens the box shows
     app.alternatives = W.VBox()
     app.alternatives.add_class("opt-alternatives")
     page = W.VBox([
@@ -116,7 +107,7 @@ def _probabilities_page(app: Playground) -> W.VBox:
                f"likely). Hover for its top-{TOP_ALTERNATIVES} alternatives; click a token to see them and continue from any "
                "alternative (a branch).</small>"),
         app.tokens_box, app.alternatives])
-    app._probabilities_page = page
+    app.probabilities_page = page
     return page
 
 

@@ -17,6 +17,12 @@ TOP_ALTERNATIVES = 5  # the alternatives each token records and shows
 class TokenView:
     """Part of `Playground`: the token view and branching from a token (widgets from `layout`)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._token_layout = W.Layout(width="auto", height="26px", margin="1px", padding="0 3px")  # one for all
+        self._token_styles: dict[str, W.ButtonStyle] = {}  # one per shade, shared by the tokens of that shade
+        self._tokens_run: Run | None = None  # the run whose tokens the box shows
+
     def _token_button(self, run: Run, index: int, token: TokenInfo) -> W.Button:
         color = probability_color(math.exp(token.logprob) if token.logprob is not None else 0.0)
         style = self._token_styles.get(color) or self._token_styles.setdefault(color, W.ButtonStyle(button_color=color))
@@ -28,7 +34,7 @@ class TokenView:
 
     def _probabilities_open(self) -> bool:
         index = self.tabs.selected_index
-        return index is not None and self.tabs.children[index] is self._probabilities_page
+        return index is not None and self.tabs.children[index] is self.probabilities_page
 
     def _on_tab(self, change) -> None:
         if self._probabilities_open() and self.current is not None:
