@@ -7,8 +7,7 @@ import pytest
 from helpers import environment
 from helpers.environment import GPU
 from helpers.memory.planner import Budget, plan
-from helpers.memory.summaries import fit_table, fits_fp16
-from helpers.opt.sizes import SIZES
+from helpers.memory.summaries import fit_table
 from helpers.units import human_bytes
 
 T4 = GPU(0, "Tesla T4", 15 * 1024**3, 15 * 1024**3, (7, 5))
@@ -30,21 +29,20 @@ def test_fit_table_on_a_t4_says_what_fits():
     assert fits == {"opt-125m": True, "opt-350m": True, "opt-1.3b": True, "opt-2.7b": True, "opt-6.7b": True,
                     "opt-13b": False, "opt-30b": False, "opt-66b": False}
     assert rows["opt-1.3b"]["fits RAM in fp32 (CPU)"] and not rows["opt-2.7b"]["fits RAM in fp32 (CPU)"]  # 9.9 GiB + cache
-    assert fits_fp16(SIZES["opt-6.7b"], T4.total_bytes) and not fits_fp16(SIZES["opt-13b"], T4.total_bytes)
 
 
 @pytest.mark.parametrize("gpus", [(T4,), ()], ids=["t4", "no-gpu"])
 @pytest.mark.parametrize("context", [2048, 256])
-def test_fit_table_agrees_with_the_planner(gpus, context):
+@pytest.mark.parametrize("ram_gib", [12, 2])
+def test_fit_table_agrees_with_the_planner(gpus, context, ram_gib):
     """Every cell the fit table derives is the planner's: its fp16 option's needs and fits on this budget
-    (the model picker's), its fp32-cpu option's fits; fits_fp16 is the same fp16 verdict."""
-    env = replace(environment.detect(), gpus=gpus, ram_available_bytes=12 * 1024**3)
+    (the model picker's: with 2 GiB of RAM not even a GPU's model loads), its fp32-cpu option's fits."""
+    env = replace(environment.detect(), gpus=gpus, ram_available_bytes=ram_gib * 1024**3)
     budget = Budget.of_machine(env)
     for row in fit_table(env, context=context):
         options = {o.method: o for o in plan(row["model"], replace(budget, gpus=1, gpu_bytes=T4.total_bytes),
                                              context=context)}
         assert row["fp16 needs"] == human_bytes(options["fp16"].needs_bytes)
-        assert fits_fp16(SIZES[row["model"]], T4.total_bytes, context) == options["fp16"].fits
         here = {o.method: o for o in plan(row["model"], budget, context=context)}
         assert row["fits RAM in fp32 (CPU)"] == here["fp32-cpu"].fits
         if gpus:

@@ -59,17 +59,10 @@ def _fp16_and_cpu(size: OPTSize, budget: Budget, context: int) -> tuple[Option, 
     return fp16, cpu
 
 
-def fits_fp16(size: OPTSize, memory_bytes: int, context: int = 2048, headroom: int = 0) -> bool:
-    """Whether a size in fp16 with a `context`-token KV cache fits a GPU of `memory_bytes` (`headroom` of it
-    kept free): the planner's fp16 verdict, with RAM left out of the question."""
-    budget = Budget(memory_bytes - headroom, 1, cpu_bytes=1 << 62)
-    return next(o for o in plan(size, budget, context=context) if o.method == "fp16").fits
-
-
 def fit_table(env: Environment | None = None, context: int = 2048) -> list[dict]:
-    """One row per OPT size: what fp16 weights and a `context`-token KV cache need, whether that fits this
-    machine's first GPU, and whether the fp32 model fits the available RAM (for running on the CPU): the
-    planner's fp16 and fp32-cpu options on this machine's budget."""
+    """One row per OPT size: what fp16 weights and a `context`-token KV cache need, whether that loads on this
+    machine's first GPU (with the RAM to load it), and whether the fp32 model fits the available RAM (for
+    running on the CPU): the planner's fp16 and fp32-cpu verdicts on this machine, the model picker's."""
     env = env or detect()
     gpu = env.gpus[0] if env.gpus else None
     budget = Budget.of_machine(env)
