@@ -80,6 +80,25 @@ def test_no_module_takes_another_module_s_private_names():
     assert not private, private
 
 
+# Libraries' internals used on purpose, each where no public way exists: argparse's subparsers type (for type
+# hints), numpy's moved module path in old pickles, torch's parameter and buffer slots (swapping an unloaded
+# model's tensors), ipykernel's shell context, status messages and shell stream (Colab's kernel rule).
+LIBRARY_INTERNALS = {"_SubParsersAction", "_core", "_parameters", "_buffers", "_get_shell_context_var",
+                     "_publish_status", "_recv_callback"}
+
+
+def test_no_module_reaches_into_another_object_s_private_attributes():
+    """Outside `self`, no `x._name`: what one part of the package needs from another is public."""
+    reached = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                    and node.attr not in LIBRARY_INTERNALS):
+                reached.append(f"{module}:{node.lineno} .{node.attr}")
+    assert not reached, reached
+
+
 def test_modules_are_small_and_say_what_they_are_in_one_line():
     for module, path in MODULES.items():
         source = path.read_text()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..memory.dtype_names import DTYPE_CHOICES
 from .common import UsageError, memory_flags, print_json, quiet_libraries, read_prompt, stdout_takes_unicode
 
-if TYPE_CHECKING:  # torch-free at import: --help needs none of it
+if TYPE_CHECKING:  # this module stays torch-free at import: only the run loads the library
     from ..generation.results import GenerationResult
     from ..generation.streaming import TextStream
 

@@ -74,8 +74,7 @@ def _check(args: argparse.Namespace) -> int:
             check.all()
         finally:
             run.disarm()
-            for role in list(check.folders):
-                check._remove(role)
+            check.remove_folders()
             write_results(run, check)
     counts = {s: sum(r["status"] == s for r in run.steps.values()) for s in STATUSES}
     log_line(f"done in {run.elapsed():.0f} s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))

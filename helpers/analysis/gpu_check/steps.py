@@ -48,6 +48,11 @@ class Check:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def remove_folders(self) -> None:
+        """Every weights folder the check wrote (at its end, however it ended)."""
+        for role in list(self.folders):
+            self._remove(role)
+
     def _option(self, size: OPTSize, method: str, context: int, batch: int = 1):
         """The planner's option for `method` under the run's budget: the prediction a check is measured
         against (a plan this machine cannot use is `Unavailable`, with the planner's reason)."""
