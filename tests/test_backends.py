@@ -91,6 +91,29 @@ def test_a_backend_runs_the_modes_it_declares_and_refuses_the_others(tiny, token
         assert backend.why_not[mode] in message, message
 
 
+def test_a_refusal_offers_only_methods_that_run_this_model_and_batch(tiny, tokenizer):
+    """Two prompts: the CPU engine (one prompt only) runs greedy decoding but is not offered for it."""
+    with pytest.raises(SettingsError) as refused:
+        generate(tiny, tokenizer, [PROMPT, "Hello"], SETTINGS["sample"], method="tutorial")
+    message = str(refused.value)
+    assert "'cached'" in message and "'cpu-fast'" not in message, message
+    assert "do_sample=False, num_beams=1, penalty_alpha=0" in message, message  # what makes it greedy
+
+
+def test_the_tutorial_loop_starts_no_further_prompt_after_stop(tiny, tokenizer):
+    prompts = [encode_prompt(tokenizer, p) for p in (PROMPT, "Hello")]
+    job = DecodeJob(tiny, tokenizer, prompts, SETTINGS["greedy"], 8, False, 0, finished=lambda: None)
+    calls = []
+    handle = tiny.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        steps = registry.BACKENDS["tutorial"].steps(job)
+        first = next(steps)
+        job.stop_event.set()
+        assert first.tokens[1] is None and list(steps) == [] and len(calls) == 1
+    finally:
+        handle.remove()
+
+
 def test_an_unknown_method_is_refused_before_the_prompt_is_looked_at(tiny, tokenizer):
     with pytest.raises(SettingsError, match="Unknown method 'warp'"):
         generate(tiny, tokenizer, "word " * 5000, method="warp")  # too long for the context, but that comes later

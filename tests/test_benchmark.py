@@ -113,7 +113,7 @@ def test_a_new_backend_gets_a_bench_row_before_generate():
     extra = dataclasses.replace(BACKENDS["cached"], name="speculative", summary="a new backend")
     rows = method_rows({**BACKENDS, "speculative": extra})
     assert list(rows).index("static-cache") < list(rows).index("speculative") < list(rows).index("generate")
-    assert rows["speculative"].description == "a new backend" and list(method_rows()) == list(METHODS)
+    assert rows["speculative"].description == "a new backend" and "speculative" not in METHODS
 
 
 def test_bench_command_writes_json_and_plot(tiny_pre_folder, tmp_path, capsys):

@@ -34,9 +34,9 @@ def _one_prompt_on_cuda(model: OPTForCausalLM, batch: int) -> bool:
     return model_device(model).type == "cuda" and batch == 1 and getattr(model, "hf_quantizer", None) is None
 
 
-def _listed(items: list[str], last: str = "and") -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+def _listed(items: list[str]) -> str:
+    """'', 'a', 'a and b', 'a, b and c'."""
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else "".join(items)
 
 
 def _always(model: OPTForCausalLM, batch: int) -> bool:
@@ -80,18 +80,19 @@ def choose_backend(method: str, model: OPTForCausalLM, settings: GenerationSetti
         chosen = next((b for b in BACKENDS.values() if b.chosen_by_auto and mode in b.modes
                        and b.cannot_run(model, batch) is None and b.chosen_by_auto(model, batch)), None)
         if chosen is None:
-            raise SettingsError(f"No decoding method runs {MODE_NAMES.get(mode, mode)} on this model with "
-                                f"{batch} prompt(s) at once: change the settings' mode.")
+            raise SettingsError(f"No decoding method runs {MODE_NAMES.get(mode, mode)} on this model with {batch} "
+                                "prompt(s) at once: change do_sample, num_beams or penalty_alpha.")
         return chosen
     backend = BACKENDS[name]
     if mode not in backend.modes:
-        does = _listed([MODE_NAMES[m] for m in MODE_NAMES if m in backend.modes])
+        does = _listed([MODE_NAMES.get(m, m) for m in sorted(backend.modes, key=list(MODE_NAMES).index)])
         why = f" ({backend.why_not[mode]})" if mode in backend.why_not else ""
         others = [f"'{b.name}'" for b in BACKENDS.values() if mode in b.modes and b.cannot_run(model, batch) is None]
-        instead = f", or {_listed(others, 'or')}" if others else ""
-        greedy = ", or greedy decoding (do_sample=False, num_beams=1)" if backend.modes == {"greedy"} else ""
-        raise SettingsError(f"method '{name}' ({backend.summary}) does {does} only, not {MODE_NAMES[mode]}{why}: "
-                            f"use method='auto'{instead}{greedy}.")
+        instead = f" or one of {', '.join(others)}" if len(others) > 1 else "".join(f" or {o}" for o in others)
+        greedy = ("; or greedy decoding (do_sample=False, num_beams=1, penalty_alpha=0)"
+                  if backend.modes == {"greedy"} else "")
+        raise SettingsError(f"method '{name}' ({backend.summary}) does {does} only, not "
+                            f"{MODE_NAMES.get(mode, mode)}{why}: use method='auto'{instead}{greedy}.")
     reason = backend.cannot_run(model, batch)
     if reason is not None:
         raise SettingsError(f"method '{name}' cannot run this: {reason}; use method='auto' for anything else.")
