@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 from ..memory.dtype_names import DTYPE_CHOICES
@@ -18,11 +20,14 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="measure decoding speed, memory and roofline fraction of each method",
-        description="Time each decoding method on one model (random weights in a real OPT shape, or a folder) "
-                    "in one run: time to first token, decode tokens/s, peak memory, and the fraction of the "
-                    "memory-bandwidth roofline (the bandwidth is measured in the same run). Quantized methods "
-                    "also report their quality cost against the unquantized model.",
-        epilog="methods: " + "; ".join(f"{m.name} ({m.description})" for m in METHODS.values()) + ".",
+        description=textwrap.fill(
+            "Time each decoding method on one model (random weights in a real OPT shape, or a folder) in one run: "
+            "time to first token, decode tokens/s, peak memory, and the fraction of the memory-bandwidth roofline "
+            "(the bandwidth is measured in the same run). Quantized methods also report their quality cost "
+            "against the unquantized model.", width=min(shutil.get_terminal_size().columns - 2, 100)),
+        epilog="methods:\n" + "\n".join(f"  {m.name:<14}{m.description}" + ("" if len(m.devices) > 1 else
+                                         f" ({m.devices[0].upper()} only)") for m in METHODS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the methods one a line; the description wrapped here
     )
     p.add_argument("--model", default="opt-125m", metavar="SIZE_OR_PATH",
                    help="an OPT size (random weights in its shape; default opt-125m) or a local model folder")

@@ -67,7 +67,8 @@ class Playground(ModelLoading, TokenView, SideBySide, Jobs):
             self._start(self._load, model)
 
     def _wire(self) -> None:
-        """The widgets' events to the app's handlers, then the first preset into the controls."""
+        """The controls', picker's and tabs' changes to the app's handlers (layout wires the buttons), then the
+        first preset into the controls."""
         self.tabs.observe(self._on_tab, names="selected_index")
         self.model_picker.observe(self._on_model_change, names="value")
         for control in self.decoding_controls:
