@@ -53,9 +53,11 @@ def _fp16_and_cpu(size: OPTSize, budget: Budget, context: int) -> tuple[Option, 
     """The planner's fp16-on-one-GPU option and its fp32-on-the-CPU one for `size` on `budget`. Without a GPU
     the fp16 option is planned on a notional one as large as the RAM: what it needs does not depend on the
     GPU's size."""
-    gpu_budget = budget if budget.gpus else replace(budget, gpus=1, gpu_bytes=budget.cpu_bytes)
-    fp16 = next(o for o in plan(size, gpu_budget, context=context) if o.method == "fp16")
-    cpu = next(o for o in plan(size, budget, context=context) if o.method == "fp32-cpu")
+    options = plan(size, budget, context=context)
+    gpu_options = options if budget.gpus else plan(size, replace(budget, gpus=1, gpu_bytes=budget.cpu_bytes),
+                                                   context=context)
+    fp16 = next(o for o in gpu_options if o.method == "fp16")
+    cpu = next(o for o in options if o.method == "fp32-cpu")
     return fp16, cpu
 
 
