@@ -121,16 +121,9 @@ def _run_generate(args: argparse.Namespace) -> int:
                      "dtype": info.dtype})
         return 0
     result = _stream_to_terminal(stream(model, tokenizer, prompt, settings, **common), prompt)
-    seed = f", seed {result.settings.seed}" if result.settings.samples else ""
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(
-        f"[{result.timings.new_tokens} tokens in {result.timings.total_seconds:.2f} s, "
-        f"{result.timings.tokens_per_second:.1f} tokens/s, first token after "
-        f"{result.timings.time_to_first_token or 0:.2f} s, {result.settings.mode}{seed}, "
-        f"finished: {result.finish_reason}]",
-        file=sys.stderr,
-    )
+    print(f"[{result.summary()}]", file=sys.stderr)
     return 0
 
 

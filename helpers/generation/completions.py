@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -93,9 +92,7 @@ def complete(
     _check_request(n, best_of, max_tokens, min_tokens, logprobs, stops)
     if not prompts:
         raise SettingsError("No prompt was given.")
-    if seed is None and temperature:
-        seed = random.randrange(2**31)
-    settings = _settings(max_tokens, min_tokens, temperature, top_p, stops, seed, best_of)
+    settings = _settings(max_tokens, min_tokens, temperature, top_p, stops, seed, best_of).with_seed_drawn()
 
     candidates: list[GenerationResult] = generate(
         model, tokenizer, [p for p in prompts for _ in range(best_of)], settings,

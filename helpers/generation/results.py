@@ -68,6 +68,17 @@ class GenerationResult:
     def full_text(self) -> str:
         return self.prompt + self.text
 
+    def summary(self, separator: str = ", ") -> str:
+        """The one status line of a finished run: tokens, time, speed, first token, mode, seed, finish."""
+        t = self.timings
+        first = f"{t.time_to_first_token:.2f} s" if t.time_to_first_token is not None else "n/a"
+        parts = [f"{t.new_tokens} tokens in {t.total_seconds:.2f} s", f"{t.tokens_per_second:.1f} tokens/s",
+                 f"first token after {first}", self.settings.mode]
+        if self.settings.samples:
+            parts.append(f"seed {self.settings.seed}")
+        parts.append(f"finished: {self.finish_reason}")
+        return separator.join(parts)
+
     def as_dict(self) -> dict:
         data = {
             "prompt": self.prompt,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 import warnings
@@ -50,9 +49,7 @@ class GenerationRun:
                 f"Only {self.max_new} new tokens fit after this prompt in OPT's {limit} positions "
                 f"(asked for {settings.max_new_tokens}); generation stops there."
             )
-        if settings.samples and settings.seed is None:
-            settings = settings.replace(seed=random.randrange(2**31))  # recorded so the run can be repeated
-        self.settings = settings
+        self.settings = settings = settings.with_seed_drawn()
         self.backend = choose_backend(method, model, settings, len(self.prompt_ids))
         self.method = self.backend.name
         self._check_working_memory()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from transformers import GenerationConfig
@@ -92,6 +93,13 @@ class GenerationSettings:
     def samples(self) -> bool:
         """Whether tokens are drawn at random (sampling or beam sampling), so that the seed matters."""
         return self.mode in ("sample", "beam-sample")
+
+    def with_seed_drawn(self) -> GenerationSettings:
+        """These settings with a random seed where they sample and name none: the one seed policy, so that
+        every run that samples records the seed that repeats it."""
+        if self.samples and self.seed is None:
+            return self.replace(seed=random.randrange(2**31))
+        return self
 
     def problems(self) -> list[str]:
         """Every reason these settings cannot work, as sentences a user can act on (empty if fine)."""

@@ -194,14 +194,7 @@ class Playground(ModelLoading, TokenView, SideBySide, Jobs):
         return run
 
     def _show_status(self, result: GenerationResult) -> None:
-        t = result.timings
-        seed = f" \u00b7 seed {result.settings.seed}" if result.settings.samples else ""
-        first = f"{t.time_to_first_token:.2f} s" if t.time_to_first_token is not None else "n/a"
-        self.status.value = (
-            f"<b>{t.new_tokens} tokens</b> \u00b7 {t.tokens_per_second:.1f} tokens/s \u00b7 first token {first} \u00b7 "
-            f"{t.total_seconds:.2f} s \u00b7 {self._memory_text()} \u00b7 {result.settings.mode}{seed} \u00b7 "
-            f"finished: {result.finish_reason}"
-        )
+        self.status.value = result.summary(" \u00b7 ") + f" \u00b7 {self._memory_text()}"
         for note in result.notes:
             self._say(note, "warning")
 
@@ -217,8 +210,7 @@ class Playground(ModelLoading, TokenView, SideBySide, Jobs):
         if request is None:
             return False
         text, settings = request
-        if settings.seed is None:
-            settings = settings.replace(seed=int(time.time()) % 100_000)  # one seed for every column
+        settings = settings.with_seed_drawn()  # one seed for every column
         return self._start(self._side_by_side, models, text, settings)
 
     # ------------------------------------------------------------------------------------- history
