@@ -93,3 +93,17 @@ def test_download_offline_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         fetch.download("patrickvonplaten/opt_metaseq_350m")
+
+
+@pytest.mark.parametrize("spelling", ["{tmp}/no-such-checkpoint", "./no-such-checkpoint", "file://{tmp}/no-such",
+                                      "no/such/checkpoint"])
+def test_a_local_path_that_does_not_exist_is_named_not_cloned(tmp_path, monkeypatch, spelling):
+    """Notebook 02's METASEQ_REPO as a missing local folder: "no such folder", not git's network and login advice."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fetch, "hub_reachable", lambda timeout=3.0: pytest.fail("a local path reached for the hub"))
+    with pytest.raises(ModelLoadError, match="No such folder: .*(no-such|no/such/checkpoint)") as caught:
+        fetch.checkpoint_source(spelling.format(tmp=tmp_path), tmp_path / "work", include="model/reshard.pt")
+    assert "network" not in str(caught.value) and "login" not in str(caught.value)
+    assert not (tmp_path / "work").exists()
+    assert fetch.missing_local_path("patrickvonplaten/opt_metaseq_350m") is None  # a hub id stays a hub id
+    assert fetch.missing_local_path("https://example.com/x.git") is None

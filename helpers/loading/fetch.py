@@ -76,6 +76,20 @@ def find_lfs_pointers(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts and is_lfs_pointer(p))
 
 
+def missing_local_path(repo: str) -> Path | None:
+    """The path `repo` names when it is written as a local path (`/...`, `./...`, `~/...`, `file://...`, or more
+    parts than a hub id's owner/name) and nothing is there; None for an existing path, a hub id or a URL."""
+    if repo.startswith("file://"):
+        path = Path(urlparse(repo).path)
+    elif "://" in repo or repo.startswith("git@"):
+        return None
+    elif repo.startswith(("/", ".", "~")) or "\\" in repo or repo.rstrip("/").count("/") > 1:
+        path = Path(repo).expanduser()
+    else:
+        return None
+    return None if path.exists() else path
+
+
 def git_has_lfs() -> bool:
     if shutil.which("git") is None:
         return False
@@ -97,6 +111,10 @@ def clone(repo: str, dest: str | Path, *, include: str | None = None) -> Path:
         ModelLoadError: git or git-lfs is missing, the clone failed, or large files are still pointers.
     """
     dest = Path(dest)
+    missing = missing_local_path(repo)
+    if missing is not None:
+        raise ModelLoadError(f"No such folder: {missing}. '{repo}' is a local path and nothing is there: check the "
+                             "path, or give a hub repo id (owner/name) or a git URL.")
     if shutil.which("git") is None:
         raise ModelLoadError("git is not installed. Install it (`apt-get install git`) or use fetch.download(...).")
     if not git_has_lfs():
