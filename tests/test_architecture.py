@@ -1,4 +1,4 @@
-"""The layout the README's Architecture section describes holds: layers point one way, no circles, small modules."""
+"""The layout docs/architecture.md describes holds: layers point one way, no circles, small modules."""
 
 import ast
 import re
@@ -11,12 +11,12 @@ MODULES = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__
 
 
 def _layers() -> list[set[str]]:
-    """The Architecture table's rows, top to bottom: the names of the packages (and modules) in each."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Architecture")[1].split("\n## ")[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    table = rows[: next(i for i, row in enumerate(rows) if "`environment`" in row) + 1]
-    return [{name.strip("/") for name in re.findall(r"`([a-z_]+/?)`", row.split("|")[1])} for row in table]
+    """The layers table's rows in docs/architecture.md (between its marker comments), top to bottom: the names
+    of the packages (and modules) in each."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("<!-- layers-table -->")[1].split("<!-- /layers-table -->")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    return [{name.strip("/") for name in re.findall(r"`([a-z_]+/?)`", row.split("|")[1])} for row in rows]
 
 
 def _imports(module: str) -> list[tuple[str, list[str], bool]]:
