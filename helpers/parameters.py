@@ -40,16 +40,19 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
-def existing_folder(name: str, value: Any, *, holding: str = "files") -> Path:
-    """`value` as a folder that exists; else a ParameterError naming `name` and what it found there."""
+def existing_folder(name: str, value: Any, *, holding: str = "files", under: tuple[str | Path, ...] = ()) -> Path:
+    """`value` as a folder that exists, as given or (when relative and not found) under one of `under`; else a
+    ParameterError naming `name` and what it found there."""
     if not isinstance(value, (str, Path)) or not str(value):
         raise ParameterError(f"{name} takes the path of a folder of {holding}; it is {_shown(value)}.")
     path = Path(value).expanduser()
-    if path.is_dir():
-        return path
-    found = "a file, not a folder" if path.exists() else "nothing is there"
-    raise ParameterError(f"{name} takes the path of a folder of {holding}; {str(value)!r} is {found} "
-                         f"(looked in {path.resolve()}).")
+    tried = [path] + ([Path(base) / path for base in under] if not path.is_absolute() else [])
+    found = next((candidate for candidate in tried if candidate.is_dir()), None)
+    if found is not None:
+        return found
+    what = "a file, not a folder" if path.exists() else "nothing is there"
+    raise ParameterError(f"{name} takes the path of a folder of {holding}; {str(value)!r} is {what} "
+                         f"(looked in {', '.join(str(t.resolve()) for t in tried)}).")
 
 
 def settings_table(name: str, value: Any) -> dict:
