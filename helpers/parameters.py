@@ -50,8 +50,8 @@ def existing_folder(name: str, value: Any, *, holding: str = "files", under: tup
     found = next((candidate for candidate in tried if candidate.is_dir()), None)
     if found is not None:
         return found
-    what = "a file, not a folder" if path.exists() else "nothing is there"
-    raise ParameterError(f"{name} takes the path of a folder of {holding}; {str(value)!r} is {what} "
+    what = "is a file, not a folder" if path.exists() else "does not exist"
+    raise ParameterError(f"{name} takes the path of a folder of {holding}; {str(value)!r} {what} "
                          f"(looked in {', '.join(str(t.resolve()) for t in tried)}).")
 
 

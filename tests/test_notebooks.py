@@ -62,7 +62,8 @@ def test_01_generate_runs_the_seed_walkthrough(tiny_pre_folder):
     nb = run_notebook("01_generate.ipynb", {"MODEL": str(tiny_pre_folder), "DEVICE": "cpu", "MAX_NEW_TOKENS": 12})
     text = outputs_text(nb)
     assert "[2, 42968" in text  # the first prompt's ids start with OPT's BOS
-    assert "the tutorial's loop (no cache)" in text and "cached loop" in text
+    assert "the tutorial's loop (no cache)" in text and "cached loop" in text  # both loops ran, asserted against helpers
+    assert "of the tutorial loop's time" in text and "same tokens as the tutorial's" in text
     assert "Text classification is a machine learning technique" in text
     assert "tokens/s, first token after" in text
 
@@ -87,6 +88,7 @@ def test_02_metaseq_clones_converts_and_matches_the_reference(tmp_path):
     })
     text = outputs_text(nb)
     assert "reshard.pt" in text and "unflattened, single file" in text
+    assert "checkpoint files:" in text and "pointers left (not fetched): none" in text  # each step showed its result
     assert "| yes |" in text and "| no |" not in text  # same greedy tokens as the reference for every prompt
     assert "metaseq and Megatron-LM are not installed" in text
     assert (tmp_path / "work" / "converted" / "model.safetensors").exists()
@@ -121,9 +123,75 @@ def test_03_compare_sizes_runs_every_model_and_plots(tiny_pre_folder, tiny_folde
 
 
 def test_04_decoding_strategies_scores_and_explains_the_seed(tiny_pre_folder, tiny_folder):
+    strategies = {"greedy": {"do_sample": False}, "my top-p 0.8": {"top_p": 0.8},
+                  "contrastive (alpha 0.6, k 4)": {"do_sample": False, "penalty_alpha": 0.6, "top_k": 4}}
     nb = run_notebook("04_decoding_strategies.ipynb", {"MODEL": str(tiny_folder), "JUDGE": str(tiny_pre_folder),
-                                                        "SEED_MODEL": str(tiny_pre_folder), "MAX_NEW_TOKENS": 10})
+                                                        "SEED_MODEL": str(tiny_pre_folder), "MAX_NEW_TOKENS": 10,
+                                                        "STRATEGIES": strategies})
     text = outputs_text(nb)
     assert "contrastive (alpha 0.6, k 4)" in text and "judge perplexity" in text
+    assert "my top-p 0.8" in text and "beam search (4)" not in text  # the strategies are the parameter's
     assert "dropped" in text and "none" in text and "</s>" in text  # all eight of the seed's conditions
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def _parameters(name: str) -> dict:
+    """The values a notebook's parameters cell sets (plain literals)."""
+    cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+    values: dict = {}
+    exec("".join(next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))["source"]), values)
+    return {k: v for k, v in values.items() if k.isupper()}
+
+
+def test_04_strategies_are_in_its_parameters_cell_and_match_the_helpers_default():
+    from helpers.analysis.comparison import STRATEGIES
+    from helpers.parameters import settings_table
+
+    table = settings_table("STRATEGIES", _parameters("04_decoding_strategies.ipynb")["STRATEGIES"])
+    assert {k: v.replace(max_new_tokens=60) for k, v in table.items()} == STRATEGIES
+
+
+@pytest.mark.parametrize("name, parameters, says", [
+    ("01_generate.ipynb", {"PROMPTS": []}, "PROMPTS takes a list of one or more prompts (strings)"),
+    ("01_generate.ipynb", {"PROMPTS": "Hello world"}, "not one string: 'Hello world' (str)"),
+    ("01_generate.ipynb", {"MAX_NEW_TOKENS": 0}, "MAX_NEW_TOKENS takes a whole number of at least 1"),
+    ("03_compare_sizes.ipynb", {"PROMPTS": []}, "PROMPTS takes a list of one or more prompts"),
+    ("03_compare_sizes.ipynb", {"MODELS": "opt-125m"}, "MODELS takes a list of one or more models"),
+    ("04_decoding_strategies.ipynb", {"STRATEGIES": {"hot": {"temprature": 2.0}}},
+     "STRATEGIES['hot'] has temprature, which GenerationSettings does not take"),
+    ("07_benchmarks.ipynb", {"RESULTS": "/nonexistent/benchmarks"}, "'/nonexistent/benchmarks' does not exist"),
+    ("07_benchmarks.ipynb", {"RESULTS": "../README.md"}, "'../README.md' is a file, not a folder"),
+])
+def test_a_bad_parameter_stops_at_the_check_cell_with_one_line(name, parameters, says):
+    """Issue 26 items 9 and 10: before, PROMPTS=[] was an IndexError, a string ran two cells on 'H', and a
+    missing RESULTS ran to the end showing nothing."""
+    from nbclient.exceptions import CellExecutionError
+
+    with pytest.raises(CellExecutionError) as caught:
+        run_notebook(name, parameters, timeout=120)
+    shown = str(caught.value)
+    assert says in shown and "ParameterError: " in shown
+    assert "from helpers.parameters import" in shown  # it stopped in the check cell, before any work
+    assert "Traceback" not in shown and "File " not in shown  # one line, no traceback
+
+
+@pytest.mark.parametrize("name", ["01_generate.ipynb", "02_metaseq_checkpoints.ipynb", "03_compare_sizes.ipynb",
+                                  "04_decoding_strategies.ipynb", "07_benchmarks.ipynb"])
+def test_each_step_is_introduced_by_markdown_and_the_parameters_are_checked_next(name):
+    cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+    for i, cell in enumerate(cells[3:], start=3):
+        if cell["cell_type"] == "code":
+            assert cells[i - 1]["cell_type"] == "markdown", f"{name}: cell {i} has no markdown before it"
+    assert "from helpers.parameters import" in "".join(cells[4]["source"])
+
+
+def test_01_writes_both_loops_in_its_cells():
+    """The lesson is the loops themselves, a dozen lines each, checked against helpers' tested versions."""
+    cells = ["".join(c["source"]) for c in json.loads((NOTEBOOKS / "01_generate.ipynb").read_text())["cells"]]
+    tutorial = next(c for c in cells if "def tutorial_loop(" in c)
+    cached = next(c for c in cells if "def cached_loop(" in c)
+    assert len(tutorial.split("def tutorial_loop(")[1].splitlines()) <= 15
+    assert len(cached.split("def cached_loop(")[1].splitlines()) <= 15
+    assert "use_cache=False" in tutorial and "CACHE_ARG: cache" in cached and "[[next_id]]" in cached
+    checks = next(c for c in cells if "assert runs[method][0] == generate(" in c)
+    assert 'method=method' in checks and '("tutorial", tutorial_loop), ("cached", cached_loop)' in checks

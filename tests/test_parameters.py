@@ -34,7 +34,7 @@ def test_a_count_must_be_a_whole_number_of_at_least_one(value):
 
 def test_a_folder_that_is_missing_or_a_file_is_named(tmp_path):
     (tmp_path / "a-file.json").write_text("{}")
-    with pytest.raises(ParameterError, match="^RESULTS takes the path of a folder of results; '.*nowhere' is nothing"):
+    with pytest.raises(ParameterError, match="^RESULTS takes the path of a folder of results; '.*nowhere' does not exist"):
         existing_folder("RESULTS", str(tmp_path / "nowhere"), holding="results")
     with pytest.raises(ParameterError, match="a file, not a folder"):
         existing_folder("RESULTS", tmp_path / "a-file.json")
