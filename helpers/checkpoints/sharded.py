@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .pages import release
 from .parts import Part, place
 from .safe_load import load_checkpoint_file, plain
 
@@ -50,6 +51,7 @@ class ShardFile:
     cfg: dict | None
     updates: object
     has_optimizer_state: bool
+    tensors: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)  # memory-mapped, read on demand
 
 
 @dataclass
@@ -90,7 +92,8 @@ class ShardedCheckpoint:
     def read_instance(self, index: int, part: int, on_read: Callable[[int], None]) -> dict[str, torch.Tensor]:
         """One FSDP instance of one model part, whole: each shard's piece (padding stripped) joined in shard
         order, then cut by `numels` and shaped by `shapes`; ties and (for the root) buffers added. The files
-        are memory-mapped and only this instance's bytes are read; nothing else stays in memory."""
+        are memory-mapped (each unpickled once) and only this instance's bytes are read, their pages given
+        back once copied: what stays in memory is this instance, not the files."""
         files = self.files[part]
         inst = files[0].instances[index]
         buffers = {key: torch.empty(sum(meta["numels"]), dtype=files[0].dtypes[inst.key(key)])
@@ -98,16 +101,16 @@ class ShardedCheckpoint:
         offsets = dict.fromkeys(buffers, 0)
         extra: dict[str, torch.Tensor] = {}
         for shard in files:
-            model = load_checkpoint_file(shard.path)["model"]
             for flat in inst.flats:
                 key = inst.key(flat)
                 valid = shard.stored[key] - shard.padding[key]
-                buffers[flat].narrow(0, offsets[flat], valid).copy_(model[key].narrow(0, 0, valid))
+                piece = shard.tensors[key]
+                buffers[flat].narrow(0, offsets[flat], valid).copy_(piece.narrow(0, 0, valid))
+                release(piece)  # read once: its pages need not stay resident
                 offsets[flat] += valid
                 on_read(valid * buffers[flat].element_size())
             if index == 0 and shard is files[0]:
-                extra = {name: model[name].clone() for name in shard.buffers if name in model}
-            del model  # unmaps the file
+                extra = {name: shard.tensors[name].clone() for name in shard.buffers if name in shard.tensors}
         out: dict[str, torch.Tensor] = {}
         for flat, meta in inst.flats.items():
             start = 0
@@ -151,7 +154,7 @@ def _instances(metadata: dict, where: Path) -> list[Instance]:
 
 
 def read_shard_file(path: Path) -> ShardFile:
-    """Read one file's metadata (its tensors stay mapped, unread).
+    """Read one file's metadata; its weights stay mapped, unread (optimizer state and the rest dropped).
 
     Raises:
         CheckpointError: unreadable, or not an FSDP-sharded metaseq checkpoint file.
@@ -184,6 +187,7 @@ def read_shard_file(path: Path) -> ShardFile:
     updates = history[-1].get("num_updates") if isinstance(history, list) and history and isinstance(history[-1], dict) else None
     buffers = [b for b in metadata.get("buffer_names", []) if isinstance(b, str)]
     part, shard = place(path)
+    tensors = {k: v for k, v in model.items() if isinstance(v, torch.Tensor)}
     return ShardFile(path=path, part=part, shard=shard, instances=instances, padding=padding, stored=stored,
                      dtypes=dtypes, buffers=buffers, cfg=cfg if isinstance(cfg, dict) else None, updates=updates,
-                     has_optimizer_state="last_optimizer_state" in raw)
+                     has_optimizer_state="last_optimizer_state" in raw, tensors=tensors)

@@ -20,6 +20,7 @@ from ..units import human_bytes
 from .architecture import resolve_architecture
 from .destination import claim, mark_as_output, publish, set_aside
 from .merge import DROPPED, common_dtype, hf_name, merge_tensor, part_states
+from .pages import trim
 from .progress import ProgressMeter
 from .release import recognise, verify_release
 from .report import ConversionReport
@@ -145,6 +146,7 @@ def convert_sharded(paths: list[Path], dst: Path, *, size: str | None, num_heads
             merged = [checkpoint.read_instance(index, k, lambda n: None) for k in range(split)]
             info = write_safetensors(tmp / out.file, out.entries, _tensors(out, merged, torch_dtype))
             del merged  # before the next instance is read: one instance at a time
+            trim()
             done[out.file] = info
             write_resume(tmp, fingerprint, done)
             meter.advance(out.bytes, f"{out.label}, {index + 1}/{len(outputs)}", force=True)
