@@ -319,3 +319,23 @@ def test_too_little_disk_is_said_before_anything_is_written(tmp_path, case, monk
     with pytest.raises(CheckpointError, match=r"needs .* of free disk, but .* has 1000 B: free .* another disk"):
         convert(case, tmp_path / "hf")
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------- OPT-175B
+
+def test_the_size_table_and_the_planner_know_opt_175b(capsys):
+    from helpers.cli.main import main
+    from helpers.errors import ModelLoadError
+    from helpers.loading.sources import resolve_source
+    from helpers.opt.sizes import SIZES, get_size
+
+    size = get_size("opt-175b")
+    assert (size.layers, size.d_model, size.heads, size.ffn) == (96, 12288, 96, 49152)
+    assert 174e9 < size.parameter_count() < 176e9
+    assert "opt-175b" not in SIZES  # not on the hub: not offered for download
+    assert main(["plan", "--model", "opt-175b", "--gpus", "8", "--gpu-memory", "80GiB", "--cpu-memory", "1000GiB"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[3:] if line.strip() and not line.startswith("Best")}
+    assert "fits" in rows["fp16-multi-gpu"] and "fits" in rows["nf4-multi-gpu"] and "too big" in rows["fp16"]
+    with pytest.raises(ModelLoadError, match="not on the Hugging Face Hub: convert Meta's release"):
+        resolve_source("opt-175b")

@@ -49,6 +49,9 @@ def resolve_source(name: str) -> tuple[str, bool]:
             f"{os.getcwd()}), or pass a short name such as 'opt-350m' to download from the Hugging Face Hub."
         )
     size = find_size(name)
+    if size is not None and not size.on_hub:
+        raise ModelLoadError(f"{size.name} is not on the Hugging Face Hub: convert Meta's release of it with "
+                             "python -m helpers convert-metaseq (docs/opt-175b.md) and load the folder it writes.")
     if size is not None and "/" not in name:
         return size.hub_id, False
     if _HUB_ID.match(name):
