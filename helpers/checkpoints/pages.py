@@ -1,4 +1,4 @@
-"""Giving back the memory-mapped pages of a checkpoint file once they are read (Linux `madvise`)."""
+"""Giving back memory-mapped pages once read, and freed memory after each FSDP instance (Linux)."""
 
 from __future__ import annotations
 

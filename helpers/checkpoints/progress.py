@@ -1,4 +1,4 @@
-"""A progress line over bytes (a text bar, the rate and the time left), printed at most every few seconds."""
+"""A progress line over bytes: a text bar, the rate and the time left, at most every few seconds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Meta's published md5 sums of its OPT releases: which release a folder is, and checking a download against them."""
+"""Meta's published md5 sums of its OPT releases, and checking a download against them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`ConversionReport`: what a conversion read and wrote (printed, and saved as the output's conversion.json)."""
+"""`ConversionReport`: what a conversion read and wrote (printed, and saved as conversion.json)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""FSDP-sharded training checkpoints (`*-model_part-K-shardD.pt`, `*-shardD.pt`: OPT-175B's 992 files): each
-file's `shard_metadata` read and checked against the others, and each FSDP instance put back together part by part."""
+"""FSDP-sharded checkpoint files (OPT-175B's 992): their metadata, and each FSDP instance made whole."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The files of an FSDP-sharded checkpoint checked to be one save, complete, each in its place, before any is converted."""
+"""The files of an FSDP-sharded checkpoint checked to be one complete save, each file in its place."""
 
 from __future__ import annotations
 

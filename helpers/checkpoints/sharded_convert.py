@@ -1,5 +1,4 @@
-"""Converting an FSDP-sharded checkpoint (OPT-175B's 992 files) one FSDP instance at a time: bounded memory,
-one output file per instance, disk checked first, progress with the time left, resumable after an interruption."""
+"""Converting FSDP-sharded files one FSDP instance at a time: bounded memory, disk checked, resumable."""
 
 from __future__ import annotations
 

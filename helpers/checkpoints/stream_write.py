@@ -1,5 +1,4 @@
-"""One safetensors file written tensor by tensor (nothing held but the tensor being written), and the record of
-finished files that lets an interrupted conversion resume."""
+"""safetensors written tensor by tensor, and the record of finished files a resumed conversion trusts."""
 
 from __future__ import annotations
 
