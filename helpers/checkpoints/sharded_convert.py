@@ -37,6 +37,8 @@ class _Output:
 
     file: str
     label: str
+    instance: int  # its index among the checkpoint's FSDP instances
+    source_bytes: int  # what is read for it, across the parts
     names: list[str]  # metaseq names, in the instance's order
     entries: list[tuple[str, tuple[int, ...], torch.dtype]]  # Hugging Face name, shape, dtype, as written
 
@@ -57,8 +59,10 @@ def _plan(checkpoint: ShardedCheckpoint, states: list[dict], dtype: torch.dtype)
         for name in names:
             for merged, tensor in merge_tensor(name, [s[name] for s in states]).items():
                 entries.append((hf_name(merged), tuple(tensor.shape), dtype if tensor.is_floating_point() else tensor.dtype))
+        read = sum(sum(meta["numels"]) * part[0].dtypes[inst.key(flat)].itemsize
+                   for part in checkpoint.files for flat, meta in part[0].instances[index].flats.items())
         if entries:
-            outputs.append(_Output("", inst.path or "embeddings and final layer norm", names, entries))
+            outputs.append(_Output("", inst.path or "embeddings and final layer norm", index, read, names, entries))
     for i, out in enumerate(outputs, start=1):
         out.file = f"model-{i:05d}-of-{len(outputs):05d}.safetensors"
     return outputs
@@ -137,18 +141,20 @@ def convert_sharded(paths: list[Path], dst: Path, *, size: str | None, num_heads
             done = _verified(tmp, outputs, progress, say)
         write_resume(tmp, fingerprint, done)
         _check_disk(tmp, total - sum(done[o.file]["bytes"] for o in outputs if o.file in done) + _COMPANIONS, dst)
-        meter = ProgressMeter("converting", total, progress, every=10.0)
-        meter.advance(sum(o.bytes for o in outputs if o.file in done))
+        meter = ProgressMeter("converting", sum(o.source_bytes for o in outputs), progress, every=10.0)
+        meter.advance(sum(o.source_bytes for o in outputs if o.file in done))
         for index, out in enumerate(outputs):
             if out.file in done:
                 continue
-            merged = [checkpoint.read_instance(index, k, lambda n: None) for k in range(split)]
+            detail = f"{out.label}, {index + 1}/{len(outputs)}"
+            merged = [checkpoint.read_instance(out.instance, k, lambda n, d=detail: meter.advance(n, f"reading {d}"))
+                      for k in range(split)]
             info = write_safetensors(tmp / out.file, out.entries, _tensors(out, merged, torch_dtype))
             del merged  # before the next instance is read: one instance at a time
             trim()
             done[out.file] = info
             write_resume(tmp, fingerprint, done)
-            meter.advance(out.bytes, f"{out.label}, {index + 1}/{len(outputs)}", force=True)
+            meter.advance(0, f"written {detail}", force=True)
         weight_map = {name: o.file for o in outputs for name, _, _ in o.entries}
         index_file = tmp / "model.safetensors.index.json"
         index_file.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
