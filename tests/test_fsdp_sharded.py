@@ -325,7 +325,7 @@ def test_too_little_disk_is_said_before_anything_is_written(tmp_path, case, monk
 
 def test_the_size_table_and_the_planner_know_opt_175b(capsys):
     from helpers.cli.main import main
-    from helpers.errors import ModelLoadError
+    from helpers.errors import UnknownModelError
     from helpers.loading.sources import resolve_source
     from helpers.opt.sizes import SIZES, get_size
 
@@ -337,5 +337,5 @@ def test_the_size_table_and_the_planner_know_opt_175b(capsys):
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[3:] if line.strip() and not line.startswith("Best")}
     assert "fits" in rows["fp16-multi-gpu"] and "fits" in rows["nf4-multi-gpu"] and "too big" in rows["fp16"]
-    with pytest.raises(ModelLoadError, match="not on the Hugging Face Hub: convert Meta's release"):
+    with pytest.raises(UnknownModelError, match="opt-175b is not on the Hugging Face Hub.*convert-metaseq"):
         resolve_source("opt-175b")
