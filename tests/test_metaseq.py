@@ -321,9 +321,14 @@ def test_finding_parts(tmp_path):
     assert [p.name for p in parts] == ["reshard-model_part-0.pt", "reshard-model_part-1.pt"]
     assert find_parts(parts[1]) == parts  # one part file brings its siblings
     (tmp_path / "shards").mkdir()
-    (tmp_path / "shards" / "checkpoint_last-model_part-0-shard0.pt").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="data-parallel shards"):
-        find_parts(tmp_path / "shards")
+    for name in ("checkpoint_last-model_part-1-shard0.pt", "checkpoint_last-model_part-0-shard10.pt",
+                 "checkpoint_last-model_part-0-shard2.pt"):
+        (tmp_path / "shards" / name).write_bytes(b"x")
+    assert [p.name for p in find_parts(tmp_path / "shards")] == [  # FSDP-sharded: part by part, shard by shard
+        "checkpoint_last-model_part-0-shard2.pt", "checkpoint_last-model_part-0-shard10.pt",
+        "checkpoint_last-model_part-1-shard0.pt"]
+    with pytest.raises(CheckpointError, match="one FSDP shard .* Pass the folder that holds all of its shards"):
+        find_parts(tmp_path / "shards" / "checkpoint_last-model_part-1-shard0.pt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint"):
         find_parts(tmp_path / "empty")

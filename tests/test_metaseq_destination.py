@@ -217,3 +217,37 @@ def test_a_full_disk_says_so_and_leaves_nothing(tmp_path, checkpoint, monkeypatc
     with pytest.raises(CheckpointError, match="ran out of space .* Nothing was left behind"):
         convert(checkpoint, tmp_path / "hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_disk_full_as_the_conversion_starts_leaves_nothing_and_the_next_run_is_clean(tmp_path, checkpoint,
+                                                                                      monkeypatch):
+    """Issue 26, item 8: the partial output was left with an empty claim, and the next run kept it, saying it
+    was "not marked as one of this version's"."""
+    import errno
+
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith(".helpers-partial.json"):
+            self.touch()  # the file is created, then its first block cannot be written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        convert(checkpoint, tmp_path / "hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    monkeypatch.setattr(Path, "write_text", real)
+    report = convert(checkpoint, tmp_path / "hf")
+    assert not [n for n in report.notes if "not marked" in n]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]
+
+
+def test_the_leftover_of_a_conversion_that_failed_as_it_started_is_recognised_and_removed(tmp_path, checkpoint):
+    leftover = tmp_path / ".hf.partial-0123abcd"
+    leftover.mkdir()
+    (leftover / ".helpers-partial.json").write_text("")  # what an earlier version left on a full disk
+    report = convert(checkpoint, tmp_path / "hf")
+    assert not leftover.exists()
+    assert any("left by a conversion that failed as it started" in n for n in report.notes)
+    assert not [n for n in report.notes if "not marked" in n]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,32 +21,16 @@ from ..signals import sigterm_as_interrupt
 from .architecture import resolve_architecture
 from .destination import check_destination, claim, mark_as_output, publish
 from .merge import common_dtype, merged_tensors, part_states
-from .parts import find_parts, read_part
+from .parts import find_parts, is_sharded, read_part
+from .report import ConversionReport
+from .sharded_convert import convert_sharded
 from .write import ShardWriter, check_against_model, hf_config, save_companions
-
-
-@dataclass
-class ConversionReport:
-    """What was read and written."""
-
-    source: list[str]
-    destination: str
-    layout: str
-    model_parallel: int
-    architecture: dict
-    parameters: int
-    dtype: str
-    files: list[str]
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 # Written by hand because no library reads these formats any more: metaseq's own tools need the
 # metaseq/Megatron/fairscale stack (which no longer installs) and several GPUs; this runs on a CPU.
 def convert(
-    src: str | Path,
+    src: str | Path | list,
     dst: str | Path,
     *,
     size: str | None = None,
@@ -55,13 +39,17 @@ def convert(
     overwrite: bool = False,
     max_shard_bytes: int = 2 * 1024**3,
     progress: Callable[[str], None] = lambda line: None,
+    verify: bool = True,
 ) -> ConversionReport:
     """Convert an original metaseq OPT checkpoint to a Hugging Face folder that `load_model` and plain
     transformers load (config, safetensors, OPT's tokenizer).
 
     Args:
         src: a checkpoint file, or a folder holding one (restored.pt, reshard.pt) or its parts
-            (reshard-model_part-K.pt).
+            (reshard-model_part-K.pt), or an FSDP-sharded checkpoint: the folder (or the list of files) of
+            `*-model_part-K-shardD.pt` / `*-shardD.pt` (OPT-175B's 992 files). Those are converted one FSDP
+            instance (one layer) at a time with memory to match, an output file per instance, and a
+            conversion that was interrupted resumes where it stopped (see `sharded_convert`).
         dst: the folder to create, outside the source. It is written beside, under a temporary name, and
             renamed at the end, so a failure, Ctrl-C or SIGTERM leaves no half-written model; what a killed
             run left is removed by the next one (and said so in the notes).
@@ -70,28 +58,34 @@ def convert(
         num_heads: the head count, when the checkpoint has no cfg and `size` is not given.
         dtype: convert the weights (default: keep the checkpoint's, fp16 for the releases).
         overwrite: replace `dst` if it holds an earlier conversion's output (and nothing else).
+        verify: check the files of a release whose md5 sums Meta publishes (OPT-175B) against them first.
 
     Raises:
         CheckpointError (or UnsafeCheckpointError): anything unreadable, inconsistent or unsafe, and any
             destination that would put files of the user's at risk.
     """
     with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the partial output is removed
-        return _convert(Path(src).expanduser(), Path(dst).expanduser(), size, num_heads, dtype, overwrite,
-                        max_shard_bytes, progress)
+        return _convert(src, Path(dst).expanduser(), size, num_heads, dtype, overwrite, max_shard_bytes,
+                        progress, verify)
 
 
-def _convert(src: Path, dst: Path, size, num_heads, dtype, overwrite, max_shard_bytes, progress) -> ConversionReport:
+def _convert(src, dst: Path, size, num_heads, dtype, overwrite, max_shard_bytes, progress, verify) -> ConversionReport:
     if size is not None:
         get_size(size)
     if num_heads is not None and num_heads < 1:
         raise CheckpointError(f"--num-heads must be a positive number (got {num_heads}).")
     paths = find_parts(src)
+    src = Path(src[0]).expanduser().parent if isinstance(src, (list, tuple)) else Path(src).expanduser()
     check_destination(dst, src, paths, overwrite)
     notes: list[str] = []
 
     def say(note: str) -> None:  # a note for the report, shown as it comes
         notes.append(note)
         progress(f"note: {note}")
+
+    if is_sharded(paths):
+        return convert_sharded(paths, dst, size=size, num_heads=num_heads, dtype=dtype, overwrite=overwrite,
+                               verify=verify, progress=progress, say=say, notes=notes)
 
     tmp = claim(dst, say)
     try:

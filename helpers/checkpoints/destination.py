@@ -115,6 +115,8 @@ def _alive(claim: dict) -> bool | None:
     """Whether the process that wrote `claim` still runs (None: it ran on another machine)."""
     import psutil
 
+    if claim.get("stopped"):
+        return False
     if claim.get("host") != socket.gethostname():
         return None
     try:
@@ -131,9 +133,12 @@ def _read_claim(folder: Path) -> dict | None:
         return None
 
 
-def _clean_leftovers(parent: Path, dst: Path, say: Callable[[str], None]) -> None:
+def _clean_leftovers(parent: Path, dst: Path, say: Callable[[str], None],
+                     resumable: Callable[[Path], bool] | None = None) -> Path | None:
     """Remove the partial outputs of conversions that were killed (their process is gone), put back an
-    output an interrupted --overwrite had moved aside; refuse while another conversion to `dst` runs."""
+    output an interrupted --overwrite had moved aside; refuse while another conversion to `dst` runs.
+    Returns the killed conversion to `dst` that `resumable` accepts (kept, to go on with), if any."""
+    resumed = None
     for entry in sorted(parent.iterdir()):
         match = _LEFTOVER.match(entry.name)
         if not match or not entry.is_dir() or entry.is_symlink():
@@ -150,6 +155,12 @@ def _clean_leftovers(parent: Path, dst: Path, say: Callable[[str], None]) -> Non
                 say(f"Removed {entry}, an earlier conversion an interrupted --overwrite was replacing.")
             continue
         claim = _read_claim(entry)
+        if claim is None and (entry / CLAIM).is_file():
+            # Claims are written under the lock we hold: an unreadable one is a conversion that failed as it
+            # started (a full disk), not one at work.
+            shutil.rmtree(entry)
+            say(f"Removed {entry}, left by a conversion that failed as it started (a full disk?).")
+            continue
         if claim is None:
             if not any(entry.iterdir()):
                 entry.rmdir()
@@ -158,30 +169,51 @@ def _clean_leftovers(parent: Path, dst: Path, say: Callable[[str], None]) -> Non
                     f"this version's, so it was kept: remove it (rm -r {entry}) if no conversion is running.")
             continue
         alive = _alive(claim)
-        if alive is False:
+        mine = Path(claim.get("destination", "")) == dst
+        if alive is False and resumed is None and mine and resumable is not None and resumable(entry):
+            resumed = entry
+        elif alive is False:
             shutil.rmtree(entry)
             say(f"Removed {entry}, the partial output of a conversion that was killed (process {claim.get('pid')}) "
                 "before it finished.")
-        elif alive and Path(claim.get("destination", "")) == dst:
+        elif alive and mine:
             raise CheckpointError(f"Another conversion to {dst} is running (process {claim.get('pid')}): wait for "
                                   "it to finish, or choose another folder. Nothing was changed.")
+    return resumed
 
 
-def claim(dst: Path, say: Callable[[str], None]) -> Path:
+def claim(dst: Path, say: Callable[[str], None], resumable: Callable[[Path], bool] | None = None) -> Path:
     """Clean up leftovers beside `dst`, then create this conversion's partial output folder, marked with
-    this process, beside `dst` (so the final rename stays on one file system)."""
+    this process, beside `dst` (so the final rename stays on one file system). With `resumable`: the partial
+    output of a killed conversion to `dst` that it accepts is taken over instead (marked with this process)."""
     target = dst.resolve()
+    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with _locked(target.parent):
-            _clean_leftovers(target.parent, target, say)
-            tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            (tmp / CLAIM).write_text(json.dumps({**_me(), "destination": str(target)}))
+            tmp = _clean_leftovers(target.parent, target, say, resumable)
+            if tmp is None:
+                tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+                tmp.mkdir()
+            partial = tmp / f"{CLAIM}.tmp"
+            partial.write_text(json.dumps({**_me(), "destination": str(target)}))
+            os.replace(partial, tmp / CLAIM)
     except OSError as exc:
+        if tmp is not None and (resumable is None or not (tmp / CLAIM).is_file()):
+            shutil.rmtree(tmp, ignore_errors=True)  # ours, and nothing in it yet: a full disk leaves nothing
         raise CheckpointError(f"Cannot write the converted model beside {dst} ({exc.strerror or exc}): choose a "
-                              "folder you can write to.") from None
+                              "folder you can write to (with free space).") from None
     return tmp
+
+
+def set_aside(tmp: Path) -> None:
+    """Mark a partial output as no longer worked on (its conversion stopped, to be resumed by the next run,
+    even one in this same process: a notebook's kernel after an interrupt)."""
+    with contextlib.suppress(OSError, ValueError):
+        claim = json.loads((tmp / CLAIM).read_text())
+        partial = tmp / f"{CLAIM}.tmp"
+        partial.write_text(json.dumps({**claim, "stopped": True}))
+        os.replace(partial, tmp / CLAIM)
 
 
 @contextlib.contextmanager

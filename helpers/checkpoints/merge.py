@@ -53,6 +53,8 @@ def _replicated(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
     """A weight every part holds a copy of: identical, or equal up to fp16 rounding where the parts were
     saved in different dtypes."""
     first = tensors[0]
+    if first.is_meta:  # planning shapes: no values to compare
+        return first
     for i, other in enumerate(tensors[1:], start=1):
         same = (torch.equal(other, first) if other.dtype == first.dtype
                 else torch.allclose(other.float(), first.float(), rtol=2e-3, atol=1e-3))

@@ -12,25 +12,34 @@ from ..errors import CheckpointError
 from .safe_load import load_checkpoint_file, plain
 
 _PART = re.compile(r"^(?P<prefix>.*?)-?model_part-(?P<part>\d+)(?:-shard(?P<shard>\d+))?\.pt$")
+SHARD = re.compile(r"^(?P<prefix>.*?)(?:-model_part-(?P<part>\d+))?-shard(?P<shard>\d+)\.pt$")  # FSDP-sharded
 _SINGLETONS = ("restored.pt", "reshard.pt", "consolidated.pt", "checkpoint_last.pt", "checkpoint_best.pt")
 
 
-def find_parts(src: str | Path) -> list[Path]:
-    """The checkpoint files to read for `src`: a file (with its sibling model-parallel parts) or a folder,
-    parts in order. Whether they are all the parts is decided from their tensors (see `convert`).
+def find_parts(src: str | Path | list) -> list[Path]:
+    """The checkpoint files to read for `src`: a file (with its sibling model-parallel parts), a folder, or
+    the files of an FSDP-sharded checkpoint; parts in order (shards: part by part, shard by shard). Whether
+    they are all the parts is decided from their tensors (see `convert`).
 
     Raises:
         CheckpointError: nothing found, several candidates, a gap or a duplicate in the part numbers, or
-            FSDP data-parallel shards.
+            one FSDP shard on its own.
     """
+    if isinstance(src, (list, tuple)):
+        return _given_files([Path(p).expanduser() for p in src])
     src = Path(src).expanduser()
     if not src.exists():
         raise CheckpointError(f"{src} does not exist.")
     if src.is_file():
+        if SHARD.match(src.name):
+            _lone_shard(src)
         match = _PART.match(src.name)
         candidates = [src] if match is None else [p for p in src.parent.iterdir() if _same_set(p, match)]
     else:
         files = [p for p in sorted(src.rglob("*.pt")) if ".git" not in p.parts]
+        shards = [p for p in files if SHARD.match(p.name)]
+        if shards:
+            return _one_set_of_shards(src, shards)
         parted = [p for p in files if _PART.match(p.name)]
         if parted:
             prefixes = {(p.parent, _PART.match(p.name)["prefix"]) for p in parted}
@@ -46,14 +55,50 @@ def find_parts(src: str | Path) -> list[Path]:
                 listing = ", ".join(str(p) for p in singles[:6])
                 raise CheckpointError(f"{src} holds several checkpoints ({listing}): pass the file to convert.")
             candidates = singles
-    if any(_PART.match(p.name) and _PART.match(p.name)["shard"] is not None for p in candidates):
-        raise CheckpointError(
-            "These are FSDP data-parallel shards (*-shardN.pt), which need merging across data-parallel ranks "
-            "first; convert the 'reshard' release files (reshard-model_part-K.pt) instead."
-        )
     if len(candidates) == 1 and not _PART.match(candidates[0].name):
         return candidates
     return _numbered(candidates)
+
+
+def place(path: Path) -> tuple[int, int]:
+    """(model-parallel part, data-parallel shard) from a shard file's name."""
+    match = SHARD.match(path.name)
+    return int(match["part"] or 0), int(match["shard"])
+
+
+def is_sharded(paths: list[Path]) -> bool:
+    """Whether `paths` are the files of an FSDP-sharded checkpoint (`*-shardD.pt`)."""
+    return bool(paths) and all(SHARD.match(p.name) for p in paths)
+
+
+def _lone_shard(path: Path) -> None:
+    siblings = [p for p in path.parent.iterdir() if SHARD.match(p.name)]
+    found = f" ({len(siblings)} such files are in {path.parent})" if len(siblings) > 1 else ""
+    raise CheckpointError(
+        f"{path} is one FSDP shard of a sharded checkpoint: it holds a slice of every weight, not a model{found}. "
+        f"Pass the folder that holds all of its shards: python -m helpers convert-metaseq {path.parent} --out OUT"
+    )
+
+
+def _one_set_of_shards(src: Path, shards: list[Path]) -> list[Path]:
+    sets = {(p.parent, SHARD.match(p.name)["prefix"]) for p in shards}
+    if len(sets) > 1:
+        listing = ", ".join(sorted(str(p) for p in shards)[:6])
+        raise CheckpointError(f"{src} holds the shards of more than one checkpoint ({listing}, ...): move each "
+                              "checkpoint's files to a folder of its own and pass that folder.")
+    return sorted(shards, key=place)
+
+
+def _given_files(paths: list[Path]) -> list[Path]:
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"{missing[0]} does not exist (or is not a file).")
+    if len(paths) == 1:
+        return find_parts(paths[0])
+    if not is_sharded(paths):
+        raise CheckpointError("Several files were given, but they are not the shards of one FSDP-sharded checkpoint "
+                              "(*-model_part-K-shardD.pt): pass one checkpoint file, or the folder that holds it.")
+    return _one_set_of_shards(paths[0].parent, paths)
 
 
 def _numbered(candidates: list[Path]) -> list[Path]:

@@ -49,6 +49,11 @@ def resolve_source(name: str) -> tuple[str, bool]:
             f"{os.getcwd()}), or pass a short name such as 'opt-350m' to download from the Hugging Face Hub."
         )
     size = find_size(name)
+    if size is not None and not size.on_hub:
+        raise UnknownModelError(
+            f"{size.name} is not on the Hugging Face Hub, so it cannot be loaded by name. Pass a short name of one "
+            f"that is ({', '.join(SIZES)}), or the local folder that python -m helpers convert-metaseq writes from "
+            "Meta's release (docs/opt-175b.md).")
     if size is not None and "/" not in name:
         return size.hub_id, False
     if _HUB_ID.match(name):

@@ -30,6 +30,7 @@ class OPTSize:
     metaseq_repo: str | None = None
     vocab_size: int = VOCAB_SIZE
     max_positions: int = MAX_POSITIONS
+    on_hub: bool = True  # False: Meta sends its weights on request (OPT-175B); docs/opt-175b.md converts them
 
     @property
     def hub_id(self) -> str:
@@ -66,6 +67,10 @@ SIZES: dict[str, OPTSize] = {
         OPTSize("opt-66b", 64, 72, 9216, 36864, 9216, True, None),
     ]
 }
+# Not on the Hugging Face Hub, so not among the sizes offered for download (SIZES); known by name to the
+# planner and the converter (96 layers, width 12288, 96 heads, ffn 49152: the OPT paper's Table 1).
+OPT_175B = OPTSize("opt-175b", 96, 96, 12288, 49152, 12288, True, None, on_hub=False)
+_RELEASE_ONLY = {OPT_175B.name: OPT_175B}
 _ALIASES = {"opt-1300m": "opt-1.3b", "opt-2700m": "opt-2.7b", "opt-6700m": "opt-6.7b"}
 
 
@@ -78,7 +83,8 @@ def find_size(name: str) -> OPTSize | None:
     key = key.removeprefix("facebook/")
     if not key.startswith("opt-"):
         key = "opt-" + key
-    return SIZES.get(_ALIASES.get(key, key))
+    key = _ALIASES.get(key, key)
+    return SIZES.get(key) or _RELEASE_ONLY.get(key)
 
 
 def get_size(name: str) -> OPTSize:
@@ -86,7 +92,7 @@ def get_size(name: str) -> OPTSize:
     size = find_size(name)
     if size is None:
         raise UnknownModelError(
-            f"'{name}' is not an OPT size. Known sizes: {', '.join(SIZES)}."
+            f"'{name}' is not an OPT size. Known sizes: {', '.join([*SIZES, *_RELEASE_ONLY])}."
         )
     return size
 
