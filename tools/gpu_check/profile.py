@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...memory.summaries import KNOWN_MACHINES
-from ...opt.sizes import SIZES, OPTSize
+from helpers.memory.summaries import KNOWN_MACHINES
+from helpers.opt.sizes import SIZES, OPTSize
 
 SCHEMA = "opt-notebooks/gpu-check/v1"
 T4 = KNOWN_MACHINES["Colab T4 (15 GiB, 12 GiB RAM)"]
@@ -49,14 +49,14 @@ GPU = Profile(
     name="gpu", device="cuda", dtype="float16",
     small=SIZES["opt-1.3b"], medium=SIZES["opt-6.7b"], large=SIZES["opt-13b"],
     fit_method="fp16", quantized_method="int8", gpu_memory=T4.gpu_bytes, context=2048, fit_new_tokens=256,
-    large_new_tokens=64, methods=("generate", "hf-generate", "static-cache", "bnb-int8", "bnb-nf4"),
+    large_new_tokens=64, methods=("auto", "hf", "static", "auto+int8", "auto+nf4"),
     new_tokens=128, repeats=2, sweep_batches=(1, 2, 4, 8, 16, 32, 64), sweep_new_tokens=32, sweep_repeats=2,
     shard_size="10GB",  # transformers' former default: the hub's OPT-6.7B is two shards, 9.96 GB and 3.36 GB
     leak_cycles=5, budget_seconds=420, grace_seconds=90,
     # Guesses before any run (a step starts only if they are left): each run records what its steps took.
     estimates={"medium-folder": 15, "medium-load-ram": 25, "medium-fit": 60, "large-fit": 60, "small-folder": 5,
-               "small-generate": 40, "small-hf-generate": 10, "small-static-cache": 25, "small-bnb-int8": 20,
-               "small-bnb-nf4": 15, "small-leaks": 30, "medium-sweep": 50},
+               "small-auto": 40, "small-hf": 10, "small-static": 25, "small-auto+int8": 20,
+               "small-auto+nf4": 15, "small-leaks": 30, "medium-sweep": 50},
 )
 DRY_RUN = Profile(
     name="dry-run", device="cpu", dtype="float32",

@@ -6,8 +6,9 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from ...memory.bytes import weight_bytes
-from ...opt.sizes import OPTSize
+from helpers.memory.bytes import weight_bytes
+from helpers.opt.sizes import OPTSize
+
 from .profile import COLAB_RAM_BYTES, COLAB_RAM_USED_AT_START_BYTES, T4, Unavailable
 from .run import Run, cuda_allocated, log_line
 
@@ -24,12 +25,12 @@ class Check:
 
     @property
     def torch_dtype(self):
-        from ...memory.dtypes import resolve_dtype
+        from helpers.memory.dtypes import resolve_dtype
 
         return resolve_dtype(self.p.dtype, self.p.device)
 
     def _write_folder(self, size: OPTSize, role: str) -> dict:
-        from ...opt.random_weights import save_random_model
+        from helpers.opt.random_weights import save_random_model
 
         folder = self.run.scratch / size.name
         need = weight_bytes(size, self.p.dtype) * 1.05
@@ -56,8 +57,8 @@ class Check:
     def _option(self, size: OPTSize, method: str, context: int, batch: int = 1):
         """The planner's option for `method` under the run's budget: the prediction a check is measured
         against (a plan this machine cannot use is `Unavailable`, with the planner's reason)."""
-        from ...errors import ModelLoadError
-        from ...memory.planner import Budget, choose, plan
+        from helpers.errors import ModelLoadError
+        from helpers.memory.planner import Budget, choose, plan
 
         budget = Budget.of_machine(gpu_bytes=self.p.gpu_memory)
         try:
@@ -67,10 +68,10 @@ class Check:
 
     def _predicted(self, size: OPTSize, method: str, context: int, batch: int = 1) -> dict:
         """The planner's peak for `method` and whether it fits the run's budget, fitting or not."""
-        from ...memory.planner import Budget, plan
+        from helpers.memory.planner import Budget, plan
 
         option = next((o for o in plan(size, Budget.of_machine(gpu_bytes=self.p.gpu_memory), context=context,
-                                       batch=batch) if o.method == method), None)
+                                       batch=batch) if o.plan == method), None)
         if option is None:
             return {"planner_peak_bytes": None, "planner_fits": None}
         return {"planner_peak_bytes": option.predicted_peak_bytes, "planner_fits": option.fits}
@@ -126,7 +127,7 @@ class Check:
         return result
 
     def sweep(self) -> dict:
-        from ...memory.planner import CUDA_CONTEXT_BYTES
+        from helpers.memory.planner import CUDA_CONTEXT_BYTES
 
         p = self.p
         report = self.run.out / f"gpu-{p.medium.name}.json"
@@ -144,7 +145,7 @@ class Check:
     # ---- the small model: every decoding method, then load/unload cycles
 
     def method(self, name: str) -> dict:
-        from ..benchmark import run_suite
+        from helpers.analysis.benchmark import run_suite
 
         try:
             report = run_suite(str(self.folders["small"]), [name], device=self.p.device, dtype=self.p.dtype,
@@ -159,7 +160,7 @@ class Check:
         return {"measurement": measurement.as_dict(), "bandwidth": report.bandwidth}
 
     def leaks(self) -> dict:
-        from ..leaks import leak_check
+        from tools.leaks import leak_check
 
         before = cuda_allocated()
         result = leak_check(str(self.folders["small"]), self.p.leak_cycles, device=self.p.device, progress=log_line)
