@@ -50,6 +50,10 @@ class MemoryBudgetError(HelpersError, MemoryError):
     out-of-memory kill)."""
 
 
+class OutputWriteError(HelpersError, OSError):
+    """A result file that could not be written (a full disk, say); the file that was there is left as it was."""
+
+
 class CheckpointError(HelpersError, ValueError):
     """A checkpoint file or folder that cannot be read or converted."""
 

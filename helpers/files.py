@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
+
+from .errors import OutputWriteError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -22,9 +25,9 @@ def replacing(path: str | Path, mode: str = "w") -> Iterator[IO]:
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.partial"
-    # 0o666 less the umask, as open() would make it; an existing file's own permissions are copied below
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        # 0o666 less the umask, as open() makes a new file; an existing file's own permissions are copied below
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
             yield file
             file.flush()
@@ -32,9 +35,14 @@ def replacing(path: str | Path, mode: str = "w") -> Iterator[IO]:
         if target.exists():
             shutil.copymode(target, temporary)
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "The file that was there is unchanged. " if target.exists() else ""
+            raise OutputWriteError(f"Could not write {path}: no space left on the disk that holds {target.parent} "
+                                   f"({exc.strerror}). {kept}Free some space there, or write the results to another "
+                                   "place.") from exc
         raise
 
 
