@@ -139,3 +139,23 @@ def test_every_help_answers_without_importing_torch_or_transformers(argv):
     assert done.returncode == 0, done.stderr
     assert "usage: python -m helpers" in done.stdout
     assert done.stdout.rstrip().endswith("IMPORTED [] 0"), done.stdout[-300:]
+
+
+def test_the_measuring_runs_are_found_beside_the_package_or_named_as_missing(tmp_path):
+    """plan --check and leaks run the project's tools/ (not in the wheel): found from the checkout whatever the
+    working folder, and from an installed copy of helpers alone, one line saying where to get them."""
+    import shutil
+
+    probe = "from helpers.cli.project_tools import project_tool; print(project_tool('leaks', 'leaks').__file__)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and Path(done.stdout.strip()) == REPO / "tools" / "leaks.py", done.stderr
+    installed = tmp_path / "site-packages"
+    shutil.copytree(REPO / "helpers", installed / "helpers", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    for argv in (["leaks", "--model", "opt-125m"], ["plan", "--model", "opt-125m", "--check"]):
+        done = subprocess.run([sys.executable, "-m", "helpers", *argv], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(installed)})
+        assert done.returncode == 1, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"error: `{' '.join(argv[:1] + argv[3:])}` is one of the project's measuring runs")
+        assert "Clone https://github.com/opt-notebooks/opt-notebooks" in line
