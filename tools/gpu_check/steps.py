@@ -79,7 +79,7 @@ class Check:
     # ---- the medium model: fp16 under a T4's budget, loading RAM, the batch sweep
 
     def load_ram(self) -> dict:
-        result = self.run.child("load-ram", folder=str(self.folders["medium"]), method=self.p.fit_method,
+        result = self.run.child("load-ram", folder=str(self.folders["medium"]), method=self.p.fit_plan,
                                 gpu_memory=self.p.gpu_memory)
         peak = result["peak_resident_bytes"]
         predicted = result["predicted_ram_bytes"]
@@ -97,7 +97,7 @@ class Check:
         size = getattr(self.p, role)
         option = self._option(size, method, contexts[0])
         attempts = [(contexts[0], "auto")]
-        if self.p.device == "cuda" and method == self.p.fit_method:  # where auto means compiling
+        if self.p.device == "cuda" and method == self.p.fit_plan:  # where auto means compiling
             attempts.append((contexts[0], "cached"))
         attempts += [(c, "auto") for c in contexts[1:]]
         results = []
@@ -116,10 +116,10 @@ class Check:
                                    for r in results if r["fits"]), None)}
 
     def large_fit(self) -> dict:
-        self._option(self.p.large, self.p.quantized_method, self.p.context)  # unavailable here: before writing 26 GB
+        self._option(self.p.large, self.p.quantized_plan, self.p.context)  # unavailable here: before writing 26 GB
         try:
             written = self._write_folder(self.p.large, "large")
-            result = self.fit("large", self.p.quantized_method, self.p.large_new_tokens,
+            result = self.fit("large", self.p.quantized_plan, self.p.large_new_tokens,
                               (self.p.context, self.p.context // 2))
         finally:
             self._remove("large")
@@ -137,7 +137,7 @@ class Check:
         for row in result["rows"]:
             if row["skipped"]:
                 continue
-            row.update(self._predicted(p.medium, p.fit_method, row["prompt_tokens"] + row["new_tokens"], row["batch"]))
+            row.update(self._predicted(p.medium, p.fit_plan, row["prompt_tokens"] + row["new_tokens"], row["batch"]))
             if p.device == "cuda":  # measured on the whole card; a T4 holds the batch if the peak fits its budget
                 row["fits_t4"] = row["peak_memory_bytes"] + CUDA_CONTEXT_BYTES <= T4.gpu_bytes
         return result
@@ -179,7 +179,7 @@ class Check:
                  wanted=run.selected("medium-load-ram") or run.selected("medium-fit"))
         need = ("medium-folder",)
         run.step("medium-load-ram", self.load_ram, requires=need, model=p.medium.name)
-        run.step("medium-fit", lambda: self.fit("medium", p.fit_method, p.fit_new_tokens, (p.context,)),
+        run.step("medium-fit", lambda: self.fit("medium", p.fit_plan, p.fit_new_tokens, (p.context,)),
                  requires=need, model=p.medium.name)
         self._remove("medium")  # the disk holds one large checkpoint at a time
         run.step("large-fit", self.large_fit, model=p.large.name)
