@@ -83,7 +83,7 @@ def _methods(flag: str | None) -> list[str] | None:
     methods = []
     for name in (m.strip() for m in flag.split(",") if m.strip()):
         if name in OLD_NAMES:
-            print(f"note: '{name}' is now called '{row_name(name)}'", file=sys.stderr)
+            print(f"note: '{name}' is now called '{row_name(name)}' (the old name is deprecated)", file=sys.stderr)
         methods.append(row_name(name))
     unknown = [m for m in methods if m not in ROWS]
     if unknown:
@@ -116,7 +116,8 @@ def _run_leaks(args: argparse.Namespace) -> int:
     from ..units import human_bytes
     from .project_tools import project_tool
 
-    result = project_tool("leaks", "leaks").leak_check(args.model, args.cycles, device=args.device,
+    leak_check = project_tool("leaks", "leaks").leak_check
+    result = leak_check(args.model, args.cycles, device=args.device,
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     cuda = result["cuda_allocated_bytes_after_each"][-1]
     print(f"{args.cycles} cycles of {result['model']}: resident memory grew {human_bytes(result['resident_growth_bytes'])} "

@@ -54,7 +54,8 @@ def _run_plan(args: argparse.Namespace) -> int:
         quiet_libraries()
         from .project_tools import project_tool
 
-        result = project_tool("plan_check", "plan --check").check_plan(args.model, checked_plan, gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory,
+        check_plan = project_tool("plan_check", "plan --check").check_plan
+        result = check_plan(args.model, checked_plan, gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory,
                             new_tokens=args.new_tokens, progress=lambda line: print(line, file=sys.stderr, flush=True))
         print(f"{result['model']} with plan {result['plan']}: predicted {human_bytes(result['predicted_bytes'])}, "
               f"measured {human_bytes(result['measured_bytes'])} ({result['measured_on']}), error "
