@@ -1,1 +1,1 @@
-"""The project's own measuring machinery (the GPU check, plan checks, leak cycles): in the source tree, not the wheel."""
+"""The project's own measuring machinery (GPU check, plan checks, leak cycles): source tree only, not the wheel."""
