@@ -72,7 +72,7 @@ bench: install
 	$(PY) -m helpers bench --model opt-125m --device cpu --dtype float32 --new-tokens 128 \
 	  --json benchmarks/cpu-opt-125m.json --plot benchmarks/cpu-opt-125m.png
 	$(PY) -m helpers bench --model opt-350m --device cpu --dtype float32 --new-tokens 128 \
-	  --methods hf-generate,generate,int8-dynamic --json benchmarks/cpu-opt-350m.json --plot benchmarks/cpu-opt-350m.png
+	  --methods hf,auto,auto+int8-cpu --json benchmarks/cpu-opt-350m.json --plot benchmarks/cpu-opt-350m.png
 
 # The playground streaming with its page open in Chromium, against `python -m helpers generate` on the same model.
 bench-playground: install system-packages
@@ -83,19 +83,19 @@ bench-gpu: install
 	$(PY) -m helpers bench --model opt-1.3b --device cuda --dtype float16 --new-tokens 128 \
 	  --json benchmarks/gpu-opt-1.3b.json --plot benchmarks/gpu-opt-1.3b.png
 	$(PY) -m helpers bench --model opt-6.7b --device cuda --dtype float16 --new-tokens 128 --batch 1,2,4,8,16,32,64 \
-	  --methods hf-generate,static-cache,generate --json benchmarks/gpu-opt-6.7b.json --plot benchmarks/gpu-opt-6.7b.png
+	  --methods hf,static,auto --json benchmarks/gpu-opt-6.7b.json --plot benchmarks/gpu-opt-6.7b.png
 	$(PY) -m helpers bench --model opt-66b --device cuda --dtype float16 --new-tokens 32 --repeats 1 \
-	  --methods generate --json benchmarks/gpu-opt-66b.json
+	  --methods auto --json benchmarks/gpu-opt-66b.json
 	$(PY) -m helpers leaks --model opt-1.3b --device cuda --cycles 20 --out benchmarks/gpu-leaks-opt-1.3b.json
 
-# One prepared measuring run on one GPU, about 7 minutes (helpers/analysis/gpu_check: the T4 fits, loading RAM, every
+# One prepared measuring run on one GPU, about 7 minutes (tools/gpu_check: the T4 fits, loading RAM, every
 # decoding method against the roofline, load/unload cycles, a batch sweep) into benchmarks/gpu-*.json and .png.
 # DRY=1 runs the same steps on the CPU with tiny shapes (into test-artifacts/gpu-check-dry/). Where the venv is
 # not there (the project's GPU machine), GPU_PY=python3 uses the machine's own Python and installs nothing.
 GPU_PY ?= $(PY)
 GPU_OUT ?= $(if $(DRY),test-artifacts/gpu-check-dry,benchmarks)
 gpu-check: $(if $(filter $(PY),$(GPU_PY)),install)
-	$(GPU_PY) -m helpers.analysis.gpu_check $(if $(DRY),--dry-run) --wheels .gpu-wheels --out $(GPU_OUT)
+	$(GPU_PY) -m tools.gpu_check $(if $(DRY),--dry-run) --wheels .gpu-wheels --out $(GPU_OUT)
 
 # bitsandbytes (pinned in constraints.txt) as a wheel for the GPU machine's Python 3.12 (it is py3-none: any
 # Python); carried there with the working tree and installed offline by gpu-check.
@@ -105,9 +105,9 @@ gpu-wheels: install
 
 # On a GPU machine: predicted against measured peak memory under a T4's 15 GiB (figures into benchmarks/).
 plan-check-gpu: install
-	$(PY) -m helpers plan --model opt-6.7b --gpu-memory 15GiB --check --method fp16 --out benchmarks/plan-check-opt-6.7b-fp16.json
-	$(PY) -m helpers plan --model opt-13b --gpu-memory 15GiB --check --method int8 --out benchmarks/plan-check-opt-13b-int8.json
-	$(PY) -m helpers plan --model opt-30b --gpu-memory 15GiB --check --method nf4-cpu-offload --out benchmarks/plan-check-opt-30b-nf4-offload.json
+	$(PY) -m helpers plan --model opt-6.7b --gpu-memory 15GiB --check --plan fp16 --out benchmarks/plan-check-opt-6.7b-fp16.json
+	$(PY) -m helpers plan --model opt-13b --gpu-memory 15GiB --check --plan int8 --out benchmarks/plan-check-opt-13b-int8.json
+	$(PY) -m helpers plan --model opt-30b --gpu-memory 15GiB --check --plan nf4-cpu-offload --out benchmarks/plan-check-opt-30b-nf4-offload.json
 
 # The README's figures from notebooks 03 and 04, with random weights in real shapes (no hub here): their
 # speed and memory are real, their text is not. With real weights: run the notebooks on a GPU.
@@ -133,7 +133,7 @@ playground: install
 	  --MappingKernelManager.cull_interval=10 --MappingKernelManager.cull_idle_timeout=$(VOILA_CULL_IDLE)
 
 test: install install-colab system-packages
-	$(VENV)/bin/ruff check helpers tests
+	$(VENV)/bin/ruff check helpers tests tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-colab
 

@@ -38,10 +38,6 @@ class Environment:
     ram_available_bytes: int
     gpus: tuple[GPU, ...] = field(default_factory=tuple)
 
-    @property
-    def has_gpu(self) -> bool:
-        return bool(self.gpus)
-
     def as_dict(self) -> dict:
         return asdict(self)
 

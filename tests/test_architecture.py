@@ -105,3 +105,23 @@ def test_modules_are_small_and_say_what_they_are_in_one_line():
         doc = ast.get_docstring(ast.parse(source), clean=False)
         assert doc and "\n" not in doc.strip() and len(doc) + 6 <= 120, module
         assert len(source.splitlines()) <= 400, module
+
+
+def test_the_package_never_imports_the_project_s_tools():
+    """tools/ (the GPU check, plan checks, leak cycles) is not in the wheel: helpers reaches it only through
+    cli/project_tools, on first use, which says where to get it when it is missing."""
+    reached = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            reached += [f"{module}: {name}" for name in names if name.split(".")[0] == "tools"]
+    assert not reached, reached
+
+
+def test_the_tools_modules_are_small_and_say_what_they_are_in_one_line():
+    for path in sorted((ROOT / "tools").rglob("*.py")):
+        source = path.read_text()
+        doc = ast.get_docstring(ast.parse(source), clean=False)
+        assert doc and "\n" not in doc.strip() and len(doc) + 6 <= 120, path
+        assert len(source.splitlines()) <= 400, path

@@ -42,7 +42,7 @@ def test_bytes_per_step_counts_each_weight_once_and_the_cache():
 
 def test_int8_weights_are_counted_as_int8(tokenizer):
     context = BenchContext(tiny_model("pre-ln"), tokenizer, "tiny")
-    quantized = METHODS["int8-dynamic"].prepare(context)
+    quantized = METHODS["auto+int8-cpu"].prepare(context)
     assert bytes_per_decode_step(quantized, 0, 1) < 0.4 * bytes_per_decode_step(context.model, 0, 1)
 
 
@@ -56,7 +56,7 @@ def tiny_loaded(tmp_path_factory):
 @pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].prepare])
 def test_every_unquantized_method_measures_the_same_tokens(tiny_loaded, method):
     model, tokenizer, _ = tiny_loaded
-    reference = measure(model, tokenizer, "hf-generate", prompt_tokens=6, new_tokens=9, repeats=1)
+    reference = measure(model, tokenizer, "hf", prompt_tokens=6, new_tokens=9, repeats=1)
     r = measure(model, tokenizer, method, prompt_tokens=6, new_tokens=9, repeats=2, bandwidth=1e10)
     assert r.token_ids == reference.token_ids and len(r.token_ids) == 9
     assert r.tokens_per_second == r.batch * r.new_tokens / r.total_seconds > 0
@@ -78,12 +78,12 @@ def test_peak_memory_leaves_out_the_bandwidth_probe(tiny_loaded):
     model, tokenizer, _ = tiny_loaded
     release_freed_memory()
     before = resident_memory_bytes()
-    r = measure(model, tokenizer, "cached-loop", prompt_tokens=6, new_tokens=6, repeats=2, bandwidth="each")
+    r = measure(model, tokenizer, "cached", prompt_tokens=6, new_tokens=6, repeats=2, bandwidth="each")
     assert len(r.bandwidths) == 2 and all(b > 1e8 for b in r.bandwidths)
     assert r.peak_memory_bytes < before + (256 << 20)
 
 
-@pytest.mark.parametrize("method", ["int8-dynamic", "bnb-int8", "bnb-nf4"])
+@pytest.mark.parametrize("method", ["auto+int8-cpu", "auto+int8", "auto+nf4"])
 def test_quantized_methods_report_their_quality(tiny_loaded, method):
     """bitsandbytes runs on the CPU too (slowly), so its path is exercised here as on a GPU."""
     model, tokenizer, info = tiny_loaded
@@ -92,7 +92,7 @@ def test_quantized_methods_report_their_quality(tiny_loaded, method):
     assert quantized is not model
     r = measure(quantized, tokenizer, method, prompt_tokens=6, new_tokens=6, repeats=1, bandwidth=1e10)
     prompt = prompt_of_length(tokenizer, 6)
-    reference = measure(model, tokenizer, "generate", prompt_tokens=6, new_tokens=6, repeats=1).token_ids
+    reference = measure(model, tokenizer, "auto", prompt_tokens=6, new_tokens=6, repeats=1).token_ids
     q = quality_against(quantized, model, tokenizer, prompt, reference, r.token_ids)
     assert q.max_logit_error > 0 and 0 <= q.greedy_agreement <= 1 and q.reference_dtype == "float32"
     assert bytes_per_decode_step(quantized, 0, 1) < bytes_per_decode_step(model, 0, 1)
@@ -101,25 +101,64 @@ def test_quantized_methods_report_their_quality(tiny_loaded, method):
 def test_default_methods_depend_on_the_device_and_keep_their_order():
     """The rows the benchmark's JSON, plots and README figures have always had, in their order: the
     tutorial's loop first (on a GPU it also takes the process's one-off start-up cost)."""
-    shared = ["seed-loop", "cached-loop", "hf-generate", "static-cache", "generate"]
-    assert default_methods("cpu") == [*shared, "int8-dynamic"]
-    assert default_methods("cuda") == [*shared, "bnb-int8", "bnb-nf4"]
+    shared = ["tutorial", "cached", "hf", "static", "auto"]
+    assert default_methods("cpu") == [*shared, "auto+int8-cpu"]
+    assert default_methods("cuda") == [*shared, "auto+int8", "auto+nf4"]
 
 
-def test_a_new_backend_gets_a_bench_row_before_generate():
+def test_a_new_backend_gets_a_bench_row_before_auto():
     from helpers.analysis.bench_methods import method_rows
     from helpers.generation.backends.registry import BACKENDS
 
     extra = dataclasses.replace(BACKENDS["cached"], name="speculative", summary="a new backend")
     rows = method_rows({**BACKENDS, "speculative": extra})
-    assert list(rows).index("static-cache") < list(rows).index("speculative") < list(rows).index("generate")
+    assert list(rows).index("static") < list(rows).index("speculative") < list(rows).index("auto")
     assert rows["speculative"].description == "a new backend" and "speculative" not in METHODS
+
+
+def test_the_torch_free_row_list_is_the_measured_one():
+    """`bench --help` lists bench_rows.ROWS without importing torch; it must be what bench_methods measures, the
+    rows named by the registry's backends (a quantized row by its backend and plan)."""
+    from helpers.analysis.bench_rows import ROWS
+    from helpers.generation.backends.registry import BACKENDS, method_names
+
+    assert {m.name: (m.description, m.devices) for m in METHODS.values()} == ROWS
+    assert list(METHODS) == list(ROWS)
+    for name in ROWS:
+        backend, _, plan_name = name.partition("+")
+        assert backend in method_names()
+        if backend in BACKENDS and backend != "hf" and not plan_name:  # hf is timed bare, without helpers
+            assert ROWS[name][0] == BACKENDS[backend].summary
+
+
+def test_old_row_names_are_still_taken_with_a_note(tiny_pre_folder, tmp_path, capsys):
+    out = tmp_path / "old.json"
+    code = main(["bench", "--model", str(tiny_pre_folder), "--new-tokens", "2", "--repeats", "1",
+                 "--methods", "cached-loop,seed-loop", "--json", str(out)])
+    assert code == 0
+    assert [r["method"] for r in json.loads(out.read_text())["results"]] == ["cached", "tutorial"]
+    err = capsys.readouterr().err
+    assert "'cached-loop' is now called 'cached'" in err and "'seed-loop' is now called 'tutorial'" in err
+
+
+def test_committed_results_read_under_the_backends_names():
+    """The committed benchmarks/*.json were written under the old row names; read back, their rows and plots
+    carry the current ones."""
+    from helpers.analysis.bench_rows import OLD_NAMES, ROWS, with_current_names
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu-opt-125m.json"
+    raw = json.loads(committed.read_text())
+    assert {r["method"] for r in raw["results"]} <= set(OLD_NAMES) | set(ROWS)
+    report = Report.read(committed)
+    assert [m.method for m in report.measurements] == [OLD_NAMES.get(r["method"], r["method"]) for r in raw["results"]]
+    assert {m.method for m in report.measurements} <= set(ROWS) and report.settings["methods"][0] == "tutorial"
+    assert [r["method"] for r in with_current_names(raw)["results"]] == [m.method for m in report.measurements]
 
 
 def test_bench_command_writes_json_and_plot(tiny_pre_folder, tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(["bench", "--model", str(tiny_pre_folder), "--new-tokens", "5", "--repeats", "1", "--batch", "1,2",
-                 "--methods", "cached-loop,generate,int8-dynamic,bnb-nf4", "--json", str(out), "--plot", str(png)])
+                 "--methods", "cached,auto,auto+int8-cpu,auto+nf4", "--json", str(out), "--plot", str(png)])
     assert code == 0
     data = json.loads(out.read_text())
     assert data["schema"] == SCHEMA
@@ -127,9 +166,9 @@ def test_bench_command_writes_json_and_plot(tiny_pre_folder, tmp_path, capsys):
     assert {"cpu", "cpu_count", "ram_total_bytes", "torch", "transformers", "date"} <= set(data["hardware"])
     assert data["bandwidth"]["bytes_per_second"] > 0
     rows = {(r["method"], r["batch"]): r for r in data["results"]}
-    assert set(rows) == {(m, b) for m in ("cached-loop", "generate", "int8-dynamic", "bnb-nf4") for b in (1, 2)}
-    assert rows[("bnb-nf4", 1)]["skipped"] == "runs on cuda, not cpu"
-    assert rows[("int8-dynamic", 2)]["quality"]["greedy_agreement"] >= 0
+    assert set(rows) == {(m, b) for m in ("cached", "auto", "auto+int8-cpu", "auto+nf4") for b in (1, 2)}
+    assert rows[("auto+nf4", 1)]["skipped"] == "runs on cuda, not cpu"
+    assert rows[("auto+int8-cpu", 2)]["quality"]["greedy_agreement"] >= 0
     for r in data["results"]:
         if not r["skipped"]:
             assert r["tokens_per_second"] > 0 and r["roofline_fraction"] > 0 and r["new_tokens"] == 5

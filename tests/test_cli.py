@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ from helpers.cli.main import main
 from helpers.generation.run import generate
 from helpers.generation.settings import GenerationSettings
 from helpers.loading.model import load_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, stdin=None):
@@ -108,3 +111,51 @@ def test_an_unexpected_failure_is_one_line(monkeypatch, tiny_pre_folder, capsys)
     code = main(["generate", "--model", str(tiny_pre_folder), "x"])
     err = capsys.readouterr().err
     assert code == 1 and "RuntimeError: something deep inside a library" in err and "Traceback" not in err
+
+
+# Runs `python -m helpers ARGS` as `python -m` would, then reports which of torch and transformers got imported.
+HELP_WRAPPER = """
+import runpy, sys
+try:
+    runpy.run_module("helpers", run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    code = exc.code
+print("IMPORTED", sorted(m for m in ("torch", "transformers") if m in sys.modules), code)
+"""
+
+
+def _subcommands() -> list[str]:
+    from helpers.cli.main import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return list(sub.choices)
+
+
+@pytest.mark.parametrize("argv", [[], *([name] for name in _subcommands())], ids=lambda argv: " ".join(argv) or "-")
+def test_every_help_answers_without_importing_torch_or_transformers(argv):
+    """`python -m helpers --help` took about 4 s: the bench parser imported torch to list its rows."""
+    done = subprocess.run([sys.executable, "-c", HELP_WRAPPER, *argv, "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: python -m helpers" in done.stdout
+    assert done.stdout.rstrip().endswith("IMPORTED [] 0"), done.stdout[-300:]
+
+
+def test_the_measuring_runs_are_found_beside_the_package_or_named_as_missing(tmp_path):
+    """plan --check and leaks run the project's tools/ (not in the wheel): found from the checkout whatever the
+    working folder, and from an installed copy of helpers alone, one line saying where to get them."""
+    import shutil
+
+    probe = "from helpers.cli.project_tools import project_tool; print(project_tool('leaks', 'leaks').__file__)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and Path(done.stdout.strip()) == REPO / "tools" / "leaks.py", done.stderr
+    installed = tmp_path / "site-packages"
+    shutil.copytree(REPO / "helpers", installed / "helpers", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    for argv in (["leaks", "--model", "opt-125m"], ["plan", "--model", "opt-125m", "--check"]):
+        done = subprocess.run([sys.executable, "-m", "helpers", *argv], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(installed)})
+        assert done.returncode == 1, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"error: `{' '.join(argv[:1] + argv[3:])}` is one of the project's measuring runs")
+        assert "Clone https://github.com/opt-notebooks/opt-notebooks" in line

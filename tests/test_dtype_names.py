@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from helpers.memory.dtype_names import BYTES_PER_ELEMENT, DTYPE_CHOICES, FLOAT_DTYPES, STORAGE
+from helpers.memory.dtype_names import BYTES_PER_ELEMENT, DTYPE_ALIASES, DTYPE_CHOICES, FLOAT_DTYPES, STORAGE
 from helpers.memory.dtypes import DTYPES, compute_bytes, dtype_name, resolve_dtype
 
 
@@ -33,3 +33,19 @@ def test_the_torch_table_is_the_names_table(name):
 def test_every_dtype_choice_resolves(choice):
     resolved = resolve_dtype(choice, "cpu")
     assert dtype_name(resolved) == ("float32" if choice == "auto" else choice) and dtype_name(resolved) in FLOAT_DTYPES
+
+
+@pytest.mark.parametrize("alias", [*DTYPE_ALIASES, *FLOAT_DTYPES, "auto"])
+def test_one_alias_table_any_case_for_every_reader(alias):
+    """'FP16' once worked in dtype_name and failed in resolve_dtype (one lower-cased, the other not)."""
+    for spelling in (alias, alias.upper(), alias.capitalize(), f" {alias} "):
+        if alias == "auto":
+            assert resolve_dtype(spelling, "cpu") == torch.float32
+            continue
+        name = dtype_name(spelling)
+        assert name == dtype_name(alias) == DTYPE_ALIASES.get(alias, alias)
+        if name in FLOAT_DTYPES:
+            assert resolve_dtype(spelling, "cpu") == getattr(torch, name)
+        else:  # a quantization is not a dtype to load in
+            with pytest.raises(ValueError, match="Unknown dtype"):
+                resolve_dtype(spelling, "cpu")

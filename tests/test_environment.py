@@ -40,10 +40,10 @@ def test_fit_table_agrees_with_the_planner(gpus, context, ram_gib):
     env = replace(environment.detect(), gpus=gpus, ram_available_bytes=ram_gib * 1024**3)
     budget = Budget.of_machine(env)
     for row in fit_table(env, context=context):
-        options = {o.method: o for o in plan(row["model"], replace(budget, gpus=1, gpu_bytes=T4.total_bytes),
+        options = {o.plan: o for o in plan(row["model"], replace(budget, gpus=1, gpu_bytes=T4.total_bytes),
                                              context=context)}
         assert row["fp16 needs"] == human_bytes(options["fp16"].needs_bytes)
-        here = {o.method: o for o in plan(row["model"], budget, context=context)}
+        here = {o.plan: o for o in plan(row["model"], budget, context=context)}
         assert row["fits RAM in fp32 (CPU)"] == here["fp32-cpu"].fits
         if gpus:
             assert row["fits Tesla T4"] == here["fp16"].fits

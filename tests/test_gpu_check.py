@@ -18,12 +18,12 @@ import torch
 
 from helpers.analysis.benchmark import SCHEMA as BENCH_SCHEMA
 from helpers.analysis.benchmark import Report
-from helpers.analysis.gpu_check.__main__ import main as gpu_check_main
-from helpers.analysis.gpu_check.jobs import job_fit
-from helpers.analysis.gpu_check.profile import DRY_RUN, GPU, SCHEMA, STATUSES, Unavailable
-from helpers.analysis.gpu_check.run import Run
-from helpers.analysis.gpu_check.steps import Check
-from helpers.analysis.preflight import install_offline
+from tools.gpu_check.__main__ import main as gpu_check_main
+from tools.gpu_check.jobs import job_fit
+from tools.gpu_check.profile import DRY_RUN, GPU, SCHEMA, STATUSES, Unavailable
+from tools.gpu_check.run import Run
+from tools.gpu_check.steps import Check
+from tools.preflight import install_offline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def dry_run(tmp_path_factory):
     """The dry run exactly as `make gpu-check DRY=1` starts it, in its own process."""
     out, scratch = tmp_path_factory.mktemp("gpu-check-out"), tmp_path_factory.mktemp("gpu-check-scratch")
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "helpers.analysis.gpu_check", "--dry-run", "--wheels", ".gpu-wheels",
+    done = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--dry-run", "--wheels", ".gpu-wheels",
                            "--out", str(out), "--scratch", str(scratch)], cwd=REPO, capture_output=True, text=True,
                           timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -51,7 +51,7 @@ def test_dry_run_records_every_step_with_the_machine(dry_run):
     assert list(steps) == ["medium-folder", "medium-load-ram", "medium-fit", "large-fit", "small-folder",
                            *(f"small-{m}" for m in DRY_RUN.methods), "small-leaks", "medium-sweep"]
     assert all(r["status"] in STATUSES for r in steps.values())
-    assert {k for k, r in steps.items() if r["status"] != "ok"} == {"large-fit", "small-bnb-int8", "small-bnb-nf4"}
+    assert {k for k, r in steps.items() if r["status"] != "ok"} == {"large-fit", "small-auto+int8", "small-auto+nf4"}
     assert 0 < summary["wall_seconds"] <= seconds and summary["wall_seconds"] < summary["budget_seconds"]
     assert {"cpu", "cpu_count", "ram_total_bytes", "torch", "transformers", "gpus", "date"} <= set(summary["hardware"])
     packages = summary["packages"]
@@ -64,13 +64,13 @@ def test_dry_run_records_every_step_with_the_machine(dry_run):
 def test_without_a_gpu_the_8_and_4_bit_steps_say_why(dry_run):
     steps = dry_run[2]["steps"]
     assert steps["large-fit"]["status"] == "unavailable" and "needs a CUDA GPU" in steps["large-fit"]["reason"]
-    for name in ("small-bnb-int8", "small-bnb-nf4"):
+    for name in ("small-auto+int8", "small-auto+nf4"):
         assert steps[name]["status"] == "unavailable" and steps[name]["reason"] == "runs on cuda, not cpu"
 
 
 def test_every_method_is_measured_and_agrees_with_plain_generate(dry_run):
     steps = dry_run[2]["steps"]
-    for name in ("generate", "hf-generate", "static-cache"):
+    for name in ("auto", "hf", "static"):
         result = steps[f"small-{name}"]["result"]
         m = result["measurement"]
         assert m["method"] == name and m["new_tokens"] == DRY_RUN.new_tokens == len(m["token_ids"])
@@ -81,7 +81,7 @@ def test_every_method_is_measured_and_agrees_with_plain_generate(dry_run):
         assert m["first_call_seconds"] > 0 and m["first_call_new_tokens"] == min(DRY_RUN.new_tokens, 4)
         assert isinstance(m["first_call_extra_seconds"], float) and len(m["runs_seconds"]) == DRY_RUN.repeats
         assert result["bandwidth"]["bytes_per_second"] > 0
-        assert result["token_agreement"] == {"reference": "hf-generate", "agreement": 1.0, "first_difference": None,
+        assert result["token_agreement"] == {"reference": "hf", "agreement": 1.0, "first_difference": None,
                                              "identical": True}
 
 
@@ -131,7 +131,7 @@ def test_the_reports_and_figures_are_written(dry_run):
     out, _, summary, _ = dry_run
     small = Report.read(out / f"gpu-{DRY_RUN.small.name}.json")
     assert [m.method for m in small.measurements] == list(DRY_RUN.methods)
-    assert [m.method for m in small.measurements if m.skipped] == ["bnb-int8", "bnb-nf4"]
+    assert [m.method for m in small.measurements if m.skipped] == ["auto+int8", "auto+nf4"]
     assert summary["figures"] == {"small": f"gpu-{DRY_RUN.small.name}.png", "medium": f"gpu-{DRY_RUN.medium.name}.png",
                                   "fits": "gpu-check-fits.png"}
     for name in summary["figures"].values():
@@ -191,7 +191,7 @@ def test_a_zero_budget_skips_every_step_but_writes_the_results(tmp_path, monkeyp
     assert summary["packages"]["packages"]["torch"] and len(summary["steps"]) == 12
     assert all(r["status"] == "skipped" for r in summary["steps"].values())
     assert "time budget" in summary["steps"]["medium-folder"]["reason"]
-    assert "needs small-folder" in summary["steps"]["small-generate"]["reason"]
+    assert "needs small-folder" in summary["steps"]["small-auto"]["reason"]
     assert (tmp_path / "out" / "gpu-check-fits.png").is_file()
 
 
@@ -227,17 +227,17 @@ def test_a_missing_wheel_says_how_to_get_it(tmp_path):
 
 def test_running_out_of_memory_is_a_result_not_a_failure(monkeypatch):
     """On a GPU, out of memory (torch's own error, or a compiler's error wrapping it) means "does not fit"."""
-    import helpers.analysis.plan_check
+    import tools.plan_check
 
     for error in (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                   RuntimeError("BackendCompilerFailed: ... CUDA out of memory ...")):
         def fail(*args, error=error, **kwargs):
             raise error
 
-        monkeypatch.setattr(helpers.analysis.plan_check, "check_plan", fail)
+        monkeypatch.setattr(tools.plan_check, "check_plan", fail)
         result = job_fit("folder", "fp16", 15 << 30, 2048, 256, "auto")
         assert result["fits"] is False and "out of memory" in result["error"] and result["context"] == 2048
-    monkeypatch.setattr(helpers.analysis.plan_check, "check_plan", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    monkeypatch.setattr(tools.plan_check, "check_plan", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
     with pytest.raises(ValueError):
         job_fit("folder", "fp16", 15 << 30, 2048, 256, "auto")
 

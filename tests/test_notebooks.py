@@ -96,10 +96,10 @@ def test_02_metaseq_clones_converts_and_matches_the_reference(tmp_path):
 
 def test_07_benchmarks_renders_committed_results_and_runs_live(tiny_pre_folder):
     nb = run_notebook("07_benchmarks.ipynb", {"LIVE_MODEL": str(tiny_pre_folder), "LIVE_NEW_TOKENS": 6,
-                                                "LIVE_METHODS": ["hf-generate", "generate"]})
+                                                "LIVE_METHODS": ["hf", "auto"]})
     text = outputs_text(nb)
-    assert "cpu-opt-125m.json" in text and "roofline" in text and "seed-loop" in text
-    assert "generate: batch 1" in text  # the live run's progress
+    assert "cpu-opt-125m.json" in text and "roofline" in text and "tutorial" in text
+    assert "auto: batch 1" in text  # the live run's progress
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # two committed results and the live one
 

@@ -76,16 +76,16 @@ def test_the_planner_s_pieces_add_up_to_the_one_weight_bytes(storage):
 
 
 def test_the_issue_s_t4_facts():
-    assert first_usable("opt-6.7b", T4).method == "fp16"  # 6.7B in fp16 on one T4
-    assert first_usable("opt-13b", T4).method == "int8"  # 13B in 8-bit
-    assert not any(o.method == "fp16" and o.fits for o in plan("opt-13b", T4))
+    assert first_usable("opt-6.7b", T4).plan == "fp16"  # 6.7B in fp16 on one T4
+    assert first_usable("opt-13b", T4).plan == "int8"  # 13B in 8-bit
+    assert not any(o.plan == "fp16" and o.fits for o in plan("opt-13b", T4))
     roomy = Budget(gpu_bytes=15 * GiB, gpus=1, cpu_bytes=100 * GiB, gpu_name="Tesla T4")
-    thirty = {o.method: o for o in plan("opt-30b", roomy)}
+    thirty = {o.plan: o for o in plan("opt-30b", roomy)}
     assert not thirty["nf4"].fits and thirty["nf4-cpu-offload"].fits  # 30B: 4-bit with some CPU offload
     two_big = Budget(gpu_bytes=80 * GiB, gpus=2, cpu_bytes=200 * GiB, gpu_name="A100")
-    assert first_usable("opt-66b", two_big).method == "fp16-multi-gpu"  # 66B across GPUs
+    assert first_usable("opt-66b", two_big).plan == "fp16-multi-gpu"  # 66B across GPUs
     two_t4 = Budget(gpu_bytes=15 * GiB, gpus=2, cpu_bytes=30 * GiB, gpu_name="Tesla T4")
-    assert first_usable("opt-13b", two_t4).method == "fp16-multi-gpu"  # the seed's two T4s hold 13B in fp16
+    assert first_usable("opt-13b", two_t4).plan == "fp16-multi-gpu"  # the seed's two T4s hold 13B in fp16
 
 
 def test_options_carry_predictions_and_are_ranked():
@@ -96,9 +96,9 @@ def test_options_carry_predictions_and_are_ranked():
         assert o.cpu_bytes > 0 and o.tokens_per_second > 0 and o.speed_class
         if o.gpu_bytes_each:
             assert o.gpu_bytes == max(o.gpu_bytes_each) + GiB // 2
-    int8, nf4 = (next(o for o in options if o.method == m) for m in ("int8", "nf4"))
+    int8, nf4 = (next(o for o in options if o.plan == m) for m in ("int8", "nf4"))
     assert nf4.gpu_bytes < int8.gpu_bytes and nf4.tokens_per_second > int8.tokens_per_second
-    bigger = {o.method: o for o in plan("opt-13b", T4, context=2048, batch=4)}
+    bigger = {o.plan: o for o in plan("opt-13b", T4, context=2048, batch=4)}
     assert bigger["int8"].gpu_bytes > int8.gpu_bytes  # four caches
 
 
@@ -106,7 +106,7 @@ def test_device_map_across_fake_gpus_is_complete_and_matches_accelerate():
     from accelerate import infer_auto_device_map
 
     budget = Budget(gpu_bytes=15 * GiB, gpus=2, cpu_bytes=30 * GiB, gpu_name="Tesla T4")
-    option = next(o for o in plan("opt-13b", budget) if o.method == "fp16-multi-gpu")
+    option = next(o for o in plan("opt-13b", budget) if o.plan == "fp16-multi-gpu")
     with torch.device("meta"):
         model = OPTForCausalLM(SIZES["opt-13b"].config())
     dmap = device_map(option)
@@ -127,12 +127,12 @@ def test_device_map_across_fake_gpus_is_complete_and_matches_accelerate():
 
 
 def test_load_arguments_for_each_kind():
-    options = {o.method: o for o in plan("opt-30b", Budget(gpu_bytes=12 * GiB, gpus=2, cpu_bytes=100 * GiB))}
+    options = {o.plan: o for o in plan("opt-30b", Budget(gpu_bytes=12 * GiB, gpus=2, cpu_bytes=100 * GiB))}
     assert load_arguments(options["nf4-multi-gpu"])["quantization_config"].load_in_4bit
-    options = {o.method: o for o in plan("opt-30b", Budget(gpu_bytes=15 * GiB, gpus=1, cpu_bytes=100 * GiB))}
+    options = {o.plan: o for o in plan("opt-30b", Budget(gpu_bytes=15 * GiB, gpus=1, cpu_bytes=100 * GiB))}
     offload = load_arguments(options["nf4-cpu-offload"])
     assert offload["quantization_config"].llm_int8_enable_fp32_cpu_offload and "cpu" in offload["device_map"].values()
-    options = {o.method: o for o in plan("opt-30b", T4)}
+    options = {o.plan: o for o in plan("opt-30b", T4)}
     disk = load_arguments(options["disk-offload"], offload_folder="/tmp/x")
     assert disk["offload_folder"] == "/tmp/x" and "disk" in disk["device_map"].values()
     assert load_arguments(options["fp32-cpu"]) == {"dtype": torch.float32}
@@ -153,9 +153,9 @@ def test_a_plan_that_needs_a_missing_package_says_so_and_offers_the_next(monkeyp
     monkeypatch.setattr(planner.importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     options = plan("opt-13b", T4)
-    int8 = next(o for o in options if o.method == "int8")
+    int8 = next(o for o in options if o.plan == "int8")
     assert int8.fits and not int8.available and "pip install bitsandbytes" in int8.unavailable_reason
-    assert first_usable("opt-13b", T4).method == "disk-offload"
+    assert first_usable("opt-13b", T4).plan == "disk-offload"
     with pytest.raises(ModelLoadError, match=r"needs bitsandbytes.*best plan that works here is disk-offload"):
         choose(options, "int8", model="opt-13b")
 
@@ -169,7 +169,7 @@ def test_bitsandbytes_plans_need_a_gpu_on_this_machine(tiny_pre_folder):
 
 def test_auto_plan_on_a_cpu_loads_fp32_and_int8_cpu_loads_quantized(tiny_pre_folder):
     auto = load_model(str(tiny_pre_folder))
-    assert auto.info.plan.method == "fp32-cpu" and auto.info.dtype == "float32"
+    assert auto.info.plan.plan == "fp32-cpu" and auto.info.dtype == "float32"
     quantized = load_model(str(tiny_pre_folder), plan="int8-cpu")
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
@@ -186,7 +186,7 @@ def test_disk_offload_loads_generates_and_cleans_up(tmp_path):
     folder = save_tiny_model(tmp_path / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048,
                              num_hidden_layers=6, word_embed_proj_dim=512)
     loaded = load_model(str(folder), plan="auto", cpu_memory="1.15GiB", context=256)
-    assert loaded.info.plan.method == "disk-offload" and "disk" in loaded.model.hf_device_map.values()
+    assert loaded.info.plan.plan == "disk-offload" and "disk" in loaded.model.hf_device_map.values()
     offload = loaded.info.offload_folder
     assert os.path.isdir(offload)  # transformers may read offloaded safetensors weights from the originals
     reference = load_model(str(folder), plan="fp32-cpu")
@@ -197,8 +197,8 @@ def test_disk_offload_loads_generates_and_cleans_up(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, tolerance", [("fp32-cpu", 0.10), ("disk-offload", 0.30), ("int8-cpu", 0.50)])
-def test_predicted_peak_memory_against_measurement(tmp_path, method, tolerance):
+@pytest.mark.parametrize("plan_name, tolerance", [("fp32-cpu", 0.10), ("disk-offload", 0.30), ("int8-cpu", 0.50)])
+def test_predicted_peak_memory_against_measurement(tmp_path, plan_name, tolerance):
     """In a fresh process (a long test run's freed heap would hide new allocations from resident memory).
     Resident memory also counts the pages of memory-mapped weight files read once (int8 quantization reads
     the fp32 file; disk offload reads its layers from it): reclaimable cache the plans need not reserve,
@@ -211,12 +211,13 @@ def test_predicted_peak_memory_against_measurement(tmp_path, method, tolerance):
     folder = save_tiny_model(tmp_path / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048,
                              num_hidden_layers=6, word_embed_proj_dim=512)
     out = tmp_path / "check.json"
-    budget = ["--cpu-memory", "1.15GiB"] if method == "disk-offload" else []
-    done = subprocess.run([sys.executable, "-m", "helpers", "plan", "--model", str(folder), "--check", "--method",
-                           method, "--new-tokens", "64", "--out", str(out), *budget], capture_output=True, text=True)
+    budget = ["--cpu-memory", "1.15GiB"] if plan_name == "disk-offload" else []
+    done = subprocess.run([sys.executable, "-m", "helpers", "plan", "--model", str(folder), "--check", "--plan",
+                           plan_name, "--new-tokens", "64", "--out", str(out), *budget], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert result["method"] == method and result["new_tokens"] == 64 and "predicted" in done.stdout
+    assert result["plan"] == result["method"] == plan_name  # "method": the field's first name, still written
+    assert result["new_tokens"] == 64 and "predicted" in done.stdout
     assert abs(result["relative_error"]) <= tolerance, result
 
 
@@ -226,12 +227,45 @@ def test_plan_command(capsys):
     assert "Best: int8" in out and "load_model('opt-13b', plan='int8')" in out
     assert main(["plan", "--model", "opt-13b", "--gpu-memory", "15GiB", "--cpu-memory", "12GiB", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["options"][0]["method"] == "int8"
-    assert all({"method", "gpu_bytes", "cpu_bytes", "fits"} <= set(o) for o in data["options"])
+    assert data["options"][0]["plan"] == data["options"][0]["method"] == "int8"  # "method": its first name
+    assert all({"plan", "method", "gpu_bytes", "cpu_bytes", "fits"} <= set(o) for o in data["options"])
     assert main(["plan", "--model", "opt-66b", "--gpu-memory", "2GiB", "--cpu-memory", "4GiB"]) == 1
     assert "Nothing fits opt-66b" in capsys.readouterr().err
     assert main(["plan", "--model", "opt-13b", "--gpu-memory", "lots"]) == 2
     assert main(["plan", "--model", "opt-13b", "--context", "5000"]) == 2
+
+
+def test_plan_check_takes_plan_and_still_its_old_name_method(monkeypatch, capsys):
+    """A memory plan is a `plan` (a method is a decoding backend): `plan --check --plan NAME`; the old `--method`
+    still works, with a note on stderr, and an Option's `.method` still answers, with a DeprecationWarning."""
+    import tools.plan_check
+
+    asked = []
+
+    def fake_check(model, plan_name="auto", **kwargs):
+        asked.append(plan_name)
+        return {"model": model, "plan": plan_name, "method": plan_name, "predicted_bytes": 1, "measured_bytes": 1,
+                "measured_on": "here", "relative_error": 0.0, "new_tokens": 1, "tokens_per_second": 1.0}
+
+    monkeypatch.setattr(tools.plan_check, "check_plan", fake_check)
+    assert main(["plan", "--model", "opt-125m", "--check", "--plan", "int8-cpu"]) == 0
+    assert "with plan int8-cpu" in capsys.readouterr().out
+    assert main(["plan", "--model", "opt-125m", "--check", "--method", "fp32-cpu"]) == 0
+    assert "--method is deprecated; it is called --plan now" in capsys.readouterr().err
+    assert asked == ["int8-cpu", "fp32-cpu"]
+    assert main(["plan", "--model", "opt-125m", "--check", "--method", "fp32-cpu", "--plan", "int8-cpu"]) == 2
+    assert "--method" not in subprocess_help("plan") and "--plan NAME" in subprocess_help("plan")  # undocumented
+    option = plan("opt-125m", T4)[0]
+    with pytest.warns(DeprecationWarning, match="Option.plan"):
+        assert option.method == option.plan
+
+
+def subprocess_help(command: str) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "helpers", command, "--help"], capture_output=True, text=True,
+                          check=True).stdout
 
 
 def test_plan_command_on_a_folder(tiny_pre_folder, capsys):
@@ -255,7 +289,7 @@ def test_disk_offload_never_puts_the_whole_model_on_disk(gpus):
     """accelerate 1.14 (Colab's) refuses a device map that is all "disk": the token table stays in memory, even
     where the budget is too small for it (the option then says it does not fit rather than failing to load)."""
     budget = Budget(gpu_bytes=64 * 2**20 if gpus else 0, gpus=gpus, cpu_bytes=64 * 2**20)
-    option = next(o for o in plan("opt-125m", budget) if o.method == "disk-offload")
+    option = next(o for o in plan("opt-125m", budget) if o.plan == "disk-offload")
     assert option.placement["model.decoder.embed_tokens"] != "disk"
     assert set(option.placement.values()) - {"disk"}
     assert "disk" in option.placement.values()

@@ -273,14 +273,14 @@ def test_a_refused_disk_offload_load_leaves_no_folder(tmp_path):
 def no_work(monkeypatch):
     """The benchmark, leak and plan checks fail the test: the output must be refused before they start."""
     import helpers.analysis.benchmark
-    import helpers.analysis.leaks
-    import helpers.analysis.plan_check
+    import tools.leaks
+    import tools.plan_check
 
     def refuse(*args, **kwargs):
         raise AssertionError("the work started before its output path was checked")
 
-    for module, name in ((helpers.analysis.benchmark, "run_suite"), (helpers.analysis.leaks, "leak_check"),
-                         (helpers.analysis.plan_check, "check_plan")):
+    for module, name in ((helpers.analysis.benchmark, "run_suite"), (tools.leaks, "leak_check"),
+                         (tools.plan_check, "check_plan")):
         monkeypatch.setattr(module, name, refuse)
 
 
@@ -306,10 +306,10 @@ def test_results_that_could_not_be_written_are_refused_before_the_work(tmp_path,
 
 
 def test_results_go_into_new_folders(tmp_path, monkeypatch, capsys):
-    import helpers.analysis.leaks
+    import tools.leaks
     from helpers.cli.main import main
 
-    monkeypatch.setattr(helpers.analysis.leaks, "leak_check", lambda *a, **k: {
+    monkeypatch.setattr(tools.leaks, "leak_check", lambda *a, **k: {
         "model": "m", "cuda_allocated_bytes_after_each": [0], "resident_growth_bytes": 0,
         "resident_growth_after_first_bytes": 0, "threads_after_each": [1, 1], "faults_injected": 0})
     out = tmp_path / "new" / "deeper" / "leaks.json"
@@ -429,16 +429,16 @@ def no_random_weights(monkeypatch):
     import sys
 
     import helpers.analysis.bench_methods  # noqa: F401  (the modules that make random weights)
-    import helpers.analysis.leaks  # noqa: F401
-    import helpers.analysis.plan_check  # noqa: F401
     import helpers.opt.random_weights
+    import tools.leaks  # noqa: F401
+    import tools.plan_check  # noqa: F401
 
     def refuse(*args, **kwargs):
         raise AssertionError("random weights were made before the memory check")
 
     original = helpers.opt.random_weights.random_model
     users = [m for name, m in list(sys.modules.items())
-             if name.startswith("helpers") and getattr(m, "random_model", None) is original]
+             if name.startswith(("helpers", "tools")) and getattr(m, "random_model", None) is original]
     assert helpers.opt.random_weights in users and len(users) > 1  # where it is defined, and where it is used
     for module in users:
         monkeypatch.setattr(module, "random_model", refuse)

@@ -1,1 +1,1 @@
-"""Measuring: text metrics, comparison runs, benchmarks, plan and leak checks, plots and tables."""
+"""Measuring: text metrics, comparison runs, benchmarks (tokens/s, roofline, memory), plots and tables."""

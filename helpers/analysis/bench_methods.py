@@ -18,11 +18,12 @@ from ..loading.devices import resolve_device
 from ..loading.model import load_model
 from ..loading.sources import size_of
 from ..memory.dtypes import dtype_name, resolve_dtype
-from ..memory.planner import Budget, check_fits, plain_method
+from ..memory.planner import Budget, check_fits, plain_plan
 from ..opt.model_state import model_device
 from ..opt.random_weights import random_model
 from ..opt.sizes import OPTSize, find_size
 from ..opt.tokenizer import opt_tokenizer
+from .bench_rows import ROWS
 
 
 def via_generate(method: str) -> Callable:
@@ -71,32 +72,33 @@ class Method:
     default: bool = True  # in the default list on its devices
 
 
-# Every decoding backend is measured through generate(), under the name the benchmark's JSON already knows it by
-# (new backends: their own name), except two measured otherwise: 'generate' is cpu-fast on the CPU, and
-# 'hf-generate' times model.generate itself, without this package around it.
-_BENCH_NAMES = {"tutorial": "seed-loop", "cached": "cached-loop", "static": "static-cache"}
+# Every decoding backend is measured through generate(), under its registry name, except two measured otherwise:
+# 'auto' is generate()'s own pick (cpu-fast on the CPU), and 'hf' times model.generate itself, without this package
+# around it. Quantized rows run 'auto' on the model loaded with a memory plan. bench_rows.ROWS lists the same rows
+# without torch (for `bench --help`); a test holds the two equal.
 _MEASURED_OTHERWISE = ("cpu-fast", "hf")
+_FIRST = ("tutorial", "cached")  # the slowest reference first; then hf, static, any new backend, auto, quantized
 
 
 def method_rows(backends: dict[str, Backend] = BACKENDS) -> dict[str, Method]:
-    """The benchmark's methods, in the order the rows have always come (the slowest reference first); a new
-    backend's row comes before 'generate'."""
+    """The benchmark's rows, in the order they have always come (the slowest reference first); a new backend's
+    row comes before 'auto'."""
     def row(name: str) -> Method:
-        return Method(_BENCH_NAMES.get(name, name), backends[name].summary, via_generate(name))
+        return Method(name, backends[name].summary, via_generate(name))
+
+    def described(name: str, run: Callable, **kwargs) -> Method:
+        text, devices = ROWS[name]
+        return Method(name, text, run, devices=devices, **kwargs)
 
     return {m.name: m for m in [
-        row("tutorial"),
-        row("cached"),
-        Method("hf-generate", "plain model.generate, its defaults (dynamic cache)", _plain_model_generate),
+        *(row(name) for name in _FIRST),
+        described("hf", _plain_model_generate),
         row("static"),
-        *(row(name) for name in backends if name not in (*_BENCH_NAMES, *_MEASURED_OTHERWISE)),
-        Method("generate", "helpers' generate(): the fastest correct method for the device", via_generate("auto")),
-        Method("int8-dynamic", "torch dynamic int8 quantization of every Linear, lm_head included",
-               via_generate("auto"), devices=("cpu",), prepare=_int8_dynamic),
-        Method("bnb-int8", "bitsandbytes LLM.int8()", via_generate("auto"), devices=("cuda",),
-               prepare=_bitsandbytes("int8")),
-        Method("bnb-nf4", "bitsandbytes 4-bit NF4", via_generate("auto"), devices=("cuda",),
-               prepare=_bitsandbytes("nf4")),
+        *(row(name) for name in backends if name not in (*_FIRST, "static", *_MEASURED_OTHERWISE)),
+        described("auto", via_generate("auto")),
+        described("auto+int8-cpu", via_generate("auto"), prepare=_int8_dynamic),
+        described("auto+int8", via_generate("auto"), prepare=_bitsandbytes("int8")),
+        described("auto+nf4", via_generate("auto"), prepare=_bitsandbytes("nf4")),
     ]}
 
 
@@ -148,7 +150,7 @@ def check_random_model_fits(model: str | OPTSize, device: str, dtype: str, *, co
     size = model if isinstance(model, OPTSize) else size_of(model)
     device = resolve_device(device)
     dtype = dtype_name(resolve_dtype(dtype, device))
-    method = plain_method(device, dtype)
+    method = plain_plan(device, dtype)
     if method is not None:
         check_fits(size, method, Budget.of_machine(), context=context, batch=batch,
                    what=f"Benchmarking {size.name} ({dtype} on {device})")

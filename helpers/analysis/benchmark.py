@@ -18,6 +18,7 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ..environment import detect
+from ..files import write_atomically
 from ..memory.dtypes import dtype_name
 from ..memory.measure import PeakMemory
 from ..opt.model_state import model_device
@@ -25,6 +26,7 @@ from ..opt.sizes import OPTSize
 from ..opt.tokenizer import encode_prompt
 from .bandwidth import bytes_per_decode_step, measure_bandwidth, tensors_read_whole, wait_for_device
 from .bench_methods import METHODS, benchmark_model, check_random_model_fits, default_methods, via_generate
+from .bench_rows import row_name, with_current_names
 
 SCHEMA = "opt-notebooks/bench/v1"
 
@@ -115,6 +117,7 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     `bandwidth_tensors`, see `measure_bandwidth`) between the timed runs, pairing each run with the mean
     of the bandwidths measured just before and just after it; the fraction is the median of the pairs.
     """
+    method = row_name(method, warn=True)
     run = METHODS[method].run
     device = model_device(model)
     prompts = [prompt_of_length(tokenizer, prompt_tokens)] * batch
@@ -262,7 +265,8 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict) -> Report:
-        """A report read back from its JSON (as committed under benchmarks/)."""
+        """A report read back from its JSON (as committed under benchmarks/; rows under older names renamed)."""
+        data = with_current_names(data)
         measurements = []
         for row in data["results"]:
             row = dict(row)
@@ -284,8 +288,8 @@ class Report:
         return [(path, cls.read(path)) for path in paths if json.loads(path.read_text()).get("schema") == SCHEMA]
 
     def write(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        """The JSON to `path`, whole or not at all (a failed write leaves an older file there as it was)."""
+        write_atomically(path, json.dumps(self.as_dict(), indent=2) + "\n")
 
 
 def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device: str = "auto", dtype: str = "auto",
@@ -297,7 +301,7 @@ def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device:
     context = benchmark_model(model, device, dtype)
     net, tokenizer = context.model, context.tokenizer
     device_type = model_device(net).type
-    methods = methods or default_methods(device_type)
+    methods = [row_name(m, warn=True) for m in methods] if methods else default_methods(device_type)
     progress("measuring the memory bandwidth")
     yardstick = tensors_read_whole(net) if device_type == "cpu" else None
     bandwidth = measure_bandwidth(model_device(net), tensors=yardstick)

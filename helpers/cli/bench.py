@@ -7,26 +7,24 @@ import json
 import shutil
 import sys
 import textwrap
-from pathlib import Path
 
+from ..analysis.bench_rows import OLD_NAMES, ROWS, help_lines, row_name
+from ..files import save_figure, write_atomically
 from ..memory.dtype_names import DTYPE_CHOICES
 from .common import UsageError, check_outputs, quiet_libraries
 
 # ---------------------------------------------------------------------------------------------- bench
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from ..analysis.bench_methods import METHODS
-
     p = sub.add_parser(
         "bench",
         help="measure decoding speed, memory and roofline fraction of each method",
         description=textwrap.fill(
-            "Time each decoding method on one model (random weights in a real OPT shape, or a folder) in one run: "
+            "Time each decoding method (backend) on one model (random weights in a real OPT shape, or a folder) in one run: "
             "time to first token, decode tokens/s, peak memory, and the fraction of the memory-bandwidth roofline "
             "(the bandwidth is measured in the same run). Quantized methods also report their quality cost "
             "against the unquantized model.", width=min(shutil.get_terminal_size().columns - 2, 100)),
-        epilog="methods:\n" + "\n".join(f"  {m.name:<14}{m.description}" + ("" if len(m.devices) > 1 else
-                                         f" ({m.devices[0].upper()} only)") for m in METHODS.values()),
+        epilog="methods (a backend; quantized: backend+plan):\n" + help_lines(),  # torch-free: --help stays quick
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the methods one a line; the description wrapped here
     )
     p.add_argument("--model", default="opt-125m", metavar="SIZE_OR_PATH",
@@ -38,7 +36,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-tokens", type=int, default=10, metavar="N")
     p.add_argument("--new-tokens", type=int, default=128, metavar="N")
     p.add_argument("--methods", metavar="M1,M2",
-                   help=f"comma-separated, from: {', '.join(METHODS)} (default: all that run on the device)")
+                   help=f"comma-separated, from: {', '.join(ROWS)} (default: all that run on the device)")
     p.add_argument("--repeats", type=int, default=3, metavar="R", help="timed runs per method (the median is kept)")
     p.add_argument("--json", metavar="FILE", help="write the results with hardware and version facts to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="draw the results to FILE.png")
@@ -46,12 +44,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from ..analysis.bench_methods import METHODS
-
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    unknown = [m for m in methods or [] if m not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    methods = _methods(args.methods)
     try:
         batches = [int(b) for b in args.batch.split(",")]
     except ValueError:
@@ -78,10 +71,24 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.plot:
         from ..analysis.plots import benchmark_figure
 
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        benchmark_figure(report.as_dict()).savefig(args.plot, dpi=120, bbox_inches="tight")
+        save_figure(benchmark_figure(report.as_dict()), args.plot, dpi=120, bbox_inches="tight")
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _methods(flag: str | None) -> list[str] | None:
+    """--methods' rows under their current names (the old ones still taken, with a note on stderr)."""
+    if not flag:
+        return None
+    methods = []
+    for name in (m.strip() for m in flag.split(",") if m.strip()):
+        if name in OLD_NAMES:
+            print(f"note: '{name}' is now called '{row_name(name)}' (the old name is deprecated)", file=sys.stderr)
+        methods.append(row_name(name))
+    unknown = [m for m in methods if m not in ROWS]
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    return methods
 
 
 # ---------------------------------------------------------------------------------------------- leaks
@@ -106,9 +113,10 @@ def _run_leaks(args: argparse.Namespace) -> int:
         raise UsageError("--cycles must be at least 2 (growth is measured from the first cycle on)")
     check_outputs((args.out, "--out", False))
     quiet_libraries()
-    from ..analysis.leaks import leak_check
     from ..units import human_bytes
+    from .project_tools import project_tool
 
+    leak_check = project_tool("leaks", "leaks").leak_check
     result = leak_check(args.model, args.cycles, device=args.device,
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     cuda = result["cuda_allocated_bytes_after_each"][-1]
@@ -117,6 +125,5 @@ def _run_leaks(args: argparse.Namespace) -> int:
           f"left allocated {human_bytes(cuda)}; threads alive {result['threads_after_each'][0]} -> "
           f"{result['threads_after_each'][-1]}; {result['faults_injected']} injected faults surfaced")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_atomically(args.out, json.dumps(result, indent=2) + "\n")
     return 0

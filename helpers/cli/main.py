@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ..errors import HelpersError
+from ..errors import HelpersError, out_of_memory_message, too_little_address_space
 from .bench import add_bench_parser, add_leaks_parser
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from .convert import add_convert_parser
@@ -41,12 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..signals import interrupt_after
 
     try:
-        with interrupt_after():  # imports torch: the first seconds, when a Ctrl-C is likeliest
+        with interrupt_after():  # the first seconds, when a Ctrl-C is likeliest
             parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(argv)  # torch-free: --help answers at once
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    too_little = too_little_address_space()  # below it, torch's import can abort the process past any handler
+    if too_little:
+        print(f"error: {too_little}", file=sys.stderr)
+        return EXIT_ERROR
     from ..signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
     try:
@@ -71,15 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the user gets one line, not a traceback from deep inside a library
         if os.environ.get("HELPERS_DEBUG"):
             raise
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            print("error: the GPU ran out of memory. Try a smaller model, --dtype float16, fewer "
-                  "--max-new-tokens, or see `python -m helpers plan` for what fits.", file=sys.stderr)
+        ran_out = out_of_memory_message(exc)  # imports nothing: an import may be what ran out of memory
+        if ran_out:
+            print(f"error: {ran_out}", file=sys.stderr)
         else:
             print(f"error: {type(exc).__name__}: {exc}\n(set HELPERS_DEBUG=1 to see the traceback)", file=sys.stderr)
         return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

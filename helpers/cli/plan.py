@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ..errors import HelpersError
+from ..files import write_atomically
 from .common import EXIT_ERROR, UsageError, check_outputs, memory_flags, print_json, quiet_libraries
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -28,9 +28,11 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, metavar="B", help="sequences at once")
     p.add_argument("--json", action="store_true", help="print the ranked options as JSON")
     p.add_argument("--check", action="store_true",
-                   help="load the best (or --method) option with random weights under the budget, generate "
+                   help="load the best (or --plan) option with random weights under the budget, generate "
                         "--new-tokens tokens, and compare the predicted peak memory with the measured one")
-    p.add_argument("--method", default="auto", metavar="M", help="with --check: the option to check")
+    p.add_argument("--plan", default="auto", metavar="NAME", help="with --check: the plan to check (default: the best)")
+    # its old name: a plan is not a decoding method (a backend), so --method is deprecated, still taken, not listed
+    p.add_argument("--method", dest="old_method", metavar="M", help=argparse.SUPPRESS)
     p.add_argument("--new-tokens", type=int, default=256, metavar="N", help="with --check: tokens to generate")
     p.add_argument("--out", metavar="FILE", help="with --check: write the result as JSON to FILE")
     p.set_defaults(run=_run_plan)
@@ -41,6 +43,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     from ..units import human_bytes
 
     gpu, cpu = memory_flags(args)
+    checked_plan = _plan_flag(args)
     gpus = args.gpus if args.gpus is not None else (1 if gpu and not _gpu_count() else None)
     try:
         budget = Budget.of_machine(gpu_bytes=gpu, gpus=gpus, cpu_bytes=cpu)
@@ -49,16 +52,16 @@ def _run_plan(args: argparse.Namespace) -> int:
     if args.check:
         check_outputs((args.out, "--out", False))
         quiet_libraries()
-        from ..analysis.plan_check import check_plan
+        from .project_tools import project_tool
 
-        result = check_plan(args.model, args.method, gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory,
+        check_plan = project_tool("plan_check", "plan --check").check_plan
+        result = check_plan(args.model, checked_plan, gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory,
                             new_tokens=args.new_tokens, progress=lambda line: print(line, file=sys.stderr, flush=True))
-        print(f"{result['model']} with plan {result['method']}: predicted {human_bytes(result['predicted_bytes'])}, "
+        print(f"{result['model']} with plan {result['plan']}: predicted {human_bytes(result['predicted_bytes'])}, "
               f"measured {human_bytes(result['measured_bytes'])} ({result['measured_on']}), error "
               f"{result['relative_error']:+.1%}; {result['new_tokens']} tokens at {result['tokens_per_second']:.1f} tok/s")
         if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            write_atomically(args.out, json.dumps(result, indent=2) + "\n")
         return 0
     from ..loading.sources import size_of
 
@@ -79,10 +82,10 @@ def _run_plan(args: argparse.Namespace) -> int:
         print(text_table([o.row() for o in options]))
         if usable:
             best = usable[0]
-            print(f"\nBest: {best.method} ({best.description}). In Python: load_model({args.model!r}, plan={best.method!r})")
+            print(f"\nBest: {best.plan} ({best.description}). In Python: load_model({args.model!r}, plan={best.plan!r})")
             for o in options:
                 if o.fits and not o.available:
-                    print(f"({o.method} would fit but {o.unavailable_reason}.)")
+                    print(f"({o.plan} would fit but {o.unavailable_reason}.)")
     if not usable:
         from ..memory.planner import choose
 
@@ -92,6 +95,16 @@ def _run_plan(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def _plan_flag(args: argparse.Namespace) -> str:
+    """--plan, or its deprecated old spelling --method."""
+    if args.old_method is None:
+        return args.plan
+    print("note: plan --method is deprecated; it is called --plan now", file=sys.stderr)
+    if args.plan not in ("auto", args.old_method):
+        raise UsageError(f"--method {args.old_method} and --plan {args.plan} name two plans; give --plan only")
+    return args.old_method
 
 
 def _gpu_count() -> int:

@@ -15,3 +15,10 @@ DTYPE_CHOICES = ("auto", *FLOAT_DTYPES)  # what --dtype takes: 'auto' is fp16 on
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
                  "8bit": "int8", "4bit": "nf4"}
 BYTES_PER_ELEMENT = {name: per for name, (_, per) in STORAGE.items()}
+
+
+def canonical_dtype_name(name: str) -> str:
+    """The table's name for `name`, whatever its case or alias ('FP16', 'half' -> 'float16'); unknown names come back
+    lower-cased, for the caller to refuse. Every reader of a dtype name goes through here."""
+    lowered = name.strip().lower()
+    return DTYPE_ALIASES.get(lowered, lowered)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .dtype_names import DTYPE_ALIASES, FLOAT_DTYPES, STORAGE
+from .dtype_names import FLOAT_DTYPES, STORAGE, canonical_dtype_name
 
 # The table of dtype_names with torch's dtypes: storage -> (the torch dtype it computes in, bytes per element).
 DTYPES: dict[str, tuple[torch.dtype, float]] = {name: (getattr(torch, compute), per)
@@ -15,7 +15,7 @@ def dtype_name(dtype: str | torch.dtype) -> str:
     """'float16' for torch.float16, 'fp16' or 'half'; quantized names pass through."""
     if isinstance(dtype, torch.dtype):
         return str(dtype).removeprefix("torch.")
-    name = DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
+    name = canonical_dtype_name(dtype)
     if name not in DTYPES:
         raise ValueError(f"Unknown dtype '{dtype}'. Use one of: {', '.join(DTYPES)}.")
     return name
@@ -35,9 +35,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     """'auto' is fp16 on a GPU and fp32 on the CPU (CPU fp16 matrix products are slow and lossy)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":
+    name = canonical_dtype_name(dtype)
+    if name == "auto":
         return torch.float32 if device == "cpu" else torch.float16
-    name = DTYPE_ALIASES.get(dtype, dtype)
     if name not in FLOAT_DTYPES:
         raise ValueError(f"Unknown dtype '{dtype}'. Use 'auto', {', '.join(map(repr, FLOAT_DTYPES))}.")
     return torch_dtype(name)

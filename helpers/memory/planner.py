@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import asdict, dataclass, field
 
 from ..environment import Environment, detect
@@ -63,9 +64,9 @@ class Budget:
 
 @dataclass
 class Option:
-    """One way to load a model, with what it needs."""
+    """One way to load a model (a memory plan, by its name), with what it needs."""
 
-    method: str
+    plan: str
     description: str
     dtype: str  # the weights' dtype (or the quantization)
     placement: dict[str, str]  # module -> "cuda:N" / "cpu" / "disk"
@@ -98,8 +99,16 @@ class Option:
             return self.gpu_bytes_each[0]
         return self.cpu_bytes - CPU_PROCESS_BYTES
 
+    @property
+    def method(self) -> str:
+        """The plan's name under its old attribute name (a method is a decoding backend): use `.plan`."""
+        warnings.warn("Option.method is deprecated: a memory plan's name is Option.plan", DeprecationWarning,
+                      stacklevel=2)
+        return self.plan
+
     def as_dict(self) -> dict:
         data = asdict(self)
+        data["method"] = self.plan  # plan --json's first name for it, still written
         data.pop("placement")
         data["devices"] = sorted(set(self.placement.values()))
         return data
@@ -110,16 +119,16 @@ class Option:
         status = "fits" if self.fits else "too big"
         if self.fits and not self.available:
             status = f"fits, but {self.unavailable_reason}"
-        return {"method": self.method, "GPU peak": gpus, "RAM": human_bytes(self.cpu_bytes),
+        return {"plan": self.plan, "GPU peak": gpus, "RAM": human_bytes(self.cpu_bytes),
                 "disk": human_bytes(self.disk_bytes) if self.disk_bytes else "-",
                 "speed": f"~{self.tokens_per_second:.1f} tok/s ({self.speed_class})", "quality": self.quality,
                 "status": status}
 
 
-def check_fits(size: OPTSize, method: str, budget: Budget, *, context: int | None, batch: int, what: str) -> None:
-    """Raise MemoryBudgetError before `what` starts if plan `method` (the way it will load) does not fit."""
+def check_fits(size: OPTSize, plan_name: str, budget: Budget, *, context: int | None, batch: int, what: str) -> None:
+    """Raise MemoryBudgetError before `what` starts if plan `plan_name` (the way it will load) does not fit."""
     context = size.max_positions if context is None else context
-    option = next((o for o in plan(size, budget, context=context, batch=batch) if o.method == method), None)
+    option = next((o for o in plan(size, budget, context=context, batch=batch) if o.plan == plan_name), None)
     if option is None or option.fits:
         return
     raise MemoryBudgetError(
@@ -129,10 +138,13 @@ def check_fits(size: OPTSize, method: str, budget: Budget, *, context: int | Non
         f"`python -m helpers plan --model {size.name}` for what fits.")
 
 
-def plain_method(device: str, dtype: str) -> str | None:
+def plain_plan(device: str, dtype: str) -> str | None:
     """The plan that loading on `device` in `dtype` without a plan amounts to (None: none describes it)."""
     return {("cpu", "float32"): "fp32-cpu", ("cuda", "float16"): "fp16",
             ("cuda", "bfloat16"): "bf16"}.get((device.split(":")[0], dtype))
+
+
+plain_method = plain_plan  # its first name, still imported by some modules
 
 
 def _and_gpu(option: Option) -> str:
@@ -229,7 +241,7 @@ def _stored_bytes(size: OPTSize, piece, kind: str) -> int:
     return weight
 
 
-def _option(method: str, description: str, size: OPTSize, budget: Budget, storage: str, devices: list[str],
+def _option(name: str, description: str, size: OPTSize, budget: Budget, storage: str, devices: list[str],
             context: int, batch: int, offload_storage: str | None = None) -> Option:
     offload_storage = offload_storage or storage
     placement, stored, peak = _place(size, storage, budget, devices, context, batch, offload_storage)
@@ -249,7 +261,7 @@ def _option(method: str, description: str, size: OPTSize, budget: Budget, storag
     disk = stored.get("disk", 0)
     speed = _speed({d: b for d, b in stored.items()}, budget, storage)
     option = Option(
-        method=method, description=description, dtype=storage, placement=placement, gpu_bytes_each=gpu_each,
+        plan=name, description=description, dtype=storage, placement=placement, gpu_bytes_each=gpu_each,
         gpu_bytes=max(gpu_each) + CUDA_CONTEXT_BYTES if gpu_each else 0, cpu_bytes=int(cpu), disk_bytes=int(disk),
         tokens_per_second=speed, speed_class=_speed_class(speed), quality=QUALITY[storage],
     )
@@ -261,10 +273,10 @@ def _option(method: str, description: str, size: OPTSize, budget: Budget, storag
 
 def _redundant(option: Option) -> bool:
     """A split or an offload that moves nothing is the plain option under another name."""
-    if "offload" in option.method:
-        offloaded = {"disk"} if option.method == "disk-offload" else {"cpu"}
+    if "offload" in option.plan:
+        offloaded = {"disk"} if option.plan == "disk-offload" else {"cpu"}
         return not offloaded & set(option.placement.values())
-    if "multi-gpu" in option.method:
+    if "multi-gpu" in option.plan:
         return len(set(option.placement.values())) < 2
     return False
 
@@ -277,7 +289,7 @@ def _requirements(option: Option, budget: Budget) -> None:
             return
         if not budget.gpus:
             option.available, option.unavailable_reason = False, "needs a CUDA GPU (bitsandbytes' 8/4-bit)"
-    if option.method.startswith("bf16") and not budget.bf16:
+    if option.plan.startswith("bf16") and not budget.bf16:
         option.available, option.unavailable_reason = False, "needs a GPU with bf16 (compute capability 8.0+)"
     if option.dtype == "int8-dynamic" and importlib.util.find_spec("torch.ao.quantization") is None:
         option.available, option.unavailable_reason = False, "needs torch's dynamic quantization"
@@ -329,42 +341,42 @@ def plan(size: OPTSize | str, budget: Budget | None = None, *, context: int | No
     options = [o for o in options if not _redundant(o)]
     for option in options:
         _requirements(option, budget)
-        if option.method == "nf4-cpu-offload":
+        if option.plan == "nf4-cpu-offload":
             option.notes.append("bitsandbytes keeps offloaded layers unquantized in fp32 and runs them on the CPU")
-    options.sort(key=lambda o: (not o.usable, TIERS.index(o.method), -o.tokens_per_second))
+    options.sort(key=lambda o: (not o.usable, TIERS.index(o.plan), -o.tokens_per_second))
     return options
 
 
-def choose(options: list[Option], method: str = "auto", *, model: str = "the model",
+def choose(options: list[Option], plan_name: str = "auto", *, model: str = "the model",
            budget: Budget | None = None) -> Option:
     """The option to load with: the best usable one for 'auto', else the named one, which must fit and
     be available here (if not, the error says why and names the next one that is)."""
     usable = [o for o in options if o.usable]
-    if method == "auto":
+    if plan_name == "auto":
         if usable:
             return usable[0]
         smallest = min(options, key=lambda o: (o.gpu_bytes + o.cpu_bytes, o.disk_bytes))
         where = f" ({budget.describe()})" if budget else ""
         raise ModelLoadError(
-            f"Nothing fits {model} on this budget{where}. The smallest option, {smallest.method}, needs "
+            f"Nothing fits {model} on this budget{where}. The smallest option, {smallest.plan}, needs "
             f"{human_bytes(smallest.gpu_bytes)} of GPU memory, {human_bytes(smallest.cpu_bytes)} of RAM"
             f"{f' and {human_bytes(smallest.disk_bytes)} of disk' if smallest.disk_bytes else ''}. Use a smaller "
             "model, a shorter context, or a machine with more memory."
         )
-    named = next((o for o in options if o.method == method), None)
-    fallback = f" The best plan that works here is {usable[0].method}." if usable else ""
-    if named is None and method in TIERS:
-        why = ("needs a CUDA GPU, and torch sees none here" if "-cpu" not in method or "offload" in method
+    named = next((o for o in options if o.plan == plan_name), None)
+    fallback = f" The best plan that works here is {usable[0].plan}." if usable else ""
+    if named is None and plan_name in TIERS:
+        why = ("needs a CUDA GPU, and torch sees none here" if "-cpu" not in plan_name or "offload" in plan_name
                else "is not needed: a simpler plan holds the whole model")
-        if method.endswith("-multi-gpu"):
+        if plan_name.endswith("-multi-gpu"):
             why = "needs several GPUs" + ("" if budget is None or budget.gpus < 2 else ", and the model fits on one")
-        elif method.endswith("offload"):
+        elif plan_name.endswith("offload"):
             why = "has nothing to offload here (the model fits without it), or needs a GPU"
-        raise ModelLoadError(f"Plan {method} cannot be used for {model}: it {why}.{fallback}")
+        raise ModelLoadError(f"Plan {plan_name} cannot be used for {model}: it {why}.{fallback}")
     if named is None:
-        raise ModelLoadError(f"'{method}' is not a plan. Plans: {', '.join(TIERS)}.")
+        raise ModelLoadError(f"'{plan_name}' is not a plan. Plans: {', '.join(TIERS)}.")
     if named.usable:
         return named
     why = named.unavailable_reason if not named.available else (
         f"does not fit this budget (it needs {human_bytes(named.cpu_bytes)} of RAM{_and_gpu(named)})")
-    raise ModelLoadError(f"Plan {method} cannot be used for {model}: it {why}.{fallback}")
+    raise ModelLoadError(f"Plan {plan_name} cannot be used for {model}: it {why}.{fallback}")

@@ -31,10 +31,10 @@ def best_rows(budget: Budget, sizes: list[str] | None = None, context: int = 204
             smallest = min(options, key=lambda o: o.gpu_bytes + o.cpu_bytes)
             rows.append({"model": name, "plan": "nothing fits", "GPU peak": human_bytes(smallest.gpu_bytes),
                          "RAM": human_bytes(smallest.cpu_bytes), "speed": "-", "quality": "-",
-                         "note": f"smallest: {smallest.method}"})
+                         "note": f"smallest: {smallest.plan}"})
             continue
         row = best.row()
-        rows.append({"model": name, "plan": best.method, "GPU peak": row["GPU peak"], "RAM": row["RAM"],
+        rows.append({"model": name, "plan": best.plan, "GPU peak": row["GPU peak"], "RAM": row["RAM"],
                      "speed": row["speed"], "quality": best.quality,
                      "note": f"{human_bytes(best.disk_bytes)} on disk" if best.disk_bytes else ""})
     return rows
@@ -56,8 +56,8 @@ def _fp16_and_cpu(size: OPTSize, budget: Budget, context: int) -> tuple[Option, 
     options = plan(size, budget, context=context)
     gpu_options = options if budget.gpus else plan(size, replace(budget, gpus=1, gpu_bytes=budget.cpu_bytes),
                                                    context=context)
-    fp16 = next(o for o in gpu_options if o.method == "fp16")
-    cpu = next(o for o in options if o.method == "fp32-cpu")
+    fp16 = next(o for o in gpu_options if o.plan == "fp16")
+    cpu = next(o for o in options if o.plan == "fp32-cpu")
     return fp16, cpu
 
 

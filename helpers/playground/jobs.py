@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..errors import HelpersError
+from ..errors import GPU_OUT_OF_MEMORY, HelpersError
 from .kernel_events import KernelEvents
 
 
@@ -88,8 +88,7 @@ class Jobs:
         except HelpersError as exc:
             self._say(str(exc), "error")
         except torch.cuda.OutOfMemoryError:
-            self._say("The GPU ran out of memory. Pick a smaller model, fewer new tokens or fewer beams "
-                      "(`python -m helpers plan` shows what fits).", "error")
+            self._say(GPU_OUT_OF_MEMORY, "error")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         except Exception as exc:  # a bug or a library failure: say it, keep the app alive

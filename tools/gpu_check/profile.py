@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...memory.summaries import KNOWN_MACHINES
-from ...opt.sizes import SIZES, OPTSize
+from helpers.memory.summaries import KNOWN_MACHINES
+from helpers.opt.sizes import SIZES, OPTSize
 
 SCHEMA = "opt-notebooks/gpu-check/v1"
 T4 = KNOWN_MACHINES["Colab T4 (15 GiB, 12 GiB RAM)"]
@@ -26,8 +26,8 @@ class Profile:
     small: OPTSize  # every decoding method, and the load/unload cycles
     medium: OPTSize  # fp16 under a T4's budget with a full context, loading RAM, the batch sweep
     large: OPTSize  # 8-bit under the same budget
-    fit_method: str  # the medium's plan
-    quantized_method: str  # the large's plan
+    fit_plan: str  # the medium's plan
+    quantized_plan: str  # the large's plan
     gpu_memory: int | None  # the T4 budget the fits are checked under
     context: int  # tokens per sequence in the fit checks (OPT's whole context on a GPU)
     fit_new_tokens: int
@@ -48,21 +48,21 @@ class Profile:
 GPU = Profile(
     name="gpu", device="cuda", dtype="float16",
     small=SIZES["opt-1.3b"], medium=SIZES["opt-6.7b"], large=SIZES["opt-13b"],
-    fit_method="fp16", quantized_method="int8", gpu_memory=T4.gpu_bytes, context=2048, fit_new_tokens=256,
-    large_new_tokens=64, methods=("generate", "hf-generate", "static-cache", "bnb-int8", "bnb-nf4"),
+    fit_plan="fp16", quantized_plan="int8", gpu_memory=T4.gpu_bytes, context=2048, fit_new_tokens=256,
+    large_new_tokens=64, methods=("auto", "hf", "static", "auto+int8", "auto+nf4"),
     new_tokens=128, repeats=2, sweep_batches=(1, 2, 4, 8, 16, 32, 64), sweep_new_tokens=32, sweep_repeats=2,
     shard_size="10GB",  # transformers' former default: the hub's OPT-6.7B is two shards, 9.96 GB and 3.36 GB
     leak_cycles=5, budget_seconds=420, grace_seconds=90,
     # Guesses before any run (a step starts only if they are left): each run records what its steps took.
     estimates={"medium-folder": 15, "medium-load-ram": 25, "medium-fit": 60, "large-fit": 60, "small-folder": 5,
-               "small-generate": 40, "small-hf-generate": 10, "small-static-cache": 25, "small-bnb-int8": 20,
-               "small-bnb-nf4": 15, "small-leaks": 30, "medium-sweep": 50},
+               "small-auto": 40, "small-hf": 10, "small-static": 25, "small-auto+int8": 20,
+               "small-auto+nf4": 15, "small-leaks": 30, "medium-sweep": 50},
 )
 DRY_RUN = Profile(
     name="dry-run", device="cpu", dtype="float32",
     small=OPTSize("dry-1.3b", 2, 4, 64, 256, 64, True), medium=OPTSize("dry-6.7b", 4, 4, 128, 512, 128, True),
     large=OPTSize("dry-13b", 4, 4, 160, 640, 160, True),
-    fit_method="fp32-cpu", quantized_method="int8", gpu_memory=None, context=64, fit_new_tokens=8,
+    fit_plan="fp32-cpu", quantized_plan="int8", gpu_memory=None, context=64, fit_new_tokens=8,
     large_new_tokens=8, methods=GPU.methods, new_tokens=8, repeats=2, sweep_batches=(1, 2, 4), sweep_new_tokens=6,
     sweep_repeats=1, shard_size="20MB",  # two shards, like the hub's
     leak_cycles=5, budget_seconds=900, grace_seconds=300,

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from ..preflight import REPO
+from helpers.files import write_atomically
+from tools.preflight import REPO
+
 from .profile import COLAB_RAM_BYTES, COLAB_RAM_USED_AT_START_BYTES, SCHEMA, T4, OutOfTime, Profile, Unavailable
 
 # ------------------------------------------------------------------------------------------ the run
@@ -46,7 +48,7 @@ def _release() -> None:
     """Free what a finished step left: compiled graphs (and their CUDA graph pools), cached blocks."""
     if "torch._dynamo" in sys.modules:
         sys.modules["torch._dynamo"].reset()
-    from ...memory.measure import release_freed_memory
+    from helpers.memory.measure import release_freed_memory
 
     release_freed_memory()
 
@@ -145,7 +147,7 @@ class Run:
         spec = {"job": job, "args": args, "result": str(folder / "result.json")}
         (folder / "job.json").write_text(json.dumps(spec))
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor"))
-        command = [sys.executable, "-m", "helpers.analysis.gpu_check", "--job", str(folder / "job.json")]
+        command = [sys.executable, "-m", "tools.gpu_check", "--job", str(folder / "job.json")]
         if LOG is not None:
             command += ["--log", str(LOG)]
         try:
@@ -167,8 +169,7 @@ class Run:
 
     def write(self) -> None:
         self.summary["wall_seconds"] = self.elapsed()
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "gpu-check.json").write_text(json.dumps(self.summary, indent=2, default=str) + "\n")
+        write_atomically(self.out / "gpu-check.json", json.dumps(self.summary, indent=2, default=str) + "\n")
 
 
 class ChildFailed(RuntimeError):

@@ -6,8 +6,9 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from ...memory.bytes import weight_bytes
-from ...opt.sizes import OPTSize
+from helpers.memory.bytes import weight_bytes
+from helpers.opt.sizes import OPTSize
+
 from .profile import COLAB_RAM_BYTES, COLAB_RAM_USED_AT_START_BYTES, T4, Unavailable
 from .run import Run, cuda_allocated, log_line
 
@@ -24,12 +25,12 @@ class Check:
 
     @property
     def torch_dtype(self):
-        from ...memory.dtypes import resolve_dtype
+        from helpers.memory.dtypes import resolve_dtype
 
         return resolve_dtype(self.p.dtype, self.p.device)
 
     def _write_folder(self, size: OPTSize, role: str) -> dict:
-        from ...opt.random_weights import save_random_model
+        from helpers.opt.random_weights import save_random_model
 
         folder = self.run.scratch / size.name
         need = weight_bytes(size, self.p.dtype) * 1.05
@@ -56,8 +57,8 @@ class Check:
     def _option(self, size: OPTSize, method: str, context: int, batch: int = 1):
         """The planner's option for `method` under the run's budget: the prediction a check is measured
         against (a plan this machine cannot use is `Unavailable`, with the planner's reason)."""
-        from ...errors import ModelLoadError
-        from ...memory.planner import Budget, choose, plan
+        from helpers.errors import ModelLoadError
+        from helpers.memory.planner import Budget, choose, plan
 
         budget = Budget.of_machine(gpu_bytes=self.p.gpu_memory)
         try:
@@ -67,10 +68,10 @@ class Check:
 
     def _predicted(self, size: OPTSize, method: str, context: int, batch: int = 1) -> dict:
         """The planner's peak for `method` and whether it fits the run's budget, fitting or not."""
-        from ...memory.planner import Budget, plan
+        from helpers.memory.planner import Budget, plan
 
         option = next((o for o in plan(size, Budget.of_machine(gpu_bytes=self.p.gpu_memory), context=context,
-                                       batch=batch) if o.method == method), None)
+                                       batch=batch) if o.plan == method), None)
         if option is None:
             return {"planner_peak_bytes": None, "planner_fits": None}
         return {"planner_peak_bytes": option.predicted_peak_bytes, "planner_fits": option.fits}
@@ -78,7 +79,7 @@ class Check:
     # ---- the medium model: fp16 under a T4's budget, loading RAM, the batch sweep
 
     def load_ram(self) -> dict:
-        result = self.run.child("load-ram", folder=str(self.folders["medium"]), method=self.p.fit_method,
+        result = self.run.child("load-ram", folder=str(self.folders["medium"]), method=self.p.fit_plan,
                                 gpu_memory=self.p.gpu_memory)
         peak = result["peak_resident_bytes"]
         predicted = result["predicted_ram_bytes"]
@@ -96,7 +97,7 @@ class Check:
         size = getattr(self.p, role)
         option = self._option(size, method, contexts[0])
         attempts = [(contexts[0], "auto")]
-        if self.p.device == "cuda" and method == self.p.fit_method:  # where auto means compiling
+        if self.p.device == "cuda" and method == self.p.fit_plan:  # where auto means compiling
             attempts.append((contexts[0], "cached"))
         attempts += [(c, "auto") for c in contexts[1:]]
         results = []
@@ -115,10 +116,10 @@ class Check:
                                    for r in results if r["fits"]), None)}
 
     def large_fit(self) -> dict:
-        self._option(self.p.large, self.p.quantized_method, self.p.context)  # unavailable here: before writing 26 GB
+        self._option(self.p.large, self.p.quantized_plan, self.p.context)  # unavailable here: before writing 26 GB
         try:
             written = self._write_folder(self.p.large, "large")
-            result = self.fit("large", self.p.quantized_method, self.p.large_new_tokens,
+            result = self.fit("large", self.p.quantized_plan, self.p.large_new_tokens,
                               (self.p.context, self.p.context // 2))
         finally:
             self._remove("large")
@@ -126,7 +127,7 @@ class Check:
         return result
 
     def sweep(self) -> dict:
-        from ...memory.planner import CUDA_CONTEXT_BYTES
+        from helpers.memory.planner import CUDA_CONTEXT_BYTES
 
         p = self.p
         report = self.run.out / f"gpu-{p.medium.name}.json"
@@ -136,7 +137,7 @@ class Check:
         for row in result["rows"]:
             if row["skipped"]:
                 continue
-            row.update(self._predicted(p.medium, p.fit_method, row["prompt_tokens"] + row["new_tokens"], row["batch"]))
+            row.update(self._predicted(p.medium, p.fit_plan, row["prompt_tokens"] + row["new_tokens"], row["batch"]))
             if p.device == "cuda":  # measured on the whole card; a T4 holds the batch if the peak fits its budget
                 row["fits_t4"] = row["peak_memory_bytes"] + CUDA_CONTEXT_BYTES <= T4.gpu_bytes
         return result
@@ -144,7 +145,7 @@ class Check:
     # ---- the small model: every decoding method, then load/unload cycles
 
     def method(self, name: str) -> dict:
-        from ..benchmark import run_suite
+        from helpers.analysis.benchmark import run_suite
 
         try:
             report = run_suite(str(self.folders["small"]), [name], device=self.p.device, dtype=self.p.dtype,
@@ -159,7 +160,7 @@ class Check:
         return {"measurement": measurement.as_dict(), "bandwidth": report.bandwidth}
 
     def leaks(self) -> dict:
-        from ..leaks import leak_check
+        from tools.leaks import leak_check
 
         before = cuda_allocated()
         result = leak_check(str(self.folders["small"]), self.p.leak_cycles, device=self.p.device, progress=log_line)
@@ -178,7 +179,7 @@ class Check:
                  wanted=run.selected("medium-load-ram") or run.selected("medium-fit"))
         need = ("medium-folder",)
         run.step("medium-load-ram", self.load_ram, requires=need, model=p.medium.name)
-        run.step("medium-fit", lambda: self.fit("medium", p.fit_method, p.fit_new_tokens, (p.context,)),
+        run.step("medium-fit", lambda: self.fit("medium", p.fit_plan, p.fit_new_tokens, (p.context,)),
                  requires=need, model=p.medium.name)
         self._remove("medium")  # the disk holds one large checkpoint at a time
         run.step("large-fit", self.large_fit, model=p.large.name)

@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 import torch
 
-from ..environment import resident_memory_bytes
-from ..loading.model import load_model
-from ..memory.measure import release_freed_memory
-from ..opt.random_weights import save_random_model
-from ..opt.sizes import find_size
-from .benchmark import hardware_facts
+from helpers.analysis.benchmark import hardware_facts
+from helpers.environment import resident_memory_bytes
+from helpers.loading.model import load_model
+from helpers.memory.measure import release_freed_memory
+from helpers.opt.random_weights import save_random_model
+from helpers.opt.sizes import find_size
 
 # ------------------------------------------------------------------------------------------ leaks
 

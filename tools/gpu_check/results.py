@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers.files import save_figure
+
 from .run import Run, error_record
 from .steps import Check
 
 # ------------------------------------------------------------------------------------------ results
 
 
-def token_agreement(steps: dict, methods: tuple[str, ...], reference: str = "hf-generate") -> None:
+def token_agreement(steps: dict, methods: tuple[str, ...], reference: str = "hf") -> None:
     """Each method's greedy tokens against plain `model.generate`'s in the unquantized dtype: the share of
     positions that agree, and the first that does not."""
     ref = steps.get(f"small-{reference}", {})
@@ -32,7 +34,7 @@ def token_agreement(steps: dict, methods: tuple[str, ...], reference: str = "hf-
 def write_results(run: Run, check: Check) -> None:
     """The small model's report (bench schema) and figures beside the summary; a figure that cannot be
     made is recorded, not fatal."""
-    from ..benchmark import Report
+    from helpers.analysis.benchmark import Report
 
     p, figures = run.profile, {}
     token_agreement(run.steps, p.methods)
@@ -60,7 +62,7 @@ def _bench_figure(report: Path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..plots import benchmark_figure
+    from helpers.analysis.plots import benchmark_figure
 
     if not report.is_file():
         return "not made: no measurements"
@@ -68,7 +70,7 @@ def _bench_figure(report: Path) -> str:
     if not any(not r.get("skipped") for r in data["results"]):
         return "not made: nothing ran"
     path = report.with_suffix(".png")
-    benchmark_figure(data).savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(benchmark_figure(data), path, dpi=110, bbox_inches="tight")
     return str(path.name)
 
 
@@ -76,8 +78,8 @@ def _fits_figure(run: Run) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..plots import gpu_check_figure
+    from .figure import gpu_check_figure
 
     path = run.out / "gpu-check-fits.png"
-    gpu_check_figure(run.summary).savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(gpu_check_figure(run.summary), path, dpi=110, bbox_inches="tight")
     return path.name

@@ -8,7 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..preflight import preflight
+from tools.preflight import preflight
+
 from . import run as log
 from .jobs import run_job
 from .profile import DRY_RUN, GPU, STATUSES
@@ -18,7 +19,7 @@ from .steps import Check
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.analysis.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="the same steps on the CPU with tiny shapes")
     parser.add_argument("--out", default="benchmarks", help="where gpu-*.json and figures go (default benchmarks)")
     parser.add_argument("--wheels", default=".gpu-wheels", help="carried wheels to install offline if missing")
@@ -59,7 +60,7 @@ def _check(args: argparse.Namespace) -> int:
                   tuple(o.strip() for o in args.only.split(",") if o.strip()))
         log_line(f"gpu-check ({profile.name}): budget {run.budget:.0f} s, hard limit {run.hard_limit:.0f} s, out {out}")
         run.summary["packages"] = preflight(run.wheels, Path(scratch))
-        from ..benchmark import hardware_facts
+        from helpers.analysis.benchmark import hardware_facts
 
         run.summary["hardware"] = hardware_facts()
         cuda = run.summary["packages"]["cuda"]["available"]

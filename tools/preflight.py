@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "safetensors", "huggingface_hub", "tokenizers",
             "numpy", "matplotlib", "psutil")
 CARRIED = ("bitsandbytes",)  # what a GPU machine without a network may lack: `make gpu-wheels` fetches its wheel

@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ...memory.measure import MemorySampler, proc_status
-from ...opt.sizes import OPTSize
+from helpers.files import write_atomically
+from helpers.memory.measure import MemorySampler, proc_status
+from helpers.opt.sizes import OPTSize
+
 from .profile import Unavailable
 from .run import error_record, log_line
 
@@ -18,7 +20,7 @@ from .run import error_record, log_line
 def job_load_ram(folder: str, method: str, gpu_memory: int | None) -> dict:
     """Load `folder` with plan `method`, as a notebook would, in this fresh process; its peak resident
     memory, whole-process (imports and the CUDA context included), is what a Colab machine must hold."""
-    from ...loading.model import load_model
+    from helpers.loading.model import load_model
 
     before = proc_status()
     with MemorySampler() as sampler:
@@ -28,7 +30,7 @@ def job_load_ram(folder: str, method: str, gpu_memory: int | None) -> dict:
     after = proc_status()
     peak = max(after.get("VmHWM", 0), after.get("VmRSS", 0), sampler.peaks["VmRSS"])  # the kernel's mark lags a little
     result = {
-        "plan": loaded.info.plan.method if loaded.info.plan else None, "device": loaded.info.device,
+        "plan": loaded.info.plan.plan if loaded.info.plan else None, "device": loaded.info.device,
         "load_seconds": seconds, "weight_bytes": loaded.info.weight_bytes,
         "resident_before_bytes": before.get("VmRSS", 0), "resident_after_bytes": after.get("VmRSS", 0),
         "peak_resident_bytes": peak, "peak_sampled": sampler.peaks,
@@ -45,7 +47,7 @@ def job_fit(folder: str, method: str, gpu_memory: int | None, context: int, new_
     against the prediction), or the memory it ran out of."""
     import torch
 
-    from ..plan_check import check_plan
+    from tools.plan_check import check_plan
 
     try:
         result = check_plan(folder, method, gpu_memory=gpu_memory, prompt_tokens=context - new_tokens,
@@ -64,9 +66,9 @@ def job_sweep(size: dict, device: str, dtype: str, batches: list[int], new_token
               report: str) -> dict:
     """generate()'s speed at each batch size (the bench harness, random weights made in place), its report
     written to `report`."""
-    from ..benchmark import run_suite
+    from helpers.analysis.benchmark import run_suite
 
-    suite = run_suite(OPTSize(**size), ["generate"], device=device, dtype=dtype, batches=batches,
+    suite = run_suite(OPTSize(**size), ["auto"], device=device, dtype=dtype, batches=batches,
                       new_tokens=new_tokens, repeats=repeats, progress=log_line)
     suite.write(report)
     return {"report": report, "bandwidth": suite.bandwidth,
@@ -92,5 +94,5 @@ def run_job(job_file: Path) -> int:
         outcome = {"status": "unavailable", "reason": str(exc)}
     except BaseException as exc:  # recorded for the parent, whatever it is
         outcome = {"status": "failed", "error": error_record(exc)}
-    Path(spec["result"]).write_text(json.dumps(outcome, default=str))
+    write_atomically(spec["result"], json.dumps(outcome, default=str))
     return 0 if outcome["status"] == "ok" else 1

@@ -8,22 +8,22 @@ from collections.abc import Callable
 
 import torch
 
-from ..generation.run import generate
-from ..generation.settings import GenerationSettings
-from ..loading.model import load_model
-from ..loading.sources import size_of
-from ..memory.bytes import parse_bytes
-from ..memory.measure import PeakMemory, release_freed_memory
-from ..memory.planner import Budget, choose, plan
-from ..opt.random_weights import random_model, save_random_model
-from ..opt.sizes import OPTSize, find_size
-from ..opt.tokenizer import opt_tokenizer
-from .benchmark import hardware_facts, prompt_of_length
+from helpers.analysis.benchmark import hardware_facts, prompt_of_length
+from helpers.generation.run import generate
+from helpers.generation.settings import GenerationSettings
+from helpers.loading.model import load_model
+from helpers.loading.sources import size_of
+from helpers.memory.bytes import parse_bytes
+from helpers.memory.measure import PeakMemory, release_freed_memory
+from helpers.memory.planner import Budget, choose, plan
+from helpers.opt.random_weights import random_model, save_random_model
+from helpers.opt.sizes import OPTSize, find_size
+from helpers.opt.tokenizer import opt_tokenizer
 
 # ------------------------------------------------------------------------------------------ plan checks
 
 
-def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None = None,
+def check_plan(model: str, plan_name: str = "auto", *, gpu_memory: str | int | None = None,
                cpu_memory: str | int | None = None, prompt_tokens: int = 16, new_tokens: int = 256,
                generation_method: str = "auto", progress: Callable[[str], None] = lambda line: None) -> dict:
     """Load `model` (random weights in a size's real shape, or a folder) with a memory plan and generate
@@ -35,7 +35,7 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
                                cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))
     size = size_of(model)
     context = prompt_tokens + new_tokens
-    option = choose(plan(size, budget, context=context), method, model=size.name, budget=budget)
+    option = choose(plan(size, budget, context=context), plan_name, model=size.name, budget=budget)
     uses_gpu = bool(option.gpu_bytes_each)
     if uses_gpu and gpu_memory is not None:
         total = torch.cuda.get_device_properties(0).total_memory
@@ -47,9 +47,9 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
             folder = tmp.name
         _warm_up_imports()
         release_freed_memory()  # freed heap pages go back to the OS, so new allocations show in RSS
-        progress(f"loading with plan {option.method}")
+        progress(f"loading with plan {option.plan}")
         with PeakMemory("cuda:0" if uses_gpu else "cpu") as peak:
-            loaded = load_model(folder, plan=option.method, gpu_memory=gpu_memory, cpu_memory=cpu_memory,
+            loaded = load_model(folder, plan=option.plan, gpu_memory=gpu_memory, cpu_memory=cpu_memory,
                                 context=context)
             prompt = prompt_of_length(loaded.tokenizer, prompt_tokens)
             progress(f"generating {new_tokens} tokens")
@@ -63,7 +63,8 @@ def check_plan(model: str, method: str = "auto", *, gpu_memory: str | int | None
         if tmp is not None:
             tmp.cleanup()
     return {
-        "schema": "opt-notebooks/plan-check/v1", "model": size.name, "method": option.method,
+        "schema": "opt-notebooks/plan-check/v1", "model": size.name, "plan": option.plan,
+        "method": option.plan,  # the plan's name under its first, documented field name; read "plan"
         "budget": {"gpu_bytes": budget.gpu_bytes, "gpus": budget.gpus, "cpu_bytes": budget.cpu_bytes},
         "context": context, "measured_on": "cuda:0 allocated" if uses_gpu else "resident memory growth",
         "predicted_bytes": int(predicted), "measured_bytes": int(measured),

@@ -1,1 +1,0 @@
-"""`make gpu-check`: one prepared measuring run on one GPU; `python -m helpers.analysis.gpu_check`."""
