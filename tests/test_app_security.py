@@ -5,9 +5,11 @@ its kernel down when closed. Plain HTTP where no browser is needed, Chromium whe
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -156,19 +158,42 @@ def test_in_a_browser_a_rebound_name_is_refused_and_the_own_page_works(chromium,
     page.close()
 
 
-@pytest.mark.browser
-def test_in_a_browser_another_sites_page_starts_no_kernel(chromium, app):
-    page = chromium.new_page()
+@pytest.fixture
+def hostile_site(app):
+    """Another site's page, at http://evil.example:<port>/ (served here: Chromium resolves the name to this
+    machine), that requests the app by script, frame and image as a page a user visits could."""
     target = f"http://127.0.0.1:{app.port}/"
-    page.route(f"http://{EVIL}/", lambda route: route.fulfill(content_type="text/html", body=(
-        f"<script>fetch('{target}').catch(() => {{}}); fetch('{target}', {{mode: 'no-cors'}}).catch(() => {{}});"
-        f"</script><iframe src='{target}'></iframe><img src='{target}'>")))
+    body = (f"<script>fetch('{target}').catch(() => 0); fetch('{target}', {{mode: 'no-cors'}}).catch(() => 0);"
+            f"</script><iframe src='{target}'></iframe><img src='{target}'>").encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{EVIL}:{server.server_address[1]}/", target
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.browser
+def test_in_a_browser_another_sites_page_starts_no_kernel(chromium, app, hostile_site):
+    url, target = hostile_site
+    page = chromium.new_page()
     before = app.kernels()
-    answered, ended = [], []
+    answered = []
     page.on("response", lambda r: r.url == target and answered.append(r.status))
-    page.on("requestfinished", lambda r: r.url == target and ended.append(r))
-    page.on("requestfailed", lambda r: r.url == target and ended.append(r))
-    page.goto(f"http://{EVIL}/")
-    wait_for(lambda: len(ended) >= 4, 120, "the hostile page's four requests did not end")
-    assert set(answered) <= {403} and app.kernels() == before
+    page.goto(url)
+    wait_for(lambda: len(answered) >= 2, 60, "the app did not answer the hostile page's requests")
+    page.wait_for_timeout(3000)  # the rest of them
+    assert set(answered) == {403}, answered  # they reached the app, which refused them
+    assert app.kernels() == before
     page.close()
