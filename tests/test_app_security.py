@@ -22,22 +22,26 @@ EVIL = "evil.example"
 CULL_IDLE = 600  # seconds: no kernel here goes by culling, only by its shutdown request
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def serve(base, *make_args: str) -> Server:
     """The app exactly as `make playground` serves it, with a tiny model."""
     from tiny_models import save_tiny_model
 
-    base = tmp_path_factory.mktemp("app-security")
     model = save_tiny_model(base / "tiny", "post-ln", seed=4)
     home = base / "home"
     env = {**os.environ, "OPT_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(home / "config"),
            "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
            "PYTHONUNBUFFERED": "1"}
     port = free_port()
-    server = Server(["make", "-s", "playground", f"MODEL={model}", "HOST=127.0.0.1", f"VOILA_PORT={port}",
-                     f"VOILA_CULL_IDLE={CULL_IDLE}"], env, base / "voila.log", f"http://127.0.0.1:{port}/", REPO,
-                    ready_url=f"http://127.0.0.1:{port}/voila/static/ready")
+    server = Server(["make", "-s", "playground", f"MODEL={model}", f"VOILA_PORT={port}",
+                     f"VOILA_CULL_IDLE={CULL_IDLE}", *make_args], env, base / "voila.log",
+                    f"http://127.0.0.1:{port}/", REPO, ready_url=f"http://127.0.0.1:{port}/voila/static/ready")
     server.port = port
+    return server
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    server = serve(tmp_path_factory.mktemp("app-security"), "HOST=127.0.0.1")
     yield server
     server.stop()
 
@@ -125,6 +129,22 @@ def test_the_xsrf_exception_is_voilas_shutdown_only(app):
     assert kernel in app.kernels()
     assert request(app, f"/voila/api/shutdown/{kernel}", method="POST", Origin=own)[0] == 204  # its page's beacon
     wait_for(lambda: kernel not in app.kernels(), 30, "the kernel was not shut down")
+
+
+def test_an_app_exposed_beyond_this_machine_requires_its_token(tmp_path_factory):
+    """HOST=0.0.0.0 serves the network: without the token nothing is served and no kernel starts."""
+    exposed = serve(tmp_path_factory.mktemp("exposed"), "HOST=0.0.0.0", "PLAYGROUND_TOKEN=let-me-in")
+    try:
+        for host in (None, f"{EVIL}:{exposed.port}", f"192.0.2.7:{exposed.port}"):
+            status, body = request(exposed, host=host)  # redirected to the token's login page
+            assert "jupyter-config-data" not in body and "token" in body.lower(), (host, status)
+            assert request(exposed, f"/api/kernels/{'0' * 8}-{'0' * 4}-{'0' * 4}-{'0' * 4}-{'0' * 12}",
+                           host=host)[0] == 403
+        assert exposed.kernels() == set()
+        status, body = request(exposed, "/?token=let-me-in")
+        assert status == 200 and "jupyter-config-data" in body and len(exposed.kernels()) == 1
+    finally:
+        exposed.stop()
 
 
 @pytest.fixture(scope="module")
