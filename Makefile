@@ -17,7 +17,7 @@ COLAB_STAMP := $(COLAB_VENV)/.installed-stamp
 .PHONY: install install-colab lab playground bench bench-playground bench-gpu plan-check-gpu gpu-check gpu-wheels figures test test-fast test-colab system-packages clean help
 
 help:
-	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m)"
+	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m; docs/app-server.md)"
 	@echo "make lab         install what is missing, then start JupyterLab on $(HOST) with the notebooks"
 	@echo "make bench       CPU benchmark into benchmarks/ (make bench-gpu on a GPU machine)"
 	@echo "make bench-playground  the playground's streaming speed in Chromium against the command line's"
@@ -119,17 +119,28 @@ figures: install
 
 # The playground as an app (Voila). MODEL is a size, a hub id or a local folder: make playground MODEL=./opt-350m
 # (a folder is resolved from where make runs: the notebook itself runs in notebooks/).
+# Who may use it (docs/app-server.md): on a loopback HOST (the default 127.0.0.1, localhost, ::1) only requests
+# naming this machine in their Host header (jupyter_server's check: allow_remote_access off, local_hostnames;
+# against DNS rebinding) and, in browsers, only this machine's own pages or a link the user follows
+# (helpers/playground/server.py, as Voila's identity provider: another site's page could start kernels). Any
+# other HOST (HOST=0.0.0.0) exposes the app: a token is then required, PLAYGROUND_TOKEN or one Voila prints.
 # A closed or reloaded page's kernel is shut down at once by Voila's own beforeunload request, which Voila
-# 0.5 sends without the _xsrf cookie it never set (voila#1458): the XSRF check is off for it (the server binds
-# $(HOST); its only POST/DELETE endpoints need the kernel's id). A kernel whose page went without saying so
+# 0.5 sends without the _xsrf cookie it never sets (voila#1458): the identity provider exempts exactly that
+# request, from its own page's origin, from the XSRF check. A kernel whose page went without saying so
 # (a crashed tab, a lost connection) is culled after VOILA_CULL_IDLE seconds idle and disconnected; a page
 # left open keeps its kernel. The page template `opt` (share/jupyter) is Voila's lab without its CDN links.
 MODEL_ARG = $(if $(or $(wildcard $(MODEL)),$(filter ./% ../%,$(MODEL))),$(abspath $(MODEL)),$(MODEL))
 VOILA_CULL_IDLE ?= 120
+PLAYGROUND_TOKEN ?=
+LOOPBACK_HOSTS := 127.0.0.1 localhost ::1
+VOILA_LOCAL_ONLY = '--Voila.tornado_settings={"allow_remote_access": False, "local_hostnames": ["localhost", "$(HOST)"]}'
+VOILA_TOKEN = $(if $(PLAYGROUND_TOKEN),--Voila.token=$(PLAYGROUND_TOKEN),--Voila.auto_token=True)
+VOILA_ACCESS = $(if $(filter $(HOST),$(LOOPBACK_HOSTS)),$(VOILA_LOCAL_ONLY),$(VOILA_TOKEN))
 playground: install
 	JUPYTER_PATH=$(CURDIR)/share/jupyter$(if $(JUPYTER_PATH),:$(JUPYTER_PATH)) OPT_MODEL=$(MODEL_ARG) \
 	  $(VENV)/bin/voila notebooks/05_playground.ipynb --no-browser --port=$(VOILA_PORT) --Voila.ip=$(HOST) \
-	  --ServerApp.allow_root=True --template=opt '--Voila.tornado_settings={"disable_check_xsrf": True}' \
+	  --ServerApp.allow_root=True --template=opt $(VOILA_ACCESS) \
+	  --Voila.identity_provider_class=helpers.playground.server.AppIdentityProvider \
 	  --MappingKernelManager.cull_interval=10 --MappingKernelManager.cull_idle_timeout=$(VOILA_CULL_IDLE)
 
 test: install install-colab system-packages

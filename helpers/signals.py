@@ -1,8 +1,9 @@
-"""SIGTERM handled like Ctrl-C: it raises `Terminated` (a `KeyboardInterrupt`), so cleanup runs."""
+"""Signals as exceptions: SIGTERM like Ctrl-C (`Terminated`), Ctrl-C held or passed on to another thread."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
 import threading
 from collections.abc import Iterator
@@ -50,3 +51,10 @@ def interrupt_after() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if held:
         raise KeyboardInterrupt
+
+
+def interrupt_thread(ident: int) -> None:
+    """Raise KeyboardInterrupt in the thread `ident` at its next Python instruction, as Ctrl-C does in the
+    main thread: for work running in another thread (a kernel subshell's) when only the main thread can
+    receive the signal. A thread blocked in C (a long tensor op) gets it when that op returns."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))

@@ -71,7 +71,11 @@ def voila(folder: str, log: Path):
     port = free_port()
     env = {**os.environ, "OPT_MODEL": folder, "OPT_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "voila", str(REPO / "notebooks" / "05_playground.ipynb"),
-                                "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", "--ServerApp.allow_root=True"],
+                                "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", "--ServerApp.allow_root=True",
+                                # who may use it, as in the Makefile (docs/app-server.md)
+                                '--Voila.tornado_settings={"allow_remote_access": False, '
+                                '"local_hostnames": ["localhost", "127.0.0.1"]}',
+                                "--Voila.identity_provider_class=helpers.playground.server.AppIdentityProvider"],
                                env=env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import signal
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -53,21 +52,18 @@ class Jobs:
     def _interrupts(self):
         """In a kernel, the interrupt (SIGINT) stops a generation at its next step like Stop, and raises
         KeyboardInterrupt anywhere else (a load)."""
-        if self._events is None or not self._events.supported:
+        if self._events is None:
             yield
             return
 
-        def on_sigint(signum, frame):
+        def on_interrupt():
             self._interrupted = True
             if self._stream is None:
                 raise KeyboardInterrupt
             self._stream.stop()
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
-        try:
+        with self._events.interrupts(on_interrupt):
             yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def _pump(self) -> None:
         """Handle the widget messages waiting for the kernel (a Stop click) while a job runs."""

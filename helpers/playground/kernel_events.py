@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import signal
 import threading
+from collections.abc import Callable, Iterator
+
+from ..signals import interrupt_thread
 
 COMM_MESSAGES = ("comm_open", "comm_msg", "comm_close")
+_NOT_A_SHELL = object()  # a thread that is neither the main shell's nor a subshell's
 
 
 def running_kernel():
@@ -33,25 +39,84 @@ class KernelEvents:
     between its own busy and idle, and leaves every other request (a cell to run) queued in its order.
 
     What jupyter-ui-poll does for cells, for widget callbacks too: on ipykernel 6 the waiting messages
-    are in `kernel.msg_queue` once the shell stream is flushed; on ipykernel 7 they wait on the main
-    shell's socket (its `shell_channel_thread` forwards them there) and are handed back to the stream's
-    own callback when they are not widget messages. Without a kernel, `pump()` does nothing."""
+    are in `kernel.msg_queue` once the shell stream is flushed; on ipykernel 7 they wait on the socket of
+    the shell this request runs in, the main one or a subshell (its `shell_channel_thread` forwards them
+    there), and are handed back to the stream's own callback when they are not widget messages. Without
+    a kernel, `pump()` does nothing; `interrupts()` routes the kernel's interrupt to the running job."""
 
     def __init__(self, kernel=None):
         self.kernel = kernel if kernel is not None else running_kernel()
-        self.supported = self.kernel is not None and threading.current_thread() is threading.main_thread() and (
-            hasattr(self.kernel, "msg_queue") or self._main_stream() is not None)
+        self.thread = threading.get_ident()
+        self.subshell = self._subshell_id()
+        self.supported = self.kernel is not None and self.subshell is not _NOT_A_SHELL and (
+            hasattr(self.kernel, "msg_queue") or self._own_stream() is not None)
 
-    def _main_stream(self):
-        """ipykernel 7: the stream the main shell's messages arrive on (None if this kernel has none)."""
+    def _subshell_id(self):
+        """ipykernel 7: the subshell whose thread this is (None: the main shell). JupyterLab 4.6 sends widget
+        messages over a subshell of their own (its `commsOverSubshells` setting), so a widget callback may
+        run in that subshell's thread rather than the main one."""
+        if threading.current_thread() is threading.main_thread():
+            return None
+        channel = getattr(self.kernel, "shell_channel_thread", None)
+        try:
+            return channel.manager.subshell_id_from_thread_id(self.thread)
+        except (AttributeError, RuntimeError):  # no subshells, or a thread of our own: nothing to pump
+            return _NOT_A_SHELL
+
+    def _own_stream(self):
+        """ipykernel 7: the stream this shell's (main or subshell) messages arrive on, None if none."""
         kernel = self.kernel
         channel = getattr(kernel, "shell_channel_thread", None)
         try:
             if channel is not None:
-                return channel.manager.get_shell_channel_to_subshell_pair(None).to_stream
-        except AttributeError:  # a kernel laid out otherwise: no pumping, nothing broken
+                return channel.manager.get_shell_channel_to_subshell_pair(self.subshell).to_stream
+        except (AttributeError, KeyError):  # a kernel laid out otherwise: no pumping, nothing broken
             return None
         return getattr(kernel, "shell_stream", None) if not hasattr(kernel, "msg_queue") else None
+
+    @contextlib.contextmanager
+    def interrupts(self, handler: Callable[[], None]) -> Iterator[None]:
+        """While inside, the kernel's interrupt (SIGINT: JupyterLab's Interrupt, Colab's stop button) calls
+        `handler()`. Python runs signal handlers in the main thread only: where this request runs in a
+        subshell's thread, the handler is installed there through the main shell's event loop (idle while
+        a subshell works), and a KeyboardInterrupt it raises is raised in this thread instead."""
+        if not self.supported:
+            yield
+            return
+        if self.subshell is None:
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: handler())
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            return
+
+        active = threading.Lock()  # held by the job while inside; the handler acts only then
+
+        def on_sigint(signum, frame):
+            if not active.locked():
+                return  # the job ended; the handler goes as soon as the main loop gets to `restore`
+            try:
+                handler()
+            except KeyboardInterrupt:
+                interrupt_thread(self.thread)
+
+        previous = []
+
+        def install():
+            previous.append(signal.signal(signal.SIGINT, on_sigint))
+
+        def restore():  # unless someone else replaced it since
+            if previous and signal.getsignal(signal.SIGINT) is on_sigint:
+                signal.signal(signal.SIGINT, previous[0])
+
+        loop = self.kernel.io_loop
+        with active:
+            loop.add_callback(install)
+            try:
+                yield
+            finally:
+                loop.add_callback(restore)  # after install: the loop runs its callbacks in order
 
     def pump(self) -> int:
         """Handle the widget messages waiting now; return how many."""
@@ -83,11 +148,11 @@ class KernelEvents:
                 kernel.msg_queue.put_nowait(item)  # back in its place, after the ones before it
         return handled
 
-    # ipykernel 7: read the main shell's socket; what is not a widget message goes to its usual handler
+    # ipykernel 7: read this shell's socket; what is not a widget message goes to its usual handler
     def _pump_socket(self) -> int:
         import zmq
 
-        stream = self._main_stream()
+        stream = self._own_stream()
         handled = 0
         while True:
             try:
@@ -96,8 +161,8 @@ class KernelEvents:
                 return handled
             if self._is_comm(raw):
                 channel = getattr(self.kernel, "shell_channel_thread", None)
-                reply_to = (channel.manager.get_subshell_to_shell_channel_socket(None) if channel is not None
-                            else stream)
+                reply_to = (channel.manager.get_subshell_to_shell_channel_socket(self.subshell)
+                            if channel is not None else stream)
                 self._handle(raw, reply_to)
                 handled += 1
             else:
