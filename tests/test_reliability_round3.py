@@ -3,9 +3,15 @@ or not UTF-8, the setup cell's installer on a bare Python, and fp32 batches that
 
 from __future__ import annotations
 
+import codecs
 import errno
+import io
+import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,6 +21,8 @@ from helpers.cli.main import main
 from helpers.errors import ModelLoadError
 from helpers.loading.model import load_model
 from helpers.loading.sources import resolve_source
+from helpers.opt.sizes import MAX_POSITIONS
+from helpers.opt.tokenizer import LONGEST_TOKEN_BYTES, PROMPT_MAX_CHARS, encode_prompt, opt_tokenizer
 
 # ------------------------------------------------------------------------------------ model folders
 
@@ -151,3 +159,116 @@ def test_an_unreadable_folder_says_permission_denied(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "stat", stat)
     with pytest.raises(ModelLoadError, match="cannot be opened: permission denied"):
         resolve_source(str(folder))
+
+
+# ------------------------------------------------------------------------------------ generate's input
+
+
+def _stdin(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogateescape"))
+
+
+def _prompt_ids(capsys, *args: str) -> list[int]:
+    capsys.readouterr()
+    assert main(["generate", *args, "--json", "--greedy", "--max-new-tokens", "1", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out)["prompt_token_ids"]
+
+
+def test_the_longest_token_bound_holds_for_opts_vocabulary(tokenizer):
+    longest = max(len(tokenizer.convert_tokens_to_string([token]).encode("utf-8", "surrogatepass"))
+                  for token in tokenizer.get_vocab())
+    assert longest <= LONGEST_TOKEN_BYTES
+    assert PROMPT_MAX_CHARS == MAX_POSITIONS * LONGEST_TOKEN_BYTES
+
+
+def test_latin1_standard_input_is_called_not_utf8_with_the_encoding_options(tiny_pre_folder, monkeypatch, capsys):
+    _stdin(monkeypatch, "café au lait".encode("latin-1"))
+    assert main(["generate", "--model", str(tiny_pre_folder), "--device", "cpu", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "Standard input is not UTF-8 text: byte(s) e9 at byte 3" in err
+    assert "--encoding latin-1" in err and "iconv" in err and "surrogate" not in err and "Loading" not in err
+    _stdin(monkeypatch, "café au lait".encode("latin-1"))
+    ids = _prompt_ids(capsys, "--model", str(tiny_pre_folder), "--encoding", "latin-1", "-")
+    assert ids == encode_prompt(opt_tokenizer(), "café au lait")
+
+
+def test_a_non_utf8_prompt_argument_is_called_so(tiny_pre_folder, capsys):
+    latin1_argument = os.fsdecode("café".encode("latin-1"))  # what Python makes of such bytes in sys.argv
+    assert main(["generate", "--model", str(tiny_pre_folder), "--device", "cpu", latin1_argument]) == 2
+    err = capsys.readouterr().err
+    assert "The PROMPT argument is not UTF-8 text" in err and "surrogate" not in err
+    ids = _prompt_ids(capsys, "--model", str(tiny_pre_folder), "--encoding", "latin-1", latin1_argument)
+    assert ids == encode_prompt(opt_tokenizer(), "café")
+
+
+def test_utf16_input_is_recognised_by_its_byte_order_mark(tiny_pre_folder, monkeypatch, capsys):
+    _stdin(monkeypatch, "Hello".encode("utf-16"))  # what PowerShell's `>` writes
+    assert main(["generate", "--model", str(tiny_pre_folder), "--device", "cpu", "-"]) == 2
+    assert "UTF-16 byte order mark, so pass --encoding utf-16" in capsys.readouterr().err
+    _stdin(monkeypatch, "Hello".encode("utf-16"))
+    assert _prompt_ids(capsys, "--model", str(tiny_pre_folder), "--encoding", "utf-16", "-") == \
+        encode_prompt(opt_tokenizer(), "Hello")
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_prompt(tiny_pre_folder, monkeypatch, capsys):
+    _stdin(monkeypatch, codecs.BOM_UTF8 + b"Hello")  # Windows Notepad's UTF-8
+    assert _prompt_ids(capsys, "--model", str(tiny_pre_folder), "-") == encode_prompt(opt_tokenizer(), "Hello")
+
+
+def test_an_unknown_encoding_is_a_usage_error(tiny_pre_folder, capsys):
+    assert main(["generate", "--model", str(tiny_pre_folder), "--encoding", "klingon", "Hello"]) == 2
+    assert "--encoding: 'klingon' is not an encoding Python knows" in capsys.readouterr().err
+
+
+class _CountingInput(io.RawIOBase):
+    """`size` bytes of text, counting how many were read."""
+
+    def __init__(self, size: int):
+        self.size, self.read_bytes = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.size - self.read_bytes)
+        buffer[:n] = (b"All work and no play makes Jack a dull boy. " * (n // 44 + 1))[:n]
+        self.read_bytes += n
+        return n
+
+
+def test_a_prompt_longer_than_any_context_is_refused_after_reading_only_what_could_fit(tmp_path, monkeypatch, capsys):
+    source = _CountingInput(50_000_000)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(source), encoding="utf-8"))
+    assert main(["generate", "--model", str(tmp_path / "not-loaded"), "-"]) == 2
+    err = capsys.readouterr().err
+    assert f"Standard input holds more than {PROMPT_MAX_CHARS:,} characters" in err and "--truncate" in err
+    assert source.read_bytes <= PROMPT_MAX_CHARS + 2 * (1 << 20)  # not the 50 MB
+
+
+def test_truncating_a_huge_standard_input_keeps_its_end_in_bounded_memory(tiny_pre_folder, tmp_path):
+    """40 MB on standard input under a 4 GiB address-space limit: before, `--truncate` tokenized all of it
+    (20 MB peaked at 3.5 GB) and the tokenizer aborted with a Rust backtrace (exit 134)."""
+    sentence = b"The quick brown fox jumps over the lazy dog. "
+    data = (sentence * (40_000_000 // len(sentence)))[:-3] + b"END"
+    (tmp_path / "stdin").write_bytes(data)
+    limit = 4 << 30
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    with open(tmp_path / "stdin", "rb") as stdin, open(tmp_path / "out", "wb") as out, \
+            open(tmp_path / "err", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "helpers", "generate", "--truncate", "--json", "--greedy",
+                                 "--max-new-tokens", "1", "--device", "cpu", "--model", str(tiny_pre_folder), "-"],
+                                stdin=stdin, stdout=out, stderr=err, preexec_fn=limited)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = (tmp_path / "err").read_text()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert f"only its last {PROMPT_MAX_CHARS:,} were read into the prompt" in stderr
+    ids = json.loads((tmp_path / "out").read_text())["prompt_token_ids"]
+    tokenizer = opt_tokenizer()
+    assert len(ids) == MAX_POSITIONS - 1 and ids[0] == 2
+    assert tokenizer.decode(ids[-60:]) == data[-len(tokenizer.decode(ids[-60:]).encode()):].decode()  # its end
+    peak = usage.ru_maxrss * 1024
+    assert peak < 2 << 30, f"peak resident memory {peak / 2**20:.0f} MiB"
