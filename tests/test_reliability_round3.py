@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import importlib.metadata
 import io
 import json
 import os
@@ -272,3 +273,60 @@ def test_truncating_a_huge_standard_input_keeps_its_end_in_bounded_memory(tiny_p
     assert tokenizer.decode(ids[-60:]) == data[-len(tokenizer.decode(ids[-60:]).encode()):].decode()  # its end
     peak = usage.ru_maxrss * 1024
     assert peak < 2 << 30, f"peak resident memory {peak / 2**20:.0f} MiB"
+
+
+# ------------------------------------------------------------------------------------ the setup cell's installer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _venv(folder: Path, *options: str) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", *options, str(folder)], check=True, capture_output=True, timeout=300)
+    python = folder / "bin" / "python"
+    assert subprocess.run([python, "-c", "import packaging"], capture_output=True).returncode != 0  # really bare
+    return python
+
+
+def _installer(python: Path, requirements: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-I", str(REPO / "helpers" / "install.py"), str(requirements), "--no-gpu", *args],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_the_installer_runs_on_a_bare_python_with_pip_only(tmp_path):
+    from test_install import write_wheel
+
+    python = _venv(tmp_path / "venv")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    write_wheel(wheels, "optfake-new", "1.0")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text('optfake-new>=1\npip>=9999  # kept as it is\noptfake-never>=1; python_version < "3"\n'
+                            'bitsandbytes>=0.45; platform_system == "Linux"\n')
+    done = _installer(python, requirements, "--dry-run", env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)})
+    assert done.returncode == 0, done.stderr
+    assert "ModuleNotFoundError" not in done.stderr
+    assert done.stdout.splitlines()[-1] == "Would install optfake-new 1.0; nothing already installed would change."
+    assert "Keeping pip " in done.stdout and "optfake-never" not in done.stdout and "bitsandbytes" not in done.stdout
+
+
+def test_the_installer_on_a_python_without_pip_says_how_to_get_it(tmp_path):
+    python = _venv(tmp_path / "venv", "--without-pip")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("optfake-new>=1\n")
+    done = _installer(python, requirements, "--dry-run")
+    assert done.returncode == 1 and "ModuleNotFoundError" not in done.stderr
+    assert "has no pip" in done.stderr and "python -m ensurepip --upgrade" in done.stderr
+
+
+def test_installing_this_project_where_it_is_installed_changes_nothing_and_says_so():
+    """`install.py requirements.txt --package .` in the project's own environment: pip plans to reinstall the
+    folder at the version installed; that is no change (before: 'would replace 0.1.0 -> 0.1.0', delete the runtime)."""
+    from helpers.install import install
+
+    said = []
+    steps = install(REPO / "requirements.txt", package=REPO, gpu=True, dry_run=True, say=said.append,
+                    pip_options=["--no-index", "--no-build-isolation"])
+    assert steps == []
+    installed = importlib.metadata.version("opt-notebooks")
+    assert said == [f"Everything the notebooks need is installed already (opt-notebooks {installed} included; "
+                    "nothing would change)."]

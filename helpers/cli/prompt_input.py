@@ -1,4 +1,4 @@
-"""generate's PROMPT read: from the command line or standard input, decoded as asked, never more than a context holds."""
+"""generate's PROMPT: from the command line or standard input, decoded, never more than a context holds."""
 
 from __future__ import annotations
 
