@@ -105,6 +105,35 @@ def test_the_cli_names_a_bad_config_in_one_line(tmp_path, capsys):
     assert "config.json holds a JSON list" in err and "AttributeError" not in err
 
 
+@pytest.mark.parametrize("name, content, expected", [
+    ("tokenizer_config.json", "[]", r"tokenizer_config\.json holds a JSON list"),  # was AttributeError's words
+    ("tokenizer.json", "[]", r"tokenizer\.json holds a JSON list"),  # was "'str' object cannot be interpreted ..."
+    ("generation_config.json", "null", r"generation_config\.json holds null"),  # was "'NoneType' ... not a mapping"
+    ("model.safetensors.index.json", "", r"model\.safetensors\.index\.json is not valid JSON"),
+])
+def test_a_tokenizer_or_other_json_file_that_is_not_an_object_is_named(tiny_pre_folder, tmp_path, name, content,
+                                                                        expected):
+    folder = _copy(tiny_pre_folder, tmp_path / "model")
+    (folder / name).write_text(content)
+    with pytest.raises(ModelLoadError, match=expected):
+        load_model(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("num_hidden_layers", -1, "num_hidden_layers = -1"),  # was "IndexError: list index out of range" from the planner
+    ("hidden_size", "64", 'hidden_size = "64"'),
+    ("num_attention_heads", 0, "num_attention_heads = 0"),
+    ("num_attention_heads", 5, "which 5 attention heads cannot share evenly"),
+])
+def test_config_sizes_that_cannot_describe_a_model_are_named(tiny_pre_folder, tmp_path, capsys, field, value, expected):
+    folder = _copy(tiny_pre_folder, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, field: value}))
+    assert main(["generate", "--model", str(folder), "--device", "cpu", "Hello"]) == 1
+    err = capsys.readouterr().err
+    assert "config.json has " in err and expected in err and "Error:" not in err
+
+
 def test_metaseq_files_are_looked_for_where_a_release_keeps_them_listed_relative_without_repeats(tmp_path):
     folder = tmp_path / "release"
     for name in ["a.pt", "model/restored.pt", "sub/a.pt", "deep/er/x.pt", ".git/lfs/y.pt"]:

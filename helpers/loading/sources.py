@@ -16,7 +16,19 @@ from .fetch import hub_endpoint, hub_offline, hub_reachable, is_lfs_pointer, lfs
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Names from_pretrained may open in a model folder (weights, their index, config, tokenizer files)
 _READ_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".jinja")
-CONFIG_MAX_BYTES = 1 << 20  # an OPT config.json is under 1 KB; anything near this is another file renamed
+# The JSON files a load reads: at most how big (a config is under 1 KB; more is another file renamed) and what
+# the one JSON object each holds is of
+_JSON_FILES = {"config.json": (1 << 20, 'its settings, e.g. {"model_type": "opt", "hidden_size": 768, ...}'),
+               "generation_config.json": (1 << 20, "generation defaults"),
+               "tokenizer_config.json": (64 << 20, "tokenizer settings"),
+               "special_tokens_map.json": (64 << 20, "special tokens"),
+               "added_tokens.json": (64 << 20, "added tokens"),
+               "tokenizer.json": (256 << 20, "the tokenizer's vocabulary and rules"),
+               "vocab.json": (256 << 20, "the vocabulary"),
+               "model.safetensors.index.json": (256 << 20, "which weights are in which file"),
+               "pytorch_model.bin.index.json": (256 << 20, "which weights are in which file")}
+_ARCHITECTURE_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "ffn_dim", "word_embed_proj_dim",
+                        "vocab_size", "max_position_embeddings")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -117,27 +129,39 @@ def _not_regular(path: Path) -> str | None:
     return next((what for test, what in kinds.items() if test(mode)), None)
 
 
-def _read_config(config_path: Path) -> dict:
-    size = config_path.stat().st_size
-    if size > CONFIG_MAX_BYTES:
-        raise ModelLoadError(f"{config_path} is {size:,} bytes, not a model's config (a JSON object of a few "
-                             "hundred bytes): another file was saved under that name. Re-download or re-convert the model.")
+def _json_object(path: Path, max_bytes: int, holds: str) -> dict:
+    """A model file that must hold one JSON object (`holds` says what of), refused by name otherwise."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ModelLoadError(f"{path} is {size:,} bytes, not a model's {path.name} (a JSON object of {holds}): "
+                             "another file was saved under that name. Re-download or re-convert the model.")
     try:
-        text = config_path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise ModelLoadError(f"{config_path} is not text (binary data: another file saved under that name?). "
+        raise ModelLoadError(f"{path} is not text (binary data: another file saved under that name?). "
                              "Re-download or re-convert the model.") from None
     try:
-        config = json.loads(text)
+        data = json.loads(text)
     except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise ModelLoadError(f"{config_path} cannot be read ({exc}). Re-download or re-convert the model.") from None
-    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} is not valid JSON ({exc}). Re-download or re-convert the model.") from None
+    if not isinstance(data, dict):
         kinds = {list: "a JSON list", str: "a JSON string", bool: "true or false", int: "a number", float: "a number"}
-        raise ModelLoadError(
-            f"{config_path} holds {kinds.get(type(config), 'null')} ({json.dumps(config)[:40]}), "
-            "but a model's config.json holds one JSON object of its settings, e.g. {\"model_type\": \"opt\", "
-            "\"hidden_size\": 768, ...}. Re-download or re-convert the model.")
-    return config
+        raise ModelLoadError(f"{path} holds {kinds.get(type(data), 'null')} ({json.dumps(data)[:40]}), but a model's "
+                             f"{path.name} holds one JSON object of {holds}. Re-download or re-convert the model.")
+    return data
+
+
+def _check_architecture(path: Path, config: dict) -> None:
+    """The sizes config.json gives are whole numbers above 0, and the width splits evenly into the heads."""
+    bad = [f"{key} = {json.dumps(config[key])}" for key in _ARCHITECTURE_FIELDS
+           if key in config and not (type(config[key]) is int and config[key] > 0)]
+    if bad:
+        raise ModelLoadError(f"{path} has {', '.join(bad)}, but each of these sizes is a whole number above 0 (e.g. "
+                             "\"num_hidden_layers\": 12). Re-download or re-convert the model, or fix config.json.")
+    width, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    if width and heads and width % heads:
+        raise ModelLoadError(f"{path} has hidden_size = {width}, which {heads} attention heads cannot share evenly "
+                             "(it must be a multiple of num_attention_heads). Re-download or re-convert the model.")
 
 
 def check_opt_folder(folder: str) -> None:
@@ -148,12 +172,16 @@ def check_opt_folder(folder: str) -> None:
         if what is not None:
             raise ModelLoadError(f"{entry} is {what}, not a regular file, so the model cannot be read from it. "
                                  "Replace it with the real file (re-download or re-convert the model).")
+    for name, (max_bytes, holds) in _JSON_FILES.items():
+        if (Path(folder) / name).exists():
+            _json_object(Path(folder) / name, max_bytes, holds)
     config_path = Path(folder) / "config.json"
-    config = _read_config(config_path)
+    config = _json_object(config_path, *_JSON_FILES["config.json"])
     if config.get("model_type") != "opt":
         raise ModelLoadError(
             f"{folder} holds a '{config.get('model_type')}' model, not OPT. This project loads OPT models only."
         )
+    _check_architecture(config_path, config)
     weights = [p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin")]
     if not weights:
         raise ModelLoadError(
