@@ -396,3 +396,11 @@ def test_fp32_batches_with_left_padding_give_every_prompt_its_own_greedy_tokens(
                                       do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
         assert len(row.token_ids) == NEW
         assert row.token_ids == alone.token_ids == hf_alone == hf_row, prompt
+
+
+def test_a_fifo_or_device_passed_as_the_model_is_named_not_missing(tmp_path):
+    os.mkfifo(tmp_path / "model-pipe")
+    with pytest.raises(ModelLoadError, match=r"'.*model-pipe' is a named pipe \(FIFO\), not a model folder"):
+        resolve_source(str(tmp_path / "model-pipe"))
+    with pytest.raises(ModelLoadError, match=r"'/dev/null' is a character device, not a model folder"):
+        resolve_source("/dev/null")

@@ -62,6 +62,9 @@ def resolve_source(name: str) -> tuple[str, bool]:
                 f"{name} OUT_FOLDER`, then load OUT_FOLDER" if path.suffix == ".pt" else
                 f"pass the folder that holds it and its config.json instead: {folder}")
         raise ModelLoadError(f"'{name}' is a file, but a model is loaded from its folder: {what}.")
+    if path.exists():  # neither a file nor a folder: a FIFO, a socket, a device
+        raise ModelLoadError(f"'{name}' is {_not_regular(path)}, not a model folder: pass the folder that holds "
+                             "config.json and the weights.")
     if _looks_like_path(name) or path.suffix in (".pt", ".bin", ".safetensors"):
         raise ModelLoadError(
             f"The folder '{name}' does not exist. Check the path (relative paths start from "
