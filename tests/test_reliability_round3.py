@@ -404,3 +404,9 @@ def test_a_fifo_or_device_passed_as_the_model_is_named_not_missing(tmp_path):
         resolve_source(str(tmp_path / "model-pipe"))
     with pytest.raises(ModelLoadError, match=r"'/dev/null' is a character device, not a model folder"):
         resolve_source("/dev/null")
+
+
+def test_a_prompt_with_other_lone_surrogates_is_left_to_the_tokenizers_message():
+    from helpers.cli.prompt_input import read_prompt
+
+    assert read_prompt("a\ud800b\udce9") == ("a\ud800b\udce9", None)  # was a UnicodeEncodeError from os.fsencode

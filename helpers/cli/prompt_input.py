@@ -35,7 +35,11 @@ def read_prompt(prompt: str, encoding: str = "utf-8", truncate: bool = False) ->
     encoding = check_encoding(encoding)
     if prompt != "-":
         if encoding != "utf-8" or any("\udc80" <= c <= "\udcff" for c in prompt):  # bytes the locale could not decode
-            prompt = _decoded(os.fsencode(prompt), encoding, "The PROMPT argument")
+            try:
+                raw = os.fsencode(prompt)
+            except UnicodeEncodeError:  # other lone surrogates: not from bytes; the tokenizer's check names them
+                raw = None
+            prompt = prompt if raw is None else _decoded(raw, encoding, "The PROMPT argument")
         chunks, total = [prompt], len(prompt)
     else:
         if sys.stdin is None or sys.stdin.closed:
