@@ -120,3 +120,49 @@ def test_outside_colab_the_widget_manager_is_left_alone(monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     assert environment.enable_colab_widgets() is False
+
+
+VERSIONS = ["0.9", "1.0", "1.0.0", "1.0.post1", "1.0rc1", "1.0.dev0", "1.0a2.dev3", "1.0+local.7", "1.0.1",
+            "1!0.5", "1.1", "2.0", "2.5.1+cu121", "5.15.0", "5.15.0.dev0", "7.7.1", "8.1.9", "9.0", "0.45.0"]
+SPECIFIERS = ["", ">=1.0", ">1.0", "<1.0", "<=1.0", "==1.0", "!=1.0", "==1.0.*", "!=1.*", "~=1.0", "~=1.0.0",
+              ">=7.7,<9", ">=5.15,<6", "==1.0+local.7", ">1.0rc1", "<2.0.dev0", "===1.0", ">=1.0a1", ">=0.45"]
+
+
+@pytest.mark.parametrize("specifier", SPECIFIERS)
+def test_the_installers_specifiers_agree_with_packaging(specifier):
+    """The installer reads version ranges without `packaging` (a bare Python lacks it): same answers."""
+    from packaging.specifiers import SpecifierSet
+
+    from helpers import install as installer
+
+    ours, theirs = installer.SpecifierSet(specifier), SpecifierSet(specifier)
+    for candidate in VERSIONS:
+        for prereleases in (True, False):
+            assert ours.contains(candidate, prereleases=prereleases) == \
+                theirs.contains(candidate, prereleases=prereleases), (candidate, prereleases)
+
+
+MARKERS = ['platform_system == "Linux"', 'platform_system == "Windows"', 'python_version < "3"',
+           'python_version >= "3.10" and sys_platform != "win32"', '(os_name == "nt" or os_name == "posix") and extra == ""',
+           '"linux" in sys_platform', 'platform_machine not in "arm64 aarch64"', 'python_full_version ~= "3.11.0"',
+           "implementation_name == 'cpython' or python_version > '3.12'"]
+
+
+@pytest.mark.parametrize("marker", MARKERS)
+def test_the_installers_markers_agree_with_packaging(marker):
+    from packaging.markers import Marker
+
+    from helpers import install as installer
+
+    assert installer.Marker(marker).evaluate() == Marker(marker).evaluate()
+
+
+@pytest.mark.parametrize("line", ["numpy>=1.26", "bitsandbytes>=0.45; platform_system == \"Linux\"",
+                                  "ipywidgets>=7.7,<9", "Jupyter_Server[test,docs] (>=2)", "torch"])
+def test_the_installers_requirement_lines_agree_with_packaging(line):
+    from helpers import install as installer
+
+    ours, theirs = installer.Requirement(line), Requirement(line)
+    assert (ours.name, ours.extras, str(ours.specifier)) == (theirs.name, sorted(theirs.extras), str(theirs.specifier))
+    assert (ours.marker is None) == (theirs.marker is None)
+    assert installer.canonicalize_name(ours.name) == installer.canonicalize_name(theirs.name.upper())

@@ -7,7 +7,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..memory.dtype_names import DTYPE_CHOICES
-from .common import UsageError, memory_flags, print_json, quiet_libraries, read_prompt, stdout_takes_unicode
+from .common import UsageError, memory_flags, print_json, quiet_libraries, stdout_takes_unicode
+from .prompt_input import read_prompt
 
 if TYPE_CHECKING:  # this module stays torch-free at import: only the run loads the library
     from ..generation.results import GenerationResult
@@ -46,7 +47,11 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-memory", metavar="SIZE", help="plan against this much RAM, e.g. 12GiB")
     p.add_argument("--logprobs", type=int, default=0, metavar="K",
                    help="with --json: each token's log-probability and its K most likely alternatives")
-    p.add_argument("--truncate", action="store_true", help="drop the start of a prompt longer than the context")
+    p.add_argument("--truncate", action="store_true", help="drop the start of a prompt longer than the context "
+                   "(of standard input, only the end that can fit is read into memory)")
+    p.add_argument("--encoding", default="utf-8", metavar="E",
+                   help="the encoding of standard input's bytes: utf-8 (default; a byte order mark is skipped), "
+                        "latin-1, cp1252, utf-16, ... (any Python codec)")
     p.add_argument("--method", default="auto", help=argparse.SUPPRESS)  # checked against the backends' registry
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(run=_run_generate)
@@ -97,7 +102,9 @@ def _run_generate(args: argparse.Namespace) -> int:
         check_method(args.method)
     except SettingsError as exc:
         raise UsageError(f"--method: {exc}") from None
-    prompt = read_prompt(args.prompt)
+    prompt, note = read_prompt(args.prompt, args.encoding, args.truncate)
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     quiet_libraries()
     from ..generation.run import generate
     from ..generation.streaming import stream

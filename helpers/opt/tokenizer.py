@@ -16,6 +16,11 @@ from ..errors import (
 )
 from .sizes import BOS_TOKEN_ID, MAX_POSITIONS
 
+# The longest token in OPT's vocabulary covers 128 bytes (a run of mojibake), so a text of more than
+# 128 x N characters is always more than N tokens: how much of a prompt can matter is known before tokenizing it.
+LONGEST_TOKEN_BYTES = 128
+PROMPT_MAX_CHARS = MAX_POSITIONS * LONGEST_TOKEN_BYTES  # 262,144 characters: more never fits OPT's context
+
 Prompt = str | list[int]  # text, or token ids (to continue exactly from a point, as branches do)
 
 
