@@ -39,14 +39,6 @@ def print_json(data: dict) -> None:
     sys.stdout.write("\n")
 
 
-def read_prompt(prompt: str) -> str:
-    if prompt != "-":
-        return prompt
-    if sys.stdin is None or sys.stdin.closed:
-        raise UsageError("PROMPT is '-' but there is no standard input to read it from.")
-    return sys.stdin.read()
-
-
 def memory_flags(args: argparse.Namespace) -> tuple[int | None, int | None]:
     """--gpu-memory and --cpu-memory in bytes, checked before anything loads."""
     from ..memory.bytes import parse_bytes
