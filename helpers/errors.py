@@ -47,3 +47,7 @@ class CheckpointError(HelpersError, ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that asks to run code (a pickled global outside the allow-list)."""
+
+
+class ServerError(HelpersError, ConnectionError):
+    """A served model's server that cannot be reached, refuses the request, or breaks off its answer."""
