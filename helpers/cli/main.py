@@ -13,11 +13,12 @@ from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from .convert import add_convert_parser
 from .generate import add_generate_parser
 from .plan import add_plan_parser
+from .serve import add_serve_parser
 
 # ---------------------------------------------------------------------------------------------- main
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate_parser, add_convert_parser, add_plan_parser, add_bench_parser,
-                                                                    add_leaks_parser]
+                                                                    add_leaks_parser, add_serve_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,7 +57,8 @@ class GenerationResult:
     text: str
     prompt_token_ids: list[int]
     token_ids: list[int]
-    finish_reason: str  # 'length', 'eos', 'stop' (a stop string), 'stopped' (by the user), 'context' (2048 reached)
+    finish_reason: str  # 'length', 'eos', 'stop' (a stop string), 'stopped' (by the user), 'context' (2048 reached),
+    # 'error' (the backend failed midway, e.g. a server's connection broke: the text up to there)
     timings: Timings
     settings: GenerationSettings
     method: str

@@ -16,6 +16,7 @@ from ..memory.bytes import generation_bytes
 from ..opt.model_state import check_loaded, is_unloaded, model_device
 from ..opt.sizes import size_from_config
 from ..opt.tokenizer import Prompt, encode_prompt, is_token_ids
+from ..serving.model import is_served
 from ..units import human_bytes
 from .backends.base import DecodeJob, DecodeStep
 from .backends.registry import check_method, choose_backend
@@ -74,6 +75,8 @@ class GenerationRun:
     def _check_working_memory(self) -> None:
         """Refuse, before the first step, a generation whose cache and working memory (the planner's
         arithmetic) exceed the memory free on the model's device: an error, not the kernel's OOM kill."""
+        if is_served(self.model):  # its server holds the cache, and says when it is full
+            return
         mode, prompts = self.settings.mode, len(self.prompt_ids)
         per_prompt = self.settings.num_beams if mode.startswith("beam") else 1
         if mode == "contrastive":
@@ -134,6 +137,8 @@ class GenerationRun:
                 if self.stop_event.is_set():
                     break
         except Exception:
+            for state in self.rows:  # the text so far stays; its finish says it broke off
+                state.finish = state.finish or "error"
             if is_unloaded(self.model):  # whatever failed, it failed because the tensors went mid-step
                 raise ModelUnloadedError.midway() from None
             raise

@@ -24,6 +24,8 @@ from ..memory.planner import Option
 from ..opt.model_state import is_unloaded, mark_unloaded, model_device
 from ..opt.sizes import OPTSize, find_size, size_from_config
 from ..opt.tokenizer import load_tokenizer
+from ..serving.model import connect, is_served
+from ..serving.urls import is_server_url
 from ..units import human_bytes
 from .apply_plan import check_plain_load_fits, load_arguments, plan_for, quantize_dynamic_int8
 from .devices import resolve_device
@@ -149,11 +151,13 @@ def load_model(
     offload_folder: str | None = None,
     revision: str | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
+    api_key: str | None = None,
 ) -> LoadedModel:
     """Load an OPT model and its tokenizer.
 
     Args:
-        name_or_path: a short name ('opt-350m'), a hub id ('facebook/opt-350m') or a local folder.
+        name_or_path: a short name ('opt-350m'), a hub id ('facebook/opt-350m'), a local folder, or a server's
+            URL ('http://host:8000/v1': a model vLLM serves, see `helpers.serving.model.connect`).
         device: 'auto' (the GPU if there is one), 'cpu', 'cuda', 'cuda:1', 'mps'.
         dtype: 'auto' (fp16 on a GPU, fp32 on the CPU), 'float32', 'float16' or 'bfloat16'.
         plan: how to fit the model in memory (see `helpers.memory.planner`): 'auto' (the default when device and
@@ -165,6 +169,7 @@ def load_model(
         offload_folder: where disk offload puts weights (default: a temporary folder).
         revision: a hub branch, tag or commit.
         progress: called as progress(stage, done, total) while weights load (a widget's progress bar).
+        api_key: a server's API key (default: the environment variable OPT_API_KEY); sent only to that server.
 
     Returns:
         A `LoadedModel`: `model, tokenizer, info = load_model("opt-350m")`.
@@ -173,6 +178,8 @@ def load_model(
         UnknownModelError: the name is not a size, a hub id or a folder.
         ModelLoadError: the hub cannot be reached, the folder is missing or incomplete, or it is not OPT.
     """
+    if is_server_url(name_or_path):  # nothing is loaded here: the server runs the model
+        return LoadedModel(*connect(name_or_path, api_key=api_key))
     if plan is None and device == "auto" and dtype == "auto":
         plan = "auto"
     if plan is not None and (device != "auto" or dtype != "auto"):
@@ -313,7 +320,7 @@ def unload(model: torch.nn.Module | LoadedModel | None) -> None:
     if isinstance(model, LoadedModel):
         model.unload()
         return
-    if model is None or is_unloaded(model):
+    if model is None or is_served(model) or is_unloaded(model):  # a served model's memory is its server's
         return
     drop_engine(model)
     if hasattr(model, "hf_device_map"):  # dispatched by accelerate: its hooks pin the tensors

@@ -6,11 +6,13 @@ from transformers import OPTForCausalLM
 
 from ...errors import SettingsError
 from ...opt.model_state import model_device
+from ...serving.model import is_served
 from ..settings import GenerationSettings
 from .base import Backend
 from .cpu_engine import supported
 from .hf import generate_steps, static_cache_steps
 from .loops import cached_steps, engine_steps
+from .served import served_steps, unsupported
 from .tutorial import tutorial_steps
 
 MODE_NAMES = {"greedy": "greedy decoding", "sample": "sampling", "beam": "beam search",
@@ -57,6 +59,14 @@ BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     Backend("tutorial", "the 2022 tutorial's loop: the whole sequence re-run each step", frozenset({"greedy"}),
             tutorial_steps),
 )}
+# A model an OpenAI-compatible server (vLLM) runs: the only backend for it, and for nothing else. Kept out of
+# BACKENDS, the backends that run a model object loaded here (the tests, `bench` and `--method` go through them).
+SERVED = Backend("served", "a model vLLM's OpenAI server runs (load_model(URL)): one streamed request",
+                 frozenset({"greedy", "sample"}), served_steps, carries_logprobs=True,
+                 cannot_run=lambda model, batch: None if is_served(model) else "it runs a served model (a URL)",
+                 why_not={"beam": "vLLM's server streams no beams and OpenAI's completions lost best_of",
+                          "beam-sample": "vLLM's server streams no beams",
+                          "contrastive": "vLLM has no contrastive search"})
 ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first, still accepted
 
 
@@ -68,14 +78,33 @@ def method_names() -> tuple[str, ...]:
 def check_method(method: str) -> str:
     """The backend name `method` stands for ('auto' stays 'auto'); an unknown name is a SettingsError."""
     name = ALIASES.get(method, method)
-    if name not in method_names():
+    if name not in (*method_names(), SERVED.name):
         raise SettingsError(f"Unknown method '{method}'. Use one of: {', '.join(method_names())}.")
     return name
+
+
+def _served(name: str, model, settings: GenerationSettings) -> Backend:
+    """A served model runs on its server, in the modes the server has; a local one never there."""
+    if not is_served(model):
+        raise SettingsError(f"method '{name}' runs a model served at a URL (load_model('http://host:port/v1')); "
+                            "this one is loaded here: use method='auto'.")
+    if name not in ("auto", SERVED.name):
+        raise SettingsError(f"method '{name}' runs a model loaded here; {model!r} runs on its server: use "
+                            "method='auto'.")
+    mode, problems = settings.mode, unsupported(settings)
+    if problems:
+        raise SettingsError("A served model cannot do " + "; ".join(problems) + ".")
+    if mode not in SERVED.modes:
+        raise SettingsError(f"A served model cannot do {MODE_NAMES.get(mode, mode)} ({SERVED.why_not[mode]}): use "
+                            "greedy decoding or sampling (num_beams=1, penalty_alpha=0), or load the model here.")
+    return SERVED
 
 
 def choose_backend(method: str, model: OPTForCausalLM, settings: GenerationSettings, batch: int) -> Backend:
     """The backend for this call: the one named, checked against what it can do, or auto's pick."""
     name, mode = check_method(method), settings.mode
+    if is_served(model) or name == SERVED.name:
+        return _served(name, model, settings)
     if name == "auto":
         chosen = next((b for b in BACKENDS.values() if b.chosen_by_auto and mode in b.modes
                        and b.cannot_run(model, batch) is None and b.chosen_by_auto(model, batch)), None)
