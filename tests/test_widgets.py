@@ -140,8 +140,10 @@ def test_probabilities_view_shades_tokens_and_lists_alternatives(app):
         assert token.top[0][0] == token.id  # greedy picked the most likely
     buttons[2].click()
     assert app.selected_token == 2
-    alternatives = app.alternatives.children[1].children
+    alternatives = [b for b in app.alternatives.children[1].children if "opt-alternative" in b._dom_classes]
     assert len(alternatives) == 5
+    box = app.tokens_box.children
+    assert box.index(app.alternatives) == box.index(buttons[2]) + 1  # on the line under the token clicked
 
 
 def test_choosing_an_alternative_branches_and_branches_compare(app):
@@ -243,7 +245,7 @@ def test_an_exception_inside_generation_is_shown_and_nothing_is_left_running(app
 def test_a_switch_to_a_model_that_cannot_load_leaves_the_working_one(app, monkeypatch, room):
     """Offline, opt-125m is not in the cache: the switch fails, and the model that worked still does."""
     if room == "one at a time":
-        monkeypatch.setattr(app, "_budget_bytes", lambda: 0)  # the old model must make room first
+        monkeypatch.setattr(app.models, "budget_bytes", lambda: 0)  # the old model must make room first
     working, model = app.loaded_name, app.loaded.model
     app.model_picker.value = "opt-125m"
     app.wait()
@@ -260,8 +262,8 @@ def test_a_switch_to_a_model_that_cannot_load_leaves_the_working_one(app, monkey
 def test_tabs_and_settings_have_names_on_ipywidgets_7_and_8(app):
     assert [app.tabs.get_title(i) for i in range(5)] == ["Output", "Probabilities", "Branches", "Side by side",
                                                          "History"]
-    settings = next(c for c in app.widget.children if isinstance(c, ipywidgets.Accordion))
-    assert settings.get_title(0) == "Decoding settings"
+    side = next(c for c in app.widget.children[-1].children if "opt-side" in c._dom_classes)
+    assert side.children[0].get_title(0) == "Decoding settings"
 
 
 def test_ctrl_c_outside_a_kernel_ends_the_call_and_leaves_the_app_usable(app, monkeypatch):
