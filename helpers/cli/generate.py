@@ -98,6 +98,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise UsageError(f"--method: {exc}") from None
     prompt = read_prompt(args.prompt)
+    if not prompt.strip():  # as the playground: an empty prompt is refused, not run from the start token alone
+        raise UsageError("The prompt is empty: give some text for the model to continue.")
     quiet_libraries()
     from ..generation.run import generate
     from ..generation.streaming import stream

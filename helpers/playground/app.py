@@ -1,5 +1,4 @@
-"""The playground app: `Playground` holds its parts (model loading, decoding controls, token view, side by
-side, history, jobs), wires them, and generates."""
+"""The playground app: `Playground` holds its parts, wires them together, and generates."""
 
 from __future__ import annotations
 

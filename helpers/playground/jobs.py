@@ -33,6 +33,7 @@ class Jobs:
         self._idle.set()
         self._events: KernelEvents | None = None
         self.interrupted = False
+        self._stop_asked = False  # Stop pressed before the job's stream began (while its model loaded)
 
     @property
     def busy(self) -> bool:
@@ -49,7 +50,7 @@ class Jobs:
         one runs is told so). False if it could not start."""
         if self.refused():
             return False
-        self._job, self.interrupted = target.__name__, False
+        self._job, self.interrupted, self._stop_asked = target.__name__, False, False
         self._idle.clear()
         self._events = KernelEvents()
         self._on_busy(True)
@@ -67,6 +68,8 @@ class Jobs:
         """Iterate `text_stream`, handing the pieces so far to `draw(pieces, final)` a few times a second
         (each redraw costs the page a render) and once at the end; Stop ends it within a step."""
         self.stream = text_stream
+        if self._stop_asked:
+            text_stream.stop()
         self._on_stream(True)
         pieces: list[str] = []
         shown = time.perf_counter()
@@ -86,9 +89,11 @@ class Jobs:
         self.refresh_seconds = seconds
 
     def stop(self) -> None:
-        """End the running generation within one decoding step."""
+        """End the running generation within one decoding step (at its start, if it has not begun)."""
         if self.stream is not None:
             self.stream.stop()
+        elif self.busy:
+            self._stop_asked = True
 
     def pump(self) -> None:
         """Handle the widget messages waiting for the kernel (a Stop click) while a job runs."""

@@ -1,5 +1,4 @@
-"""Where the playground's parts sit: the model row on top, then the prompt, buttons and output beside the
-settings column (one column below about 860 px, the settings under the output)."""
+"""Where the playground's parts sit: model row, prompt and output beside the settings column."""
 
 from __future__ import annotations
 

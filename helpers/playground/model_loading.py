@@ -65,7 +65,7 @@ class ModelLoading:
         self._jobs.start(self.load, change["new"])
 
     def _on_path(self, change) -> None:
-        name = change["new"].strip().removeprefix("https://huggingface.co/").strip("/") if change["new"] else ""
+        name = change["new"].strip().removeprefix("https://huggingface.co/").rstrip("/") if change["new"] else ""
         if not name:
             return
         if name not in {c.name for c in self.choices}:
@@ -156,7 +156,7 @@ class ModelLoading:
             source = str(random_folder(lambda: report("building random weights", 0, None))) if name == RANDOM else name
             return self._loader(source, device=self.device, dtype=self.dtype, progress=report)
         except ModelLoadError as exc:
-            if "Hugging Face Hub" in str(exc):
+            if str(exc).startswith("Could not get"):  # offline: say how to use a folder here
                 raise ModelLoadError(f"{exc} {OFFLINE_HINT}") from None
             raise
         finally:

@@ -52,7 +52,7 @@ class ModelChecklist:
 
     @value.setter
     def value(self, names) -> None:
-        for name, box in self._boxes.items():
+        for box in self._boxes.values():
             box.value = False
         for name in names:
             self._boxes[name].value = True

@@ -1,5 +1,4 @@
-"""The playground's CSS (the front end's light or dark theme through its CSS variables) and its keys
-(Ctrl+Enter generates, Escape stops), as one HTML widget placed in the app."""
+"""The playground's CSS (the front end's light or dark theme) and keys (Ctrl+Enter, Escape)."""
 
 from __future__ import annotations
 

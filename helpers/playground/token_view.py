@@ -1,5 +1,4 @@
-"""The playground's Probabilities tab (a chip per token shaded by its probability, alternatives beside the
-token clicked) and its Branches tab."""
+"""The Probabilities tab (a chip per token, alternatives under the one clicked) and the Branches tab."""
 
 from __future__ import annotations
 
