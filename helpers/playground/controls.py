@@ -83,7 +83,7 @@ class DecodingControls:
         self.controls = [self.max_new_tokens, self.do_sample, self.temperature, self.top_k, self.top_p,
                          self.typical_p, self.repetition_penalty, self.no_repeat_ngram_size, self.num_beams,
                          self.penalty_alpha, self.seed, self.fixed_seed, self.stop_strings]
-        self.panel = W.VBox([self.preset, self.do_sample, *self.controls[2:10], W.HBox([self.seed, self.fixed_seed],
+        self.panel = W.VBox([self.preset, self.max_new_tokens, self.do_sample, *self.controls[2:10], W.HBox([self.seed, self.fixed_seed],
                              layout=ROW), self.stop_strings, W.HBox([self.save_link, self.load_file], layout=ROW)])
         self.panel.add_class("opt-settings")
         self.preset.observe(self._on_preset, names="value")
