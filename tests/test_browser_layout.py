@@ -5,13 +5,23 @@ Restore from History, a settings file round trip, the dark theme. Screenshots in
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 # ruff: noqa: F811 (the fixtures below are test_browser's, taken by name)
-from test_browser import browser, models, page_of, server_env, shot, voila, wait_loaded  # noqa: F401
+from test_browser import ARTIFACTS, browser, models, page_of, shot, voila, wait_loaded  # noqa: F401
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server_env(models, tmp_path_factory):
+    """test_browser's, with a cache of its own for the random-weight model."""
+    home = tmp_path_factory.mktemp("jupyter-home")
+    return {**os.environ, "OPT_MODEL": models["mid"], "OPT_EXTRA_MODELS": models["tiny"], "OPT_DEVICE": "cpu",
+            "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_DATA_DIR": str(home / "data"),
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(home / "cache")}
 
 BOXES = """sel => [...document.querySelectorAll(sel)].filter(e => e.getBoundingClientRect().width > 0).map(e => {
   const b = e.getBoundingClientRect(); return {left: b.left, right: b.right, top: b.top, bottom: b.bottom}; })"""
@@ -163,3 +173,24 @@ def test_the_dark_theme_is_followed(page_of, voila):
         return {bg: lum(s.backgroundColor), fg: lum(getComputedStyle(o.querySelector('.opt-text')).color)}; }""")
     assert colors["bg"] < 80 and colors["fg"] > 160, colors
     shot(page, "layout-dark")
+
+
+def test_random_weights_and_the_docs_screenshots(page_of, voila):
+    """A newcomer without weights picks "random weights (to try the app)" and generates; the screenshots of
+    docs/playground.md (test-artifacts/browser/docs-playground*.png, copied to docs/ by hand)."""
+    page = page_of(1280, 800)
+    page.goto(voila.url, timeout=120_000)
+    wait_loaded(page)
+    page.select_option(".opt-model select", "random weights (to try the app)")
+    page.wait_for_function("() => /random weights.*loaded in/.test(document.querySelector('.opt-model-status').innerText)",
+                           timeout=120_000)
+    page.select_option(".opt-preset select", "balanced sampling")
+    page.fill(".opt-prompt textarea", "The best way to learn a new language is")
+    page.keyboard.press("Control+Enter")
+    wait_finished(page)
+    assert "seed" in status(page) and page.inner_text(".opt-output").startswith("The best way")
+    page.screenshot(path=str(ARTIFACTS / "docs-playground.png"))
+    page.set_viewport_size({"width": 400, "height": 860})
+    page.wait_for_timeout(500)
+    assert page.evaluate(OUTSIDE, 400) == []
+    page.screenshot(path=str(ARTIFACTS / "docs-playground-narrow.png"))

@@ -74,7 +74,7 @@ class Playground:
         """The app's own widgets (prompt, buttons, output, tabs) and the page with its parts' widgets."""
         self.prompt = W.Textarea(value="Natural language processing is a subfield of",
                                  placeholder="Type a prompt, then press Generate (Ctrl+Enter)",
-                                 layout=W.Layout(width="100%", height="96px"))
+                                 layout=W.Layout(width="auto", height="96px"))
         self.prompt.add_class("opt-prompt")
         explain(self.prompt, "The text the model continues. Ctrl+Enter generates, Escape stops.")
         self.prompt_count = W.HTML()

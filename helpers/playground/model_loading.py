@@ -35,17 +35,17 @@ class ModelLoading:
         self.loaded_name: str | None = None
         self._quiet = False
         self.picker = W.Dropdown(options=self.options(), value=model, description="Model", style={"description_width": "50px"},
-                                 layout=W.Layout(width="auto", flex="1 1 260px", max_width="560px"))
+                                 layout=W.Layout(width="auto", flex="1 1 260px", min_width="0", max_width="560px"))
         self.picker.add_class("opt-model")
         explain(self.picker, "The model that writes. Sizes marked \u26a0 do not fit this machine; the label says how "
                              "a size would load here. Switching unloads the previous model.")
         self.path = W.Text(placeholder="or type a folder or hub id, then Enter", continuous_update=False,
-                           layout=W.Layout(width="auto", flex="1 1 220px", max_width="420px"))
+                           layout=W.Layout(width="auto", flex="1 1 220px", min_width="0", max_width="420px"))
         self.path.add_class("opt-model-path")
         explain(self.path, "A model folder on this machine (./my-opt), or a hub id (facebook/opt-1.3b) or its "
                            "https://huggingface.co/ address; Enter adds it to the picker and loads it.")
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="auto", flex="0 1 160px",
-                                                                             visibility="hidden"))
+                                                                             display="none"))
         self.status = W.HTML()
         self.status.add_class("opt-model-status")
         self.picker.observe(self._on_pick, names="value")
@@ -125,15 +125,19 @@ class ModelLoading:
             self.loaded_name = previous_name
             self.show_picked(previous_name)
             self.status.value = (f"Loading <b>{html.escape(name)}</b> {reason}; <b>{html.escape(self._label(previous_name))}"
-                                 f"</b> is {kept}: {html.escape(self.loaded.info.summary())}; {self.memory_text()}")
+                                 f"</b> is {kept}: {self._facts(self.loaded)}; {self.memory_text()}")
             raise
         if previous is not None and previous.model is not None:
             previous.unload()
         self.loaded, self.loaded_name = new, name
         self.show_picked(name)
-        self.status.value = (f"<b>{html.escape(self._label(name))}</b>: {html.escape(new.info.summary())}; "
-                             f"{self.memory_text()}")
+        self.status.value = f"<b>{html.escape(self._label(name))}</b>: {self._facts(new)}; {self.memory_text()}"
         return new
+
+    @staticmethod
+    def _facts(loaded: LoadedModel) -> str:
+        """The loaded model's summary without its name and folder (the picker and the status name it)."""
+        return html.escape(loaded.info.summary().split(": ", 1)[-1])
 
     def load_beside(self, name: str) -> LoadedModel:
         """Load `name` beside the playground's own model (side by side), without making it the playground's."""
@@ -143,7 +147,7 @@ class ModelLoading:
         """Call the loader (random weights built first), the progress bar and the status line following it."""
         self.status.value = f"Loading <b>{html.escape(self._label(name))}</b> \u2026 ({self.memory_text()} before)"
         self.progress.value, self.progress.max = 0, 1
-        self.progress.layout.visibility = "visible"
+        self.progress.layout.display = "flex"
         start = time.perf_counter()
 
         def report(stage: str, done: int, total: int | None) -> None:
@@ -160,7 +164,7 @@ class ModelLoading:
                 raise ModelLoadError(f"{exc} {OFFLINE_HINT}") from None
             raise
         finally:
-            self.progress.layout.visibility = "hidden"
+            self.progress.layout.display = "none"
 
     def _label(self, name: str) -> str:
         return RANDOM_LABEL if name == RANDOM else name

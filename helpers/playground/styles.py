@@ -42,7 +42,9 @@ CSS = """
   overflow-wrap: anywhere; max-width: 100%; height: auto; }
 .opt-column { border: 1px solid var(--opt-border); }
 .opt-model select, .opt-restore-picker select { max-width: 100%; text-overflow: ellipsis; }
-.opt-intro { margin: 0 0 4px; }
+.opt-model-status .widget-html-content, .opt-status .widget-html-content, .opt-message .widget-html-content,
+.opt-prompt-count .widget-html-content { line-height: 1.4; padding: 2px 0; }
+.opt-model select { min-width: 0; }
 """
 
 # Ctrl+Enter (Cmd+Enter) in the app presses Generate; Escape presses Stop while it is enabled. Installed once
