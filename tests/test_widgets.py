@@ -443,6 +443,8 @@ def test_a_typed_folder_joins_the_picker_and_loads(folders, tmp_path):
     pg = Playground(model=folders["pre"], device="cpu")
     pg.models.path.value = folders["post"]
     assert pg.loaded_name == pg.model_picker.value == folders["post"]
+    pg.compare_picker.value = (folders["post"], folders["pre"])  # a checkbox for it in Side by side too
+    assert pg.compare_picker.value == (folders["post"], folders["pre"])
     pg.loaded.unload()
 
 

@@ -92,6 +92,7 @@ class Playground:
                           self.compare.page, self.history_panel.page], TABS)
         self.tabs.observe(lambda change: self.token_view.set_open(change["new"] == 1), names="selected_index")
         self.prompt.observe(lambda _: self._count_prompt(), names="value")
+        self.models.picker.observe(lambda change: self.compare.picker.sync(change["new"]), names="options")
         self.controls.max_new_tokens.observe(lambda _: self._count_prompt(), names="value")
         buttons = W.HBox([self.generate_button, self.stop_button, self.continue_button, copy_button()], layout=ROW)
         models = self.models

@@ -40,6 +40,11 @@ class ModelChecklist:
         self._boxes[name] = box
         self.widget.children = tuple(self._boxes.values())
 
+    def sync(self, options: list[tuple[str, str]]) -> None:
+        """Add a checkbox for each model the picker gained (a folder typed beside it)."""
+        for label, name in options:
+            self.add(label, name)
+
     def _tick(self, name: str, ticked: bool) -> None:
         if name in self._ticked:
             self._ticked.remove(name)
