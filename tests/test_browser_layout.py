@@ -38,6 +38,25 @@ OUTSIDE = """width => {
 }"""
 
 
+# Words of the history table drawn on more than one line (a word broken inside, "lengt/h").
+BROKEN_WORDS = """() => {
+  const broken = [];
+  for (const cell of document.querySelectorAll('.opt-history td, .opt-history th')) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.textContent.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const tops = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+        if (tops.size > 1) broken.push(m[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
 def box(page, selector: str) -> dict:
     boxes = page.evaluate(BOXES, selector)
     assert boxes, f"{selector} is not on the page"
@@ -91,6 +110,8 @@ def test_everything_fits_the_window_and_the_output_sits_under_the_prompt(page_of
         assert page.evaluate(OUTSIDE, width) == [], name
         assert page.evaluate("() => document.documentElement.scrollWidth") <= width
         shot(page, f"layout-{width}-{name.replace(' ', '-').lower()}")
+        if name == "History":
+            assert page.evaluate(BROKEN_WORDS) == []
     titles = page.evaluate("""() => [...document.querySelectorAll('.opt-tabs .lm-TabBar-tabLabel, .opt-tabs .p-TabBar-tabLabel')]
         .map(e => e.scrollWidth <= e.clientWidth + 1)""")
     assert all(titles), "a tab title is cut"

@@ -146,6 +146,9 @@ def test_probabilities_view_shades_tokens_and_lists_alternatives(app):
         assert button.style.button_color == probability_color(torch.tensor(token.logprob).exp().item())
         assert button.tooltip.count("\n") == 5 and "%" in button.tooltip  # the token, then its 5 alternatives
         assert token.top[0][0] == token.id  # greedy picked the most likely
+        assert button.description.startswith("\u2423") == token.text.startswith(" ")  # a word's start shows
+    assert any(t.text.startswith(" ") for t in run.tokens)
+    assert "opt-legend" in app.probabilities_page.children[0].value  # the colours explained
     buttons[2].click()
     assert app.selected_token == 2
     alternatives = [b for b in app.alternatives.children[1].children if "opt-alternative" in b._dom_classes]
@@ -170,6 +173,10 @@ def test_choosing_an_alternative_branches_and_branches_compare(app):
     assert branch.tokens[4].id == alternative[0] and len(branch.tokens) == 12
     assert branch.text.startswith(app.loaded.tokenizer.decode([t.id for t in parent.tokens[:4]]))
     assert "branch 1" in app.branches_view.value and parent.label in app.branches_view.value
+    shown = app.branches_view.value
+    assert shown.count("<mark>") == 1  # the original: nothing marked; the branch: from where it differs
+    marked = html.unescape(shown.split("<mark>")[1].split("</mark>")[0])
+    assert branch.text.endswith(marked) and len(marked) < len(branch.text)
     app.select_token(7)  # a branch of the branch
     app.branch(7, branch.tokens[7].top[1][0])
     app.wait()

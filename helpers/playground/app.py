@@ -111,7 +111,7 @@ class Playground:
 
     def _on_busy(self, busy: bool) -> None:
         self.generate_button.disabled = self.continue_button.disabled = busy
-        self.compare.button.disabled = busy
+        self.compare.enable(not busy)
         if not busy:
             self.stop_button.disabled = True
             self._count_prompt()
@@ -312,7 +312,7 @@ class Playground:
         self.output.value = text_html(entry["prompt"], entry["output"])
         self.tabs.selected_index = 0
         if entry["model"] != self.models.loaded_name and entry["model"] in {c for _, c in self.models.options()}:
-            self.model_picker.value = entry["model"]
+            self.models.pick(entry["model"])
         self.messages.say(f"Restored {entry['run']} ({entry['time']}): press Generate to run it again.")
 
     def history_json(self) -> str:

@@ -75,6 +75,14 @@ class ModelLoading:
                 self.picker.value = self.loaded_name or self.choices[0].name
         self.picker.value = name
 
+    def pick(self, name: str) -> None:
+        """Pick `name` as a user would (it loads, unless a job runs)."""
+        self.picker.value = name
+
+    def show_status(self, text: str) -> None:
+        """The model status line (HTML), for jobs that load several models (side by side)."""
+        self.status.value = text
+
     def show_picked(self, name: str) -> None:
         """Put the picker back on `name` without loading anything."""
         with self._quietly():

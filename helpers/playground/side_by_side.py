@@ -80,6 +80,9 @@ class SideBySide:
                                    "loaded one at a time when memory demands.</small>"),
                             self.picker.widget, W.HBox([self.button], layout=ROW), self.columns])
 
+    def enable(self, enabled: bool) -> None:
+        self.button.disabled = not enabled
+
     def run(self, models: list[str], prompt: str, settings: GenerationSettings) -> None:
         """Each model in turn, a column each; the playground's own model stays loaded when they all fit."""
         clear(self.columns)
@@ -89,8 +92,8 @@ class SideBySide:
         columns, extra = [], {}
         try:
             for name in models:
-                loading.status.value = (f"Side by side: <b>{html.escape(name)}</b> ({len(columns) + 1}/{len(models)})"
-                                        f"{'' if together else ' · one model in memory at a time'}")
+                loading.show_status(f"Side by side: <b>{html.escape(name)}</b> ({len(columns) + 1}/{len(models)})"
+                                    f"{'' if together else ' · one model in memory at a time'}")
                 if name == loading.loaded_name or not together:
                     loaded = loading.load(name)  # the previous model goes first when both do not fit
                 else:  # they all fit: keep the playground's own model loaded beside the others
@@ -102,8 +105,8 @@ class SideBySide:
             for loaded in extra.values():
                 loaded.unload()
         if loading.loaded_name != loading.picker.value:
-            loading.status.value += (f" \u00b7 <i>{html.escape(loading.picker.value)} loads again at the "
-                                     "next Generate</i>")
+            loading.show_status(f"{loading.status.value} \u00b7 <i>{html.escape(loading.picker.value)} loads again at "
+                                "the next Generate</i>")
 
     def _column(self, name: str, loaded: LoadedModel, prompt: str, settings: GenerationSettings, columns: list,
                 count: int) -> GenerationResult:

@@ -81,7 +81,7 @@ def branches_html(runs: list[Run]) -> str | None:
     cards = []
     for run in (r for r in runs if r.parent or r.label in parents):
         parent = by_label.get(run.parent) if run.parent else None
-        common = common_prefix(run.text, parent.text) if parent is not None else len(run.text)
+        common = common_prefix(run.text, parent.text) if parent is not None else 0
         if run.replaced:
             where = (f" from <b>{html.escape(run.parent)}</b> at token {run.branched_at + 1}: "
                      f"<code>{html.escape(visible(run.replaced[0]))}</code> \u2192 "
@@ -90,9 +90,11 @@ def branches_html(runs: list[Run]) -> str | None:
             where = " (the original)"
         mean = run.mean_logprob
         score = "" if mean is None else f" \u00b7 mean log-prob {mean:.2f}"
+        shared, differs = (run.text[:common], run.text[common:]) if parent is not None else ("", run.text)
+        body = (f"<span style='color:{MUTED}'>{html.escape(shared)}</span>" if shared else "") + (
+            html.escape(differs) if parent is None else f"<mark>{html.escape(differs)}</mark>" if differs else "")
         cards.append(f"<div class='opt-branch'><div><b>{html.escape(run.label)}</b>{where}<small>{score}</small></div>"
-                     f"<div class='opt-text'><span style='color:{MUTED}'>{html.escape(run.text[:common])}</span>"
-                     f"<mark>{html.escape(run.text[common:])}</mark></div></div>")
+                     f"<div class='opt-text'>{body}</div></div>")
     return "".join(cards)
 
 
