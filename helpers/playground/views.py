@@ -111,11 +111,17 @@ def settings_text(settings: dict) -> str:
     return " ".join(str(p) for p in parts)
 
 
+def short_name(model: str) -> str:
+    """A model as a table shows it: a folder's or hub id's last part (the whole name is its tooltip)."""
+    return model.rstrip("/").rsplit("/", 1)[-1] or model
+
+
 def history_html(history: list[dict]) -> str:
     """The latest 50 history rows, newest first, numbered as the Restore picker numbers them."""
     rows = "".join(
         f"<tr><td class='opt-nowrap'>{len(history) - i}</td><td class='opt-nowrap'>{html.escape(h['time'][11:])}</td>"
-        f"<td class='opt-nowrap'>{html.escape(h['run'])}</td><td>{html.escape(h['model'])}</td>"
+        f"<td class='opt-nowrap'>{html.escape(h['run'])}</td>"
+        f"<td title='{html.escape(h['model'], quote=True)}'>{html.escape(short_name(h['model']))}</td>"
         f"<td>{html.escape(h['prompt'][-60:])}</td><td>{html.escape(h['output'][:120])}</td>"
         f"<td>{html.escape(settings_text(h['settings']))}</td>"
         f"<td class='opt-nowrap'>{h['new_tokens']} \u00b7 {h['tokens_per_second']}/s</td>"
