@@ -10,7 +10,7 @@ import os
 import pytest
 
 # ruff: noqa: F811 (the fixtures below are test_browser's, taken by name)
-from test_browser import ARTIFACTS, browser, models, page_of, shot, voila, wait_loaded  # noqa: F401
+from test_browser import ARTIFACTS, browser, lab, models, page_of, run_all_cells, shot, voila, wait_loaded  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -215,3 +215,20 @@ def test_random_weights_and_the_docs_screenshots(page_of, voila):
     page.wait_for_timeout(500)
     assert page.evaluate(OUTSIDE, 400) == []
     page.screenshot(path=str(ARTIFACTS / "docs-playground-narrow.png"))
+
+
+def test_ctrl_enter_in_jupyterlab_generates_without_running_the_cell_again(page_of, lab):
+    page = page_of(1400, 1000)
+    page.goto(lab.url, timeout=120_000)
+    run_all_cells(page)
+    wait_loaded(page)
+    prompts = "() => [...document.querySelectorAll('.jp-InputPrompt')].map(p => p.innerText).join(' ')"
+    page.wait_for_function(f"() => !({prompts})().includes('*')", timeout=60_000)  # every cell done
+    before = page.evaluate(prompts)
+    page.fill(".opt-prompt textarea", "Keys in JupyterLab")
+    page.focus(".opt-prompt textarea")
+    page.keyboard.press("Control+Enter")
+    wait_finished(page)
+    assert page.inner_text(".opt-output").startswith("Keys in JupyterLab")
+    assert page.evaluate(prompts) == before  # the cell did not run again
+    assert len(page.query_selector_all(".opt-playground")) == 1
