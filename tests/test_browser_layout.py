@@ -181,7 +181,8 @@ def test_settings_file_round_trip(page_of, voila, tmp_path):
         page.click(".opt-load-settings")
     chooser.value.set_files(str(saved))
     page.wait_for_function("() => document.querySelector('.opt-temperature .widget-readout').innerText.trim() === '1.00'")
-    assert page.is_checked(".opt-do-sample input") and "Settings loaded" in page.inner_text(".opt-message")
+    page.wait_for_function("() => document.querySelector('.opt-message').innerText.includes('Settings loaded')")
+    assert page.is_checked(".opt-do-sample input")
 
 
 def test_the_dark_theme_is_followed(page_of, voila):
