@@ -216,7 +216,7 @@ def drive_playground(page, name: str) -> None:
     alternatives.nth(1).click()
     page.click(".opt-tabs .lm-TabBar-tab:has-text('Branches')")
     page.wait_for_function("() => (document.querySelector('.opt-branches')?.innerText || '').includes('branch 1')",
-                           timeout=120_000)
+                           timeout=300_000)  # up to 300 tokens on a CPU shared with other jobs
     page.wait_for_function("() => !document.querySelector('.opt-generate').disabled", timeout=120_000)
     shot(page, f"{name}-5-branches")
 

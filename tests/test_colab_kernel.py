@@ -213,10 +213,10 @@ def test_probabilities_branches_side_by_side_and_history_reach_the_page(front):
     assert alternatives
     front.done(front.comm(alternatives[0], {"method": "custom", "content": {"event": "click"}}))
     assert "branch 1" in page.value("opt-branches") and "branch 1" in page.value("opt-history")
-    picker = next(i for i, s in page.models.items() if s.get("_model_name") == "SelectMultipleModel")
-    labels = page.models[picker]["_options_labels"]
-    chosen = [labels.index(f) for f in front.folders]
-    front.done(front.comm(picker, {"method": "update", "state": {"index": chosen}, "buffer_paths": []}))
+    for folder in front.folders:  # tick each model's checkbox, as a plain click does
+        box = next(i for i, s in page.models.items() if "opt-compare-choice" in s.get("_dom_classes", ())
+                   and s.get("description") == folder)
+        front.done(front.comm(box, {"method": "update", "state": {"value": True}, "buffer_paths": []}))
     front.done(front.click("opt-compare"), 300)
     columns = [page.models[c.removeprefix("IPY_MODEL_")] for c in page.models[page.find("opt-columns")]["children"]]
     assert len(columns) == 2

@@ -8,7 +8,6 @@ import re
 import threading
 import time
 
-import ipywidgets
 import pytest
 import torch
 from tiny_models import save_tiny_model
@@ -56,6 +55,15 @@ def in_background(pg, call, *args):
     worker.start()
     deadline = time.time() + 60
     while not pg.busy and worker.is_alive() and time.time() < deadline:
+        time.sleep(0.005)
+    return worker
+
+
+def streaming(pg):
+    """Start a generation in the background and wait for its first tokens."""
+    worker = in_background(pg, pg.generate)
+    deadline = time.time() + 60
+    while (pg._stream is None or len(pg._stream.token_ids) < 1) and time.time() < deadline:
         time.sleep(0.005)
     return worker
 
@@ -138,10 +146,15 @@ def test_probabilities_view_shades_tokens_and_lists_alternatives(app):
         assert button.style.button_color == probability_color(torch.tensor(token.logprob).exp().item())
         assert button.tooltip.count("\n") == 5 and "%" in button.tooltip  # the token, then its 5 alternatives
         assert token.top[0][0] == token.id  # greedy picked the most likely
+        assert button.description.startswith("\u2423") == token.text.startswith(" ")  # a word's start shows
+    assert any(t.text.startswith(" ") for t in run.tokens)
+    assert "opt-legend" in app.probabilities_page.children[0].value  # the colours explained
     buttons[2].click()
     assert app.selected_token == 2
-    alternatives = app.alternatives.children[1].children
+    alternatives = [b for b in app.alternatives.children[1].children if "opt-alternative" in b._dom_classes]
     assert len(alternatives) == 5
+    box = app.tokens_box.children
+    assert box.index(app.alternatives) == box.index(buttons[2]) + 1  # on the line under the token clicked
 
 
 def test_choosing_an_alternative_branches_and_branches_compare(app):
@@ -160,6 +173,10 @@ def test_choosing_an_alternative_branches_and_branches_compare(app):
     assert branch.tokens[4].id == alternative[0] and len(branch.tokens) == 12
     assert branch.text.startswith(app.loaded.tokenizer.decode([t.id for t in parent.tokens[:4]]))
     assert "branch 1" in app.branches_view.value and parent.label in app.branches_view.value
+    shown = app.branches_view.value
+    assert shown.count("<mark>") == 1  # the original: nothing marked; the branch: from where it differs
+    marked = html.unescape(shown.split("<mark>")[1].split("</mark>")[0])
+    assert branch.text.endswith(marked) and len(marked) < len(branch.text)
     app.select_token(7)  # a branch of the branch
     app.branch(7, branch.tokens[7].top[1][0])
     app.wait()
@@ -243,7 +260,7 @@ def test_an_exception_inside_generation_is_shown_and_nothing_is_left_running(app
 def test_a_switch_to_a_model_that_cannot_load_leaves_the_working_one(app, monkeypatch, room):
     """Offline, opt-125m is not in the cache: the switch fails, and the model that worked still does."""
     if room == "one at a time":
-        monkeypatch.setattr(app, "_budget_bytes", lambda: 0)  # the old model must make room first
+        monkeypatch.setattr(app.models, "budget_bytes", lambda: 0)  # the old model must make room first
     working, model = app.loaded_name, app.loaded.model
     app.model_picker.value = "opt-125m"
     app.wait()
@@ -260,8 +277,8 @@ def test_a_switch_to_a_model_that_cannot_load_leaves_the_working_one(app, monkey
 def test_tabs_and_settings_have_names_on_ipywidgets_7_and_8(app):
     assert [app.tabs.get_title(i) for i in range(5)] == ["Output", "Probabilities", "Branches", "Side by side",
                                                          "History"]
-    settings = next(c for c in app.widget.children if isinstance(c, ipywidgets.Accordion))
-    assert settings.get_title(0) == "Decoding settings"
+    side = next(c for c in app.widget.children[-1].children if "opt-side" in c._dom_classes)
+    assert side.children[0].get_title(0) == "Decoding settings"
 
 
 def test_ctrl_c_outside_a_kernel_ends_the_call_and_leaves_the_app_usable(app, monkeypatch):
@@ -321,3 +338,142 @@ def test_the_picker_and_the_planner_agree_on_what_fits():
             assert choice.fits == (best is not None and best.method != "disk-offload"), (ram, choice.name)
             if choice.fits:
                 assert choice.needs_bytes == best.needs_bytes <= env.ram_available_bytes
+
+
+def test_changing_the_picker_during_a_generation_leaves_it_on_the_loaded_model(app, folders):
+    """Issue 26.17: the picker said the new model while the old one stayed loaded; the next Generate loaded it."""
+    app.model_picker.value = folders["mid"]
+    app.wait()
+    app.preset.value = "the tutorial's greedy"
+    app.max_new_tokens.value = 400
+    worker = streaming(app)
+    app.model_picker.value = folders["post"]  # what a change of the picker does while the run goes on
+    assert app.model_picker.value == folders["mid"] and "press Stop" in app.message.value
+    app.stop()
+    worker.join(60)
+    assert app.loaded_name == app.model_picker.value == folders["mid"]
+    app.max_new_tokens.value = 3
+    app.generate()
+    assert app.runs[-1].model == folders["mid"]
+
+
+def test_the_busy_warning_goes_when_the_run_ends(app, folders):
+    """Issue 26.18: after Generate+Stop pairs, "Already generating: press Stop first." stayed on screen."""
+    app.model_picker.value = folders["mid"]
+    app.wait()
+    app.max_new_tokens.value = 400
+    for _ in range(3):
+        worker = streaming(app)
+        assert app.generate() is False and "Already generating" in app.message.value  # a second click meanwhile
+        app.stop()
+        worker.join(60)
+        assert not app.busy and "Already generating" not in app.message.value, app.message.value
+
+
+def test_an_error_replaces_the_status_line(app):
+    app.max_new_tokens.value = 3
+    app.generate()
+    assert "tokens/s" in app.status.value
+    app.prompt.value = ""
+    app.generate()
+    assert "prompt is empty" in app.message.value and app.status.value == ""
+
+
+def test_the_seed_box_shows_the_seed_the_run_used(app):
+    app.preset.value = "balanced sampling"  # 64 new tokens
+    app.generate()
+    used = app.runs[-1].result.settings.seed
+    assert used is not None and app.seed.value == used and app.preset.value == "balanced sampling"
+    assert app.settings().seed is None  # not fixed: the next run draws its own
+    app.fixed_seed.value = True
+    app.generate()
+    assert app.runs[-1].result.settings.seed == used and app.runs[-1].text == app.runs[-2].text
+
+
+def test_restore_puts_a_run_back_and_it_repeats(app):
+    app.prompt.value, app.preset.value, app.max_new_tokens.value = "Once upon a time", "creative", 6
+    app.generate()
+    first = app.runs[-1]
+    app.prompt.value, app.preset.value, app.max_new_tokens.value = "Something else", "the tutorial's greedy", 4
+    app.generate()
+    assert app.restore(0) and app.prompt.value == "Once upon a time" and app.max_new_tokens.value == 6
+    assert app.temperature.value == PRESETS["creative"].temperature and app.fixed_seed.value
+    assert app.seed.value == first.result.settings.seed and "Restored run" in app.message.value
+    app.generate()
+    assert app.runs[-1].text == first.text  # the same seed and settings: the same text
+    assert "<table" in app.history_view.value and "seed=" in app.history_view.value  # settings in the table
+
+
+def test_settings_files_round_trip_and_a_bad_one_is_named(app):
+    app.preset.value = "contrastive"
+    app.max_new_tokens.value, app.stop_strings.value = 17, "\\n|END"
+    saved = app.controls.settings_json()
+    assert "base64," in app.controls.save_link.value
+    expected = app.settings()
+    app.preset.value = "creative"
+    assert app.controls.load_settings_json(saved) and app.settings() == expected
+    assert not app.controls.load_settings_json('{"kind": "opt-playground-settings", "settings": {"top_q": 1}}')
+    assert "top_q" in app.message.value and app.settings() == expected
+    assert not app.controls.load_settings_json("not json")
+
+
+def test_continue_makes_the_text_the_prompt_and_goes_on(app):
+    app.preset.value, app.max_new_tokens.value = "the tutorial's greedy", 4
+    app.generate()
+    first = app.runs[-1]
+    app.continue_button.click()
+    assert app.prompt.value == first.prompt + first.text and app.runs[-1].prompt == app.prompt.value
+    assert len(app.runs) == 2 and app.runs[-1].result.token_ids
+
+
+def test_the_prompt_token_count_follows_the_typing(app):
+    app.prompt.value = "Hello"
+    n = len(app.loaded.tokenizer("Hello").input_ids)
+    assert f"prompt: {n} tokens" in app.prompt_count.value and "2048-token context" in app.prompt_count.value
+    app.prompt.value = "Hello world, again and again"
+    assert f"prompt: {n} tokens" not in app.prompt_count.value
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_json_stays_exact(app):
+    attacks = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
+    for text in attacks:
+        app.max_new_tokens.value = 2
+        app.generate(text)
+    rows = list(csv.DictReader(io.StringIO(app.export_history("csv"))))
+    assert [r["prompt"] for r in rows[-len(attacks):]] == ["'" + a for a in attacks]
+    assert all(not r[k].startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for k in r)
+    assert [h["prompt"] for h in json.loads(app.export_history("json"))[-len(attacks):]] == attacks
+    assert "download=\"opt-history.csv\"" in app.export_link.value  # one click: the links are always current
+
+
+def test_a_typed_folder_joins_the_picker_and_loads(folders, tmp_path):
+    pg = Playground(model=folders["pre"], device="cpu")
+    pg.models.path.value = folders["post"]
+    assert pg.loaded_name == pg.model_picker.value == folders["post"]
+    pg.compare_picker.value = (folders["post"], folders["pre"])  # a checkbox for it in Side by side too
+    assert pg.compare_picker.value == (folders["post"], folders["pre"])
+    pg.loaded.unload()
+
+
+def test_random_weights_build_here_and_generate(monkeypatch, tmp_path):
+    from helpers.playground.random_model import RANDOM, RANDOM_LABEL
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    pg = Playground(model="opt-125m", device="cpu", load=False)
+    assert (RANDOM_LABEL, RANDOM) in pg.model_picker.options
+    pg.model_picker.value = RANDOM
+    assert pg.loaded is not None and RANDOM_LABEL in pg.model_status.value
+    pg.max_new_tokens.value = 4
+    pg.generate()
+    assert pg.runs[-1].result.token_ids and (tmp_path / "opt-notebooks" / "random-weights-opt" / "config.json").is_file()
+    pg.loaded.unload()
+
+
+@pytest.mark.parametrize("prompt", ["", "  \n\t"])
+def test_the_command_line_refuses_an_empty_prompt_as_the_playground_does(app, folders, capsys, prompt):
+    from helpers.cli.main import main
+
+    code = main(["generate", "--model", folders["pre"], "--max-new-tokens", "3", "--", prompt])
+    assert code == 2 and "The prompt is empty" in capsys.readouterr().err
+    app.prompt.value = prompt
+    assert app.generate() is False and "The prompt is empty" in app.message.value and not app.runs

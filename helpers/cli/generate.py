@@ -105,6 +105,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     prompt, note = read_prompt(args.prompt, args.encoding, args.truncate)
     if note:
         print(f"note: {note}", file=sys.stderr, flush=True)
+    if not prompt.strip():  # as the playground: an empty prompt is refused, not run from the start token alone
+        raise UsageError("The prompt is empty: give some text for the model to continue.")
     quiet_libraries()
     from ..generation.run import generate
     from ..generation.streaming import stream

@@ -163,10 +163,22 @@ def history_json(history: list[dict]) -> str:
     return json.dumps(history, indent=2, ensure_ascii=False)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula (OWASP, CSV injection)
+
+
+def spreadsheet_safe(value):
+    """A CSV cell a spreadsheet shows as text: one starting like a formula gets a leading quote (OWASP's rule);
+    numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def history_csv(history: list[dict]) -> str:
+    """The history as CSV, every text cell safe to open in a spreadsheet (the JSON export stays exact)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS)
     writer.writeheader()
     for row in history:
-        writer.writerow({**row, "settings": json.dumps(row["settings"])})
+        writer.writerow({k: spreadsheet_safe(v) for k, v in {**row, "settings": json.dumps(row["settings"])}.items()})
     return buffer.getvalue()
