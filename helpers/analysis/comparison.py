@@ -99,8 +99,8 @@ def fitting(models: list[str], exclude: tuple[str, ...] = ("disk-offload",)) -> 
             left_out[name] = str(exc)
             continue
         best = next((o for o in plan(size, budget) if o.usable), None)
-        if best is None or best.method in exclude:
-            left_out[name] = "nothing fits this machine" if best is None else f"only with {best.method} here (too slow)"
+        if best is None or best.plan in exclude:
+            left_out[name] = "nothing fits this machine" if best is None else f"only with {best.plan} here (too slow)"
         else:
             keep.append(name)
     return keep, left_out

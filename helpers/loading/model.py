@@ -50,7 +50,7 @@ class ModelInfo:
     offload_folder: str | None = None  # a temporary disk-offload folder, removed by unload()
 
     def summary(self) -> str:
-        plan = f" (plan {self.plan.method})" if self.plan is not None and self.plan.method != "fp32-cpu" else ""
+        plan = f" (plan {self.plan.plan})" if self.plan is not None and self.plan.plan != "fp32-cpu" else ""
         return (
             f"{self.size.name} from {self.source}: {self.parameters / 1e6:.1f}M parameters, {self.dtype} on "
             f"{self.device}{plan}, weights {human_bytes(self.weight_bytes)}, loaded in {self.load_seconds:.1f} s"

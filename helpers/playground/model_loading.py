@@ -39,7 +39,7 @@ class ModelLoading:
         self.picker.add_class("opt-model")
         explain(self.picker, "The model that writes. Sizes marked \u26a0 do not fit this machine; the label says how "
                              "a size would load here. Switching unloads the previous model.")
-        self.path = W.Text(placeholder="or type a folder or hub id, then Enter", continuous_update=False,
+        self.path = W.Text(placeholder="or type a folder, hub id or server URL, then Enter", continuous_update=False,
                            layout=W.Layout(width="auto", flex="1 1 220px", min_width="0", max_width="420px"))
         self.path.add_class("opt-model-path")
         explain(self.path, "A model folder on this machine (./my-opt), or a hub id (facebook/opt-1.3b) or its "

@@ -17,8 +17,9 @@ from ..generation.settings import GenerationSettings
 from ..loading.devices import resolve_device
 from ..loading.sources import size_of
 from ..memory.dtypes import dtype_name, resolve_dtype
-from ..memory.planner import Budget, plain_method, plan
+from ..memory.planner import Budget, plain_plan, plan
 from ..opt.sizes import SIZES
+from ..serving.urls import is_server_url
 from ..units import human_bytes
 
 
@@ -108,12 +109,12 @@ def model_choices(extra: list[str], env: environment.Environment | None = None) 
             out.append(Model(size.name, f"{size.name} \u26a0 too big here (needs {human_bytes(needs)})", False,
                              smallest.needs_bytes))
             continue
-        if best.method == "disk-offload":
+        if best.plan == "disk-offload":
             out.append(Model(size.name, f"{size.name} \u26a0 only from disk here ({best.speed_class})", False,
                              best.needs_bytes))
             continue
-        plain = best.method in ("fp16", "fp32-cpu")
-        label = size.name if plain else f"{size.name} \u00b7 {best.method} ({best.speed_class})"
+        plain = best.plan in ("fp16", "fp32-cpu")
+        label = size.name if plain else f"{size.name} \u00b7 {best.plan} ({best.speed_class})"
         out.append(Model(size.name, label, True, best.needs_bytes))
     out += [Model(name, name, None) for name in extra]
     return out
@@ -121,6 +122,8 @@ def model_choices(extra: list[str], env: environment.Environment | None = None) 
 
 def needs_bytes(choices: list[Model], name: str, device: str, dtype: str) -> int:
     """What `name` takes loaded on `device` in `dtype` as the playground loads it: the planner's figure."""
+    if is_server_url(name):
+        return 0  # a served model takes no memory here
     choice = next((c for c in choices if c.name == name), None)
     if choice is not None and choice.needs_bytes is not None:
         return choice.needs_bytes
@@ -129,9 +132,9 @@ def needs_bytes(choices: list[Model], name: str, device: str, dtype: str) -> int
     except HelpersError:
         return 0  # loading it will say what is wrong
     device = resolve_device(device)
-    method = plain_method(device, dtype_name(resolve_dtype(dtype, device)))
+    method = plain_plan(device, dtype_name(resolve_dtype(dtype, device)))
     options = plan(size, Budget.of_machine())
-    named = next((o for o in options if o.method == method), None)
+    named = next((o for o in options if o.plan == method), None)
     return (named or next((o for o in options if o.usable), options[0])).needs_bytes
 
 
