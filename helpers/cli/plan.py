@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..errors import HelpersError
 from ..files import write_atomically
@@ -82,7 +83,13 @@ def _run_plan(args: argparse.Namespace) -> int:
         print(text_table([o.row() for o in options]))
         if usable:
             best = usable[0]
-            print(f"\nBest: {best.plan} ({best.description}). In Python: load_model({args.model!r}, plan={best.plan!r})")
+            source = args.model if size.on_hub or Path(args.model).is_dir() else f"./{size.name}"  # Meta's files, converted
+            print(f"\nBest: {best.plan} ({best.description}). In Python: load_model({source!r}, plan={best.plan!r})")
+            if not size.on_hub and not Path(args.model).is_dir():
+                print(f"{size.name} is not on the Hub: convert Meta's files first (docs/opt-175b.md).")
+            if best.plan.endswith("multi-gpu") or not size.on_hub:  # accelerate's split keeps one GPU busy at a time
+                print(f"To use every GPU at once (tensor parallel), or several nodes: `python -m helpers serve {source} "
+                      "--gpus N [--nodes M] --dry-run` plans vLLM's layout (docs/serving.md).")
             for o in options:
                 if o.fits and not o.available:
                     print(f"({o.plan} would fit but {o.unavailable_reason}.)")
