@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from transformers import OPTForCausalLM
 
 from ...errors import SettingsError
@@ -44,7 +46,7 @@ def _always(model: OPTForCausalLM, batch: int) -> bool:
 
 
 # In the order `method="auto"` tries them: the first that runs the settings' mode on this model and batch,
-# and whose `chosen_by_auto` holds, is used (the README's Speed section says why each wins where it does).
+# and whose `chosen_by_auto` holds, is used (the speed page of the docs says why each wins where it does).
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     Backend("cpu-fast", "the lean CPU engine, numpy's BLAS on every core", frozenset({"greedy", "sample"}),
             engine_steps, carries_logprobs=True, cannot_run=_engine_cannot_run, chosen_by_auto=_on_the_cpu),
@@ -57,7 +59,7 @@ BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     Backend("tutorial", "the 2022 tutorial's loop: the whole sequence re-run each step", frozenset({"greedy"}),
             tutorial_steps),
 )}
-ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first, still accepted
+ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first: still accepted, with a DeprecationWarning
 
 
 def method_names() -> tuple[str, ...]:
@@ -68,6 +70,8 @@ def method_names() -> tuple[str, ...]:
 def check_method(method: str) -> str:
     """The backend name `method` stands for ('auto' stays 'auto'); an unknown name is a SettingsError."""
     name = ALIASES.get(method, method)
+    if name != method:
+        warnings.warn(f"method '{method}' is deprecated: it is called '{name}' now.", DeprecationWarning, stacklevel=2)
     if name not in method_names():
         raise SettingsError(f"Unknown method '{method}'. Use one of: {', '.join(method_names())}.")
     return name
