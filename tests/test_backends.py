@@ -10,8 +10,7 @@ from transformers import OPTForCausalLM
 
 from helpers.errors import SettingsError
 from helpers.generation.backends import registry
-from helpers.generation.backends.base import Backend, DecodeJob
-from helpers.generation.control import RunControl
+from helpers.generation.backends.base import Backend, DecodeJob, RunControl
 from helpers.generation.results import TokenInfo
 from helpers.generation.run import generate
 from helpers.generation.settings import GenerationSettings

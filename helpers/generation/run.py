@@ -11,9 +11,8 @@ from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 from ..errors import ModelUnloadedError
 from ..opt.model_state import check_loaded, is_unloaded
 from ..opt.tokenizer import Prompt, is_token_ids
-from .backends.base import Backend, DecodeJob, Step
+from .backends.base import Backend, DecodeJob, RunControl, Step
 from .backends.registry import check_method, choose_backend
-from .control import RunControl
 from .request import check_working_memory, encode_prompts, room_for_new_tokens, settings_with
 from .results import GenerationResult, Timings, TokenInfo
 from .scoring import scored_tokens

@@ -8,7 +8,7 @@ from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ..errors import PromptError
 from ..opt.tokenizer import Prompt, is_token_ids
-from .control import RunControl
+from .backends.base import RunControl
 from .request import settings_with
 from .results import GenerationResult, TokenInfo
 from .run import GenerationRun, prepare

@@ -12,8 +12,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ...opt.model_state import model_device
-from ..control import RunControl
-from .base import DecodeJob, Step
+from .base import DecodeJob, RunControl, Step
 
 # model.generate samples from torch's one process-wide generator (seeded per run), so sampling runs through
 # it take turns: a seeded result must not depend on what else is running. The cached loop and the CPU

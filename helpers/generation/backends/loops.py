@@ -25,6 +25,7 @@ from transformers import (
 
 from ...opt.model_state import model_device
 from ...opt.sizes import EOS_TOKEN_ID, PAD_TOKEN_ID
+from ..results import TokenInfo
 from ..settings import GenerationSettings
 from .base import DecodeJob, Step
 from .cpu_engine import engine_for, one_torch_thread
@@ -97,15 +98,17 @@ def step_of(job: DecodeJob, tokens: torch.Tensor, logits: torch.Tensor, done: to
         if job.top_logprobs:
             values, indices = logprobs.topk(job.top_logprobs, dim=-1)
             top = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
-    return [None if o else job.token(i, lp, t) for i, o, lp, t in zip(ids, over, chosen, top)]
+    decoded = TokenInfo.decoded
+    return [None if o else decoded(job.tokenizer, i, lp, t) for i, o, lp, t in zip(ids, over, chosen, top)]
 
 
 def rows_over(done: torch.Tensor, tokens: torch.Tensor, job: DecodeJob) -> torch.Tensor:
     """Rows that need no further token: they were over, they just produced EOS, or the caller says so
     (a stop string in their text)."""
     done = done | (tokens == EOS_TOKEN_ID)
-    for row in job.control.finished_rows:
-        done[row] = True
+    if job.settings.stop:  # only stop strings finish single rows early (Stop ends them all)
+        for row in job.control.finished_rows:
+            done[row] = True
     return done
 
 
