@@ -10,7 +10,8 @@ from transformers import OPTForCausalLM
 
 from helpers.errors import SettingsError
 from helpers.generation.backends import registry
-from helpers.generation.backends.base import Backend, DecodeJob, DecodeStep
+from helpers.generation.backends.base import Backend, DecodeJob, RunControl
+from helpers.generation.results import TokenInfo
 from helpers.generation.run import generate
 from helpers.generation.settings import GenerationSettings
 from helpers.generation.streaming import stream
@@ -53,21 +54,23 @@ def test_auto_finds_a_backend_for_every_mode_device_and_batch(tiny, monkeypatch,
 
 
 @pytest.mark.parametrize("name", list(registry.BACKENDS))
-def test_a_backend_yields_decode_steps_with_the_greedy_tokens_of_model_generate(tiny, tokenizer, name):
+def test_a_backend_yields_steps_with_the_greedy_tokens_of_model_generate(tiny, tokenizer, name):
     backend = registry.BACKENDS[name]
     ids = encode_prompt(tokenizer, PROMPT)
     job = DecodeJob(tiny, tokenizer, [ids], GenerationSettings.greedy(max_new_tokens=8), 8, logprobs=True,
                     top_logprobs=2)
     steps = list(backend.steps(job))
-    assert steps and all(isinstance(s, DecodeStep) and len(s.tokens) == 1 for s in steps)
+    assert steps and all(len(s) == 1 and isinstance(s[0], TokenInfo) for s in steps)  # one row: one token a step
     expected = tiny.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):]
-    assert [s.tokens[0] for s in steps] == expected.tolist()
+    assert [s[0].id for s in steps] == expected.tolist()
+    assert [s[0].text for s in steps] == [tokenizer.decode([t]) for t in expected.tolist()]
     if backend.carries_logprobs:  # what it declares: every step holds the model's log-probabilities
         scored = forward_logprobs(tiny, ids, expected.tolist())
-        assert [s.logprobs[0] for s in steps] == pytest.approx(scored, abs=1e-4)
-        assert all(len(s.top[0]) == 2 and s.top[0][0][1] >= s.top[0][1][1] for s in steps)
+        assert [s[0].logprob for s in steps] == pytest.approx(scored, abs=1e-4)
+        assert all(len(s[0].top) == 2 and s[0].top[0][2] >= s[0].top[1][2] for s in steps)
+        assert all(s[0].top[0][1] == tokenizer.decode([s[0].top[0][0]]) for s in steps)
     else:
-        assert all(s.logprobs is None for s in steps)
+        assert all(s[0].logprob is None and s[0].top == [] for s in steps)
 
 
 @pytest.mark.parametrize("name", list(registry.BACKENDS))
@@ -102,14 +105,15 @@ def test_a_refusal_offers_only_methods_that_run_this_model_and_batch(tiny, token
 
 def test_the_tutorial_loop_starts_no_further_prompt_after_stop(tiny, tokenizer):
     prompts = [encode_prompt(tokenizer, p) for p in (PROMPT, "Hello")]
-    job = DecodeJob(tiny, tokenizer, prompts, SETTINGS["greedy"], 8, False, 0, finished=lambda: None)
+    control = RunControl()
+    job = DecodeJob(tiny, tokenizer, prompts, SETTINGS["greedy"], 8, False, 0, control)
     calls = []
     handle = tiny.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
         steps = registry.BACKENDS["tutorial"].steps(job)
         first = next(steps)
-        job.stop_event.set()
-        assert first.tokens[1] is None and list(steps) == [] and len(calls) == 1
+        control.stop()
+        assert first[1] is None and list(steps) == [] and len(calls) == 1
     finally:
         handle.remove()
 
@@ -154,10 +158,13 @@ def test_auto_picks_what_the_rule_says(tiny, tokenizer, monkeypatch, device, mod
         assert [r.method for r in results] == [expected] * batch
 
 
-def test_the_old_name_seed_is_the_tutorial_loop(tiny, tokenizer):
-    assert registry.check_method("seed") == "tutorial"
-    assert registry.choose_backend("seed", tiny, SETTINGS["greedy"], 1).name == "tutorial"
-    assert generate(tiny, tokenizer, PROMPT, SETTINGS["greedy"], method="seed").method == "tutorial"
+def test_the_old_name_seed_is_the_tutorial_loop_with_a_deprecation_warning(tiny, tokenizer):
+    with pytest.warns(DeprecationWarning, match="'seed' is deprecated.*'tutorial'"):
+        assert registry.check_method("seed") == "tutorial"
+    with pytest.warns(DeprecationWarning):
+        assert registry.choose_backend("seed", tiny, SETTINGS["greedy"], 1).name == "tutorial"
+    with pytest.warns(DeprecationWarning):
+        assert generate(tiny, tokenizer, PROMPT, SETTINGS["greedy"], method="seed").method == "tutorial"
 
 
 @pytest.mark.parametrize("name", list(registry.BACKENDS))
@@ -181,7 +188,7 @@ def test_one_registry_entry_is_all_a_new_backend_needs(tiny, tokenizer, monkeypa
             calls.append(tokens)
             for row, token in zip(ids, tokens):
                 row.append(token)
-            yield DecodeStep(tokens)
+            yield [job.token(token) for token in tokens]
 
     toy = Backend("toy", "a test's backend", frozenset({"greedy"}), eos_first)
     monkeypatch.setitem(registry.BACKENDS, "toy", toy)
@@ -208,3 +215,43 @@ def test_the_methods_table_in_the_docs_is_the_registry():
     assert rows == [[f"`{b.name}`", b.summary, ", ".join(m for m in registry.MODE_NAMES if m in b.modes),
                      "from its steps" if b.carries_logprobs else "scored afterwards",
                      "yes" if b.chosen_by_auto else "no"] for b in registry.BACKENDS.values()]
+
+
+def test_stopping_a_beam_search_keeps_the_best_beam_at_that_step(tiny, tokenizer):
+    """A Stop during an 8-beam search kept 1 token (the run replayed the final beam a token at a time and
+    broke off after the first). Stopped after k steps, the result is what transformers' beam search holds at
+    step k: `model.generate` limited to k new tokens."""
+    k, calls = 6, []
+
+    def step():  # a Stop click handled between two beam steps
+        calls.append(1)
+        if len(calls) == k:
+            s.stop()
+
+    settings = GenerationSettings.greedy(max_new_tokens=40, min_new_tokens=40, num_beams=8)
+    s = stream(tiny, tokenizer, PROMPT, settings, top_logprobs=2, on_step=step)
+    s.text()
+    ids = torch.tensor([encode_prompt(tokenizer, PROMPT)])
+    held = tiny.generate(ids, max_new_tokens=k, min_new_tokens=k, num_beams=8, do_sample=False)[0, ids.shape[1]:]
+    assert s.result.finish_reason == "stopped" and s.result.token_ids == held.tolist()
+    assert [t.id for t in s.result.tokens] == held.tolist() and s.result.text == tokenizer.decode(held)
+
+
+@pytest.mark.parametrize("name", ["cpu-fast", "cached", "hf", "tutorial"])
+def test_a_backend_ends_within_one_step_of_a_stop_and_skips_rows_marked_done(tiny, tokenizer, name):
+    ids = encode_prompt(tokenizer, PROMPT)
+    settings = GenerationSettings.greedy(max_new_tokens=50, min_new_tokens=50)
+    control = RunControl()
+    steps = registry.BACKENDS[name].steps(DecodeJob(tiny, tokenizer, [ids], settings, 50, control=control))
+    first = [next(steps) for _ in range(3)]
+    control.stop()
+    assert len(first) == 3 and len(list(steps)) <= 1
+    if name in ("cached", "tutorial"):  # the loops that step a batch row by row: a row marked done gets no token
+        control = RunControl()
+        with_stop = settings.replace(stop=("no such text in the output",))  # what lets a row finish before the rest
+        job = DecodeJob(tiny, tokenizer, [ids, encode_prompt(tokenizer, "Hello")], with_stop, 50, control=control)
+        steps = registry.BACKENDS[name].steps(job)
+        next(steps)
+        control.finish_row(0)
+        rest = list(steps)
+        assert rest and all(step[0] is None for step in rest) and any(step[1] is not None for step in rest)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from helpers.errors import PromptError, SettingsError
 from helpers.generation.backends.loops import cached_greedy
 from helpers.generation.backends.tutorial import tutorial_greedy
+from helpers.generation.results import GenerationResult, TokenInfo, mean_logprob
 from helpers.generation.run import generate
 from helpers.generation.settings import GenerationSettings
 from helpers.generation.streaming import stream
@@ -27,15 +28,23 @@ def hf_greedy(model, ids, n):
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_all_greedy_implementations_give_identical_tokens(tiny, tokenizer, prompt):
-    ids = encode_prompt(tokenizer, prompt)
-    reference = tutorial_greedy(tiny, ids, 24)
+    reference = hf_greedy(tiny, encode_prompt(tokenizer, prompt), 24)  # model.generate, not stopping at EOS
     assert len(reference) == 24
-    assert cached_greedy(tiny, ids, 24) == reference
-    assert hf_greedy(tiny, ids, 24) == reference
-    for method in ("auto", "cached", "hf", "tutorial", "seed"):
+    for method in ("auto", "cached", "cpu-fast", "hf", "static", "tutorial"):
         result = generate(tiny, tokenizer, prompt, GREEDY, method=method)
         assert result.token_ids == reference[: len(result.token_ids)], method
         assert result.finish_reason == ("length" if len(result.token_ids) == 24 else "eos")
+
+
+def test_the_old_loop_functions_still_work_and_say_what_replaces_them(tiny, tokenizer):
+    ids = encode_prompt(tokenizer, PROMPTS[0])
+    reference = hf_greedy(tiny, ids, 24)
+    with pytest.warns(DeprecationWarning, match="method='tutorial'"):
+        assert tutorial_greedy(tiny, ids, 24) == reference
+    with pytest.warns(DeprecationWarning, match="method='cached'"):
+        assert cached_greedy(tiny, ids, 24) == reference
+    with pytest.warns(DeprecationWarning, match="'seed' is deprecated"):
+        assert generate(tiny, tokenizer, PROMPTS[0], GREEDY, method="seed").token_ids == reference
 
 
 def test_batch_with_left_padding_matches_single_prompts_and_model_generate(tiny, tokenizer):
@@ -181,10 +190,13 @@ def test_prompt_longer_than_the_context_is_a_clear_error_or_announced_truncation
     with pytest.raises(PromptError, match="2048 positions.*truncate"):
         generate(tiny, tokenizer, long_prompt, GREEDY)
     with pytest.warns(UserWarning, match="dropped"):
-        result = generate(tiny, tokenizer, long_prompt, GenerationSettings.greedy(max_new_tokens=4), truncate=True)
-    assert result.prompt_token_ids[0] == 2 and len(result.prompt_token_ids) == 2047
-    assert any("dropped" in note for note in result.notes) and len(result.token_ids) == 1
-    assert result.finish_reason == "context"
+        result = generate(tiny, tokenizer, long_prompt, GenerationSettings.greedy(max_new_tokens=4, min_new_tokens=4),
+                          truncate=True)
+    # the cut keeps the prompt's end and leaves room for every new token asked for (not just one)
+    assert result.prompt_token_ids[0] == 2 and len(result.prompt_token_ids) == 2048 - 4
+    assert result.prompt_token_ids[1:] == encode_prompt(tokenizer, long_prompt)[-(2048 - 4 - 1):]
+    assert any("dropped" in note for note in result.notes) and len(result.token_ids) == 4
+    assert result.finish_reason == "length"
 
 
 def test_near_the_context_end_generation_stops_there_and_says_so(tiny, tokenizer):
@@ -210,7 +222,7 @@ def test_bad_prompts(tiny, tokenizer, bad, match):
 
 def test_impossible_requests_are_settings_errors(tiny, tokenizer):
     with pytest.raises(SettingsError, match="greedy"):
-        generate(tiny, tokenizer, "Hi", GenerationSettings(), method="seed")
+        generate(tiny, tokenizer, "Hi", GenerationSettings(), method="tutorial")
     with pytest.raises(SettingsError, match="Unknown method"):
         generate(tiny, tokenizer, "Hi", method="fast")
     with pytest.raises(SettingsError, match="Unknown setting"):
@@ -234,3 +246,14 @@ def test_stop_also_ends_beam_search(tiny, tokenizer):
     s = stream(tiny, tokenizer, "Hello", GenerationSettings.greedy(max_new_tokens=300, num_beams=2))
     s.stop()  # pressed before the first step: model.generate must end at once
     assert "".join(s) == s.result.text and len(s.result.token_ids) <= 1 and s.result.finish_reason == "stopped"
+
+
+def test_mean_log_probability_has_one_meaning(tiny, tokenizer):
+    """None where no token carries a log-probability (not asked for); otherwise the mean over those that do."""
+    plain = generate(tiny, tokenizer, "Hello", GenerationSettings.greedy(max_new_tokens=6))
+    assert plain.tokens is None and plain.mean_logprob is None
+    scored = generate(tiny, tokenizer, "Hello", GenerationSettings.greedy(max_new_tokens=6), logprobs=True)
+    logprobs = [t.logprob for t in scored.tokens]
+    assert scored.mean_logprob == pytest.approx(sum(logprobs) / len(logprobs)) and scored.mean_logprob < 0
+    assert mean_logprob([TokenInfo(1, "a", -1.0), TokenInfo(2, "b"), TokenInfo(3, "c", -2.0)]) == -1.5
+    assert mean_logprob([]) is None and isinstance(GenerationResult.mean_logprob, property)

@@ -59,7 +59,8 @@ def test_stop_accepts_a_string_or_a_list():
 def test_presets_are_valid_and_cover_the_modes():
     assert {p.mode for p in PRESETS.values()} == {"greedy", "sample", "contrastive"}
     assert PRESETS["the tutorial's greedy"].max_new_tokens == 30
-    assert PRESETS["the seed's greedy"] is PRESETS["the tutorial's greedy"]  # its first label still works
+    with pytest.warns(DeprecationWarning, match="the tutorial's greedy"):
+        assert PRESETS["the seed's greedy"] is PRESETS["the tutorial's greedy"]  # its first label still works
     assert "the seed's greedy" not in list(PRESETS)  # but is not offered twice
 
 
@@ -71,6 +72,8 @@ def test_generation_config_carries_the_settings():
     assert not greedy.do_sample and greedy.temperature is None
 
 
-def test_effective_drops_what_does_not_act():
-    assert "temperature" not in GenerationSettings.greedy().effective()
-    assert GenerationSettings().effective()["mode"] == "sample"
+def test_effective_is_deprecated_and_still_drops_what_does_not_act():
+    with pytest.warns(DeprecationWarning, match="effective"):
+        assert "temperature" not in GenerationSettings.greedy().effective()
+    with pytest.warns(DeprecationWarning):
+        assert GenerationSettings().effective()["mode"] == "sample"

@@ -12,7 +12,8 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ..errors import HelpersError
-from ..generation.backends.loops import decode
+from ..generation.backends.base import DecodeJob
+from ..generation.backends.loops import cached_steps
 from ..generation.run import generate
 from ..generation.settings import PRESETS, GenerationSettings
 from ..loading.devices import resolve_device
@@ -173,15 +174,11 @@ def without_final_layer_norm(model: OPTForCausalLM) -> Iterator[OPTForCausalLM]:
         decoder.final_layer_norm = kept
 
 
-def _continue(model: OPTForCausalLM, ids: list[int], settings: GenerationSettings) -> list[int]:
+def _continue(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, ids: list[int],
+              settings: GenerationSettings) -> list[int]:
     """New tokens after exactly `ids` (no start token added: the tutorial's tokenizer added none)."""
-    device = model_device(model)
-    tensor = torch.tensor([ids], device=device)
-    generator = torch.Generator(device=device).manual_seed(settings.seed or 0)
-    out = []
-    for step in decode(model, tensor, torch.ones_like(tensor), settings, generator=generator):
-        out.append(int(step.tokens[0]))
-    return out
+    job = DecodeJob(model, tokenizer, [ids], settings.replace(seed=settings.seed or 0), settings.max_new_tokens)
+    return [step[0].id for step in cached_steps(job)]
 
 
 def tutorial_conditions(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str] = TUTORIAL_PROMPTS,
@@ -203,7 +200,7 @@ def tutorial_conditions(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBas
                     for prompt in prompts:
                         ids = encode_prompt(tokenizer, prompt)
                         start = time.perf_counter()
-                        new = _continue(model, ids if bos else ids[1:], settings)
+                        new = _continue(model, tokenizer, ids if bos else ids[1:], settings)
                         measures = repetition(new)
                         rows.append({
                             "decoding": label, "start token": "</s>" if bos else "none",

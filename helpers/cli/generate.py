@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
 from ..memory.dtype_names import DTYPE_CHOICES
@@ -108,6 +109,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     if not prompt.strip():  # as the playground: an empty prompt is refused, not run from the start token alone
         raise UsageError("The prompt is empty: give some text for the model to continue.")
     quiet_libraries()
+    warnings.filterwarnings("ignore", message="The prompt was ", category=UserWarning)  # printed once as a note
     from ..generation.run import generate
     from ..generation.streaming import stream
     from ..loading.devices import resolve_device

@@ -102,7 +102,7 @@ def complete(
     for p_index, text in enumerate(prompts):
         group = candidates[p_index * best_of:(p_index + 1) * best_of]
         if best_of > n:  # keep the n most likely per token
-            group = sorted(group, key=lambda r: _mean_logprob(r), reverse=True)[:n]
+            group = sorted(group, key=_mean_logprob, reverse=True)[:n]
         prompt_ids = group[0].prompt_token_ids
         usage_prompt += len(prompt_ids) - 1  # BOS is OPT's, not the user's
         for result in group:
@@ -150,8 +150,9 @@ def _kind(value) -> str:
 
 
 def _mean_logprob(result: GenerationResult) -> float:
-    values = [t.logprob for t in (result.tokens or []) if t.logprob is not None]
-    return sum(values) / len(values) if values else -math.inf
+    """The result's mean log-probability as a sort key: a result without any sorts last."""
+    mean = result.mean_logprob
+    return -math.inf if mean is None else mean
 
 
 def _choice(model, tokenizer, prompt: str, prompt_ids: list[int], result: GenerationResult, echo: bool,

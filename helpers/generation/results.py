@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
 
 from .settings import GenerationSettings
 
 
 @dataclass
 class TokenInfo:
-    """One generated token, with the model's log-probability of it and its most likely alternatives."""
+    """One generated token, with the model's log-probability of it and its most likely alternatives: what a
+    decoding backend yields for each row at each step, and what a result's `tokens` list holds."""
 
     id: int
     text: str
-    logprob: float | None = None
+    logprob: float | None = None  # None: not computed (not asked for, or the backend scores afterwards)
     top: list[tuple[int, str, float]] = field(default_factory=list)  # (id, text, logprob), most likely first
+
+    @classmethod
+    def decoded(cls, tokenizer: PreTrainedTokenizerBase, token_id: int, logprob: float | None = None,
+                top: Iterable[tuple[int, float]] = ()) -> TokenInfo:
+        """The token and its alternatives ((id, logprob) pairs) with their text."""
+        return cls(token_id, tokenizer.decode([token_id]), logprob, [(i, tokenizer.decode([i]), lp) for i, lp in top])
+
+
+def mean_logprob(tokens: Sequence[TokenInfo]) -> float | None:
+    """The mean log-probability per token of those that carry one; None where none does."""
+    values = [t.logprob for t in tokens if t.logprob is not None]
+    return sum(values) / len(values) if values else None
 
 
 @dataclass
@@ -68,6 +84,11 @@ class GenerationResult:
     @property
     def full_text(self) -> str:
         return self.prompt + self.text
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """The mean log-probability per new token; None without log-probabilities (logprobs=False)."""
+        return mean_logprob(self.tokens or [])
 
     def summary(self, separator: str = ", ") -> str:
         """The one status line of a finished run: tokens, time, speed, first token, mode, seed, finish."""

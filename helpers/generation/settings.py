@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from transformers import GenerationConfig
@@ -156,7 +157,9 @@ class GenerationSettings:
         return data
 
     def effective(self) -> dict:
-        """Only the fields that act in this mode (sampling knobs are dropped for greedy, and so on)."""
+        """Deprecated (nothing uses it): only the fields that act in this mode."""
+        warnings.warn("GenerationSettings.effective() is deprecated: use as_dict() and mode.", DeprecationWarning,
+                      stacklevel=2)
         data = self.as_dict()
         if self.mode in ("greedy", "beam", "contrastive"):
             for name in ("temperature", "top_p", "typical_p", "seed"):
@@ -192,12 +195,14 @@ class GenerationSettings:
 
 
 class _Presets(dict):
-    """The presets by label; the tutorial's greedy still answers to its first label, "the seed's greedy"."""
+    """The presets by label; the tutorial's greedy still answers to its first label (with a DeprecationWarning)."""
 
     _FORMER = {"the seed's greedy": "the tutorial's greedy"}
 
     def __missing__(self, label: str) -> GenerationSettings:
         if label in self._FORMER:
+            warnings.warn(f"The preset {label!r} is called {self._FORMER[label]!r} now.", DeprecationWarning,
+                          stacklevel=2)
             return self[self._FORMER[label]]
         raise KeyError(label)
 

@@ -8,9 +8,10 @@ from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ..errors import PromptError
 from ..opt.tokenizer import Prompt, is_token_ids
+from .backends.base import RunControl
 from .request import settings_with
 from .results import GenerationResult, TokenInfo
-from .run import GenerationRun
+from .run import GenerationRun, prepare
 from .settings import GenerationSettings
 
 
@@ -35,12 +36,12 @@ class TextStream:
                 yield piece
         finally:
             if not self._run.completed:  # the consumer left early: that is a stop
-                self._run.stop_event.set()
+                self._run.control.stop()
             self._pieces.close()
             self.result = self._run.results()[0]
 
     def stop(self) -> None:
-        self._run.stop_event.set()
+        self._run.control.stop()
 
     @property
     def tokens(self) -> list[TokenInfo]:
@@ -81,6 +82,7 @@ def stream(
     consuming thread after every decoding step (beam search's too), whether or not text came of it."""
     if not (isinstance(prompt, str) or is_token_ids(prompt)):
         raise PromptError("stream() takes one prompt (a string or a list of token ids); use generate() for a batch.")
-    run = GenerationRun(model, tokenizer, [prompt], settings_with(settings, changes), logprobs, top_logprobs, truncate,
-                        method, on_step=on_step)
-    return TextStream(run)
+    job, backend = prepare(model, tokenizer, [prompt], settings_with(settings, changes), logprobs=logprobs,
+                           top_logprobs=top_logprobs, truncate=truncate, method=method,
+                           control=RunControl(on_step))
+    return TextStream(GenerationRun(job, backend, [prompt]))

@@ -12,21 +12,21 @@ class RowText:
     """The text of one sequence as tokens arrive: decoded incrementally, cut at a stop string, and
     holding back what may still turn into one (or an incomplete UTF-8 character)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...]):
-        self.tokenizer, self.stop = tokenizer, stop
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: tuple[str, ...], keep_tokens: bool = True):
+        self.tokenizer, self.stop, self.keep_tokens = tokenizer, stop, keep_tokens
         self.ids: list[int] = []
-        self.tokens: list[TokenInfo] = []
+        self.tokens: list[TokenInfo] = []  # with keep_tokens: each token as it came, log-probabilities and all
         self.text, self.emitted = "", 0
         self.finish: str | None = None
 
-    def add(self, token_id: int, info: TokenInfo | None) -> str:
+    def add(self, token: TokenInfo) -> str:
         """Take a token; return the text that became final."""
-        if token_id == EOS_TOKEN_ID:
+        if token.id == EOS_TOKEN_ID:
             self.finish = "eos"
             return self.flush()
-        self.ids.append(token_id)
-        if info is not None:
-            self.tokens.append(info)
+        self.ids.append(token.id)
+        if self.keep_tokens:
+            self.tokens.append(token)
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         cuts = [i for i in (self.text.find(s, max(0, self.emitted - len(s))) for s in self.stop) if i >= 0]
         if cuts:
@@ -48,3 +48,12 @@ class RowText:
 
     def flush(self) -> str:
         return self._emit(len(self.text))
+
+    def end(self, reason: str) -> str:
+        """The sequence is over (for `reason`, unless it ended by itself); return the text held back."""
+        self.finish = self.finish or reason
+        return self.flush()
+
+    def scored(self, tokens: list[TokenInfo]) -> None:
+        """Its tokens with the log-probabilities computed after the run (one per id)."""
+        self.tokens = tokens

@@ -1,26 +1,50 @@
-"""What every decoding backend takes (a `DecodeJob`), yields (`DecodeStep`s) and declares (a `Backend`)."""
+"""What a decoding backend takes (`DecodeJob`, `RunControl`), yields (`Step`s of `TokenInfo`), declares (`Backend`)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 
 import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ...opt.sizes import PAD_TOKEN_ID
+from ..results import TokenInfo
 from ..settings import GenerationSettings
 
+Step = list[TokenInfo | None]  # one decoding step: each row's new token, None where that row has none
 
-@dataclass
-class DecodeStep:
-    """One decoding step: each row's new token (None: that row has no token at this step) and, from a
-    backend that computes them, the model's log-probability of it and the most likely alternatives."""
 
-    tokens: list[int | None]
-    logprobs: list[float] | None = None
-    top: list[list[tuple[int, float]]] | None = None  # per row: (token id, log-probability), most likely first
+class RunControl:
+    """Shared by the caller and the decoding loop of one generation. The caller may `stop()` it (from any
+    thread) and mark rows done (`finish_row`: a stop string was seen); the loop reads `stopped` and
+    `finished_rows` between steps and ends within one step. `after_step()` runs the caller's progress hook
+    in the thread that consumes the steps (the playground handles a waiting Stop click there)."""
+
+    def __init__(self, on_step: Callable[[], None] | None = None):
+        self._stop = threading.Event()
+        self._finished_rows: set[int] = set()
+        self._on_step = on_step
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def finish_row(self, row: int) -> None:
+        """Row `row` needs no more tokens (its text reached a stop string)."""
+        self._finished_rows.add(row)
+
+    @property
+    def finished_rows(self) -> frozenset[int]:
+        return frozenset(self._finished_rows)
+
+    def after_step(self) -> None:
+        if self._on_step is not None:
+            self._on_step()
 
 
 @dataclass
@@ -34,9 +58,7 @@ class DecodeJob:
     max_new_tokens: int
     logprobs: bool = False
     top_logprobs: int = 0
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    finished: Callable[[], torch.Tensor | None] = lambda: None  # rows the caller considers done, asked between steps
-    on_step: Callable[[], None] | None = None  # for a backend that steps inside a library call (beam search)
+    control: RunControl = field(default_factory=RunControl)  # Stop and finished rows in, each step out
     notes: list[str] = field(default_factory=list)  # what the user should know about this run (a first compile)
 
     def padded(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,15 +71,20 @@ class DecodeJob:
             mask[i, width - len(row):] = 1
         return ids.to(device), mask.to(device)
 
+    def token(self, token_id: int, logprob: float | None = None, top: Iterable[tuple[int, float]] = ()) -> TokenInfo:
+        """A row's new token as a step holds it (its text, and the log-probabilities a backend computed)."""
+        return TokenInfo.decoded(self.tokenizer, token_id, logprob, top)
+
 
 @dataclass(frozen=True, eq=False)  # one object per backend: compared and hashed by identity
 class Backend:
     """A decoding method as `generate(method=...)` offers it: what it does, and how to run it."""
 
     name: str
-    summary: str  # one line for people: error messages, the README's methods table, the benchmark's rows
+    summary: str  # one line for people: error messages, the methods table in docs, the benchmark's rows
     modes: frozenset[str]  # the `GenerationSettings.mode`s it runs
-    steps: Callable[[DecodeJob], Generator[DecodeStep, None, None]]  # a generator: closed when the caller stops
+    # A generator of steps; it ends within one step of `job.control.stopped` and is closed when the caller leaves.
+    steps: Callable[[DecodeJob], Generator[Step, None, None]]
     carries_logprobs: bool = False  # its steps hold log-probabilities; otherwise they are scored afterwards
     cannot_run: Callable[[OPTForCausalLM, int], str | None] = lambda model, batch: None  # why not, for this model and batch
     chosen_by_auto: Callable[[OPTForCausalLM, int], bool] | None = None  # None: only when asked for by name

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ...opt.model_state import model_device
-from .base import DecodeJob, DecodeStep
+from .base import DecodeJob, RunControl, Step
 
 # model.generate samples from torch's one process-wide generator (seeded per run), so sampling runs through
 # it take turns: a seeded result must not depend on what else is running. The cached loop and the CPU
@@ -36,33 +36,34 @@ class _TokenQueue(BaseStreamer):
         pass
 
 
-class _StopWhenSet(StoppingCriteria):
-    """Ends `model.generate` (beam search included) within one step once the event is set."""
+class _StopWhenStopped(StoppingCriteria):
+    """Ends `model.generate` within one step once the run is stopped. Beam search then keeps the best beam it
+    holds at that step (a stopping criterion met by every beam finishes them all, as the length limit does)."""
 
-    def __init__(self, event: threading.Event, on_step: Callable[[], None] | None = None):
-        self.event, self.on_step = event, on_step
+    def __init__(self, control: RunControl, in_consumer: bool):
+        self.control, self.in_consumer = control, in_consumer
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        if self.on_step is not None:
-            self.on_step()
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        if self.in_consumer:  # a beam search runs in the consuming thread: its steps are the caller's steps
+            self.control.after_step()
+        return torch.full((input_ids.shape[0],), self.control.stopped, dtype=torch.bool, device=input_ids.device)
 
 
-def generate_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+def generate_steps(job: DecodeJob) -> Iterator[Step]:
     """`model.generate`'s tokens: streamed step by step, or, for beam search, once the beams are final."""
     return _steps(job, static=False)
 
 
-def static_cache_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+def static_cache_steps(job: DecodeJob) -> Iterator[Step]:
     """`model.generate` with a static cache (which transformers compiles on CUDA), streamed."""
     return _steps(job, static=True)
 
 
-def _steps(job: DecodeJob, static: bool) -> Iterator[DecodeStep]:
-    if job.settings.mode.startswith("beam"):  # beams are final only at the end: nothing to stream
+def _steps(job: DecodeJob, static: bool) -> Iterator[Step]:
+    if job.settings.mode.startswith("beam"):  # beams are final only at the end (or at Stop): nothing to stream
         columns = _generate(job, static, None)
         for step in range(max(len(c) for c in columns)):
-            yield DecodeStep([c[step] if step < len(c) else None for c in columns])
+            yield [job.token(c[step]) if step < len(c) else None for c in columns]
         return
     yield from _streamed(job, static)
 
@@ -82,7 +83,7 @@ def _generate(job: DecodeJob, static: bool, streamer: BaseStreamer | None) -> li
             job.notes.append("First static-cache call for this model and batch size on the GPU: the decoding step "
                              "is compiled once now (this call is slow); later calls reuse it.")
     samples = job.settings.samples
-    stop = _StopWhenSet(job.stop_event, None if streamer else job.on_step)  # a streamed run steps in its consumer
+    stop = _StopWhenStopped(job.control, in_consumer=streamer is None)
     with _GLOBAL_RNG if samples else contextlib.nullcontext(), torch.inference_mode():
         if job.settings.seed is not None:
             torch.manual_seed(job.settings.seed)
@@ -92,9 +93,9 @@ def _generate(job: DecodeJob, static: bool, streamer: BaseStreamer | None) -> li
     return out[:, ids.shape[1]:].tolist()
 
 
-def _streamed(job: DecodeJob, static: bool) -> Iterator[DecodeStep]:
+def _streamed(job: DecodeJob, static: bool) -> Iterator[Step]:
     """`model.generate` in a worker thread, its tokens passed on as they come. The thread always
-    ends before this returns: a stop, an early exit or an error first sets the stop event."""
+    ends before this returns: an early exit or an error first stops the run."""
     tokens: queue.Queue = queue.Queue()
     failure: list[BaseException] = []
 
@@ -111,11 +112,14 @@ def _streamed(job: DecodeJob, static: bool) -> Iterator[DecodeStep]:
     drained = False
     try:
         while (step := tokens.get()) is not None:
-            yield DecodeStep(step)
-        drained = True
+            yield [job.token(token) for token in step]
+            if job.control.stopped:  # what the worker ran ahead of the consumer is not shown after a Stop
+                break
+        else:
+            drained = True
     finally:
-        if not drained:  # the consumer left early: end model.generate within one step
-            job.stop_event.set()
+        if not drained:  # the consumer left early or stopped: end model.generate within one step
+            job.control.stop()
         worker.join()
     if failure:
         raise failure[0]

@@ -1,11 +1,11 @@
-"""The cached loop: prefill once, then one token a step, with sampling and contrastive search on top."""
+"""The cached loop: prefill once, then one token a step, as gpt-fast and nanoGPT write it; contrastive search."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,16 @@ from transformers import (
 
 from ...opt.model_state import model_device
 from ...opt.sizes import EOS_TOKEN_ID, PAD_TOKEN_ID
+from ..results import TokenInfo
 from ..settings import GenerationSettings
-from .base import DecodeJob, DecodeStep
+from .base import DecodeJob, Step
 from .cpu_engine import engine_for, one_torch_thread
 
 # transformers 5.2x renamed the forward argument `past_key_values` to `cache`; accept both releases.
 CACHE_ARG = "cache" if "cache" in inspect.signature(OPTForCausalLM.forward).parameters else "past_key_values"
+
+Prefill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids [batch, length], mask) -> logits [batch, vocab]
+DecodeOneToken = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (tokens [batch], mask) -> logits
 
 
 def prefill(model: OPTForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -46,27 +50,6 @@ def decode_one_token(model: OPTForCausalLM, tokens: torch.Tensor, attention_mask
     """Feed one new token per sequence ([batch, 1]) on top of `cache`; return the next logits."""
     out = model(input_ids=tokens, attention_mask=attention_mask, use_cache=True, **{CACHE_ARG: cache})
     return out.logits[:, -1, :]
-
-
-@torch.inference_mode()
-def cached_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
-                  eos_token_id: int | None = None) -> list[int]:
-    """The tutorial's greedy decoding done with a KV cache: the prompt is run once, then each step runs
-    only the newest token. Same tokens as `tutorial_greedy`, a fraction of the work."""
-    device = model_device(model)
-    ids = torch.tensor([input_ids], device=device)
-    mask = torch.ones_like(ids)
-    cache = DynamicCache(config=model.config)
-    logits = prefill(model, ids, mask, cache)
-    new: list[int] = []
-    for step in range(max_new_tokens):
-        token = torch.argmax(logits, dim=-1, keepdim=True)  # [1, 1]
-        new.append(int(token))
-        if new[-1] == eos_token_id or step == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-        logits = decode_one_token(model, token, mask, cache)
-    return new
 
 
 def logits_processors(settings: GenerationSettings, prompt_length: int) -> LogitsProcessorList:
@@ -104,145 +87,100 @@ def sample(scores: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
-@dataclass
-class Step:
-    """One decoding step: the chosen token of each row and the model's raw log-probabilities."""
-
-    tokens: torch.Tensor  # [batch]
-    logprobs: torch.Tensor | None  # [batch] log p(token) under the model (before temperature etc.)
-    top_ids: torch.Tensor | None  # [batch, k] the k most likely tokens
-    top_logprobs: torch.Tensor | None  # [batch, k]
-
-    def as_decode_step(self) -> DecodeStep:
-        """The same step as plain numbers, as every backend yields it."""
-        tokens = self.tokens.tolist()
-        if self.logprobs is None:
-            return DecodeStep(tokens)
-        top = None
-        if self.top_ids is not None:
-            top = [list(zip(ids, lps)) for ids, lps in zip(self.top_ids.tolist(), self.top_logprobs.tolist())]
-        return DecodeStep(tokens, self.logprobs.tolist(), top)
+def step_of(job: DecodeJob, tokens: torch.Tensor, logits: torch.Tensor, done: torch.Tensor) -> Step:
+    """The step as the run takes it: each row's token (None for a row already over) with, when asked for,
+    its log-probability under the model (before temperature and the other processors) and the top k."""
+    ids, over = tokens.tolist(), done.tolist()
+    chosen, top = [None] * len(ids), [()] * len(ids)
+    if job.logprobs:
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        chosen = logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
+        if job.top_logprobs:
+            values, indices = logprobs.topk(job.top_logprobs, dim=-1)
+            top = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+    decoded = TokenInfo.decoded
+    return [None if o else decoded(job.tokenizer, i, lp, t) for i, o, lp, t in zip(ids, over, chosen, top)]
 
 
-def _step(tokens: torch.Tensor, logits: torch.Tensor, top: int, want_logprobs: bool) -> Step:
-    if not want_logprobs:
-        return Step(tokens, None, None, None)
-    logprobs = F.log_softmax(logits.float(), dim=-1)
-    chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
-    if top:
-        top_logprobs, top_ids = logprobs.topk(top, dim=-1)
-        return Step(tokens, chosen, top_ids, top_logprobs)
-    return Step(tokens, chosen, None, None)
-
-
-def _rows_done(done: torch.Tensor, tokens: torch.Tensor,
-               finished: Callable[[], torch.Tensor | None] | None) -> torch.Tensor:
-    """Rows that are over after this step: they were, they just produced EOS, or the caller says so."""
+def rows_over(done: torch.Tensor, tokens: torch.Tensor, job: DecodeJob) -> torch.Tensor:
+    """Rows that need no further token: they were over, they just produced EOS, or the caller says so
+    (a stop string in their text)."""
     done = done | (tokens == EOS_TOKEN_ID)
-    if finished is not None and (extra := finished()) is not None:
-        done = done | extra.to(done.device)
+    if job.settings.stop:  # only stop strings finish single rows early (Stop ends them all)
+        for row in job.control.finished_rows:
+            done[row] = True
     return done
 
 
-class _TransformersSteps:
-    """Prefill and decode steps through transformers' forward and a DynamicCache (any batch, any device)."""
+@torch.inference_mode()
+def generate(job: DecodeJob, prefill: Prefill, decode_one_token: DecodeOneToken) -> Iterator[Step]:
+    """The cached loop (greedy or sampling), one `Step` per new token, on any forward that keeps its own cache.
 
-    def __init__(self, model: OPTForCausalLM):
-        self.model, self.cache = model, DynamicCache(config=model.config)
-
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return prefill(self.model, input_ids, attention_mask, self.cache)
-
-    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return decode_one_token(self.model, tokens[:, None], attention_mask, self.cache)
-
-
-class _EngineSteps:
-    """The same steps through the lean CPU engine (one sequence)."""
-
-    def __init__(self, model: OPTForCausalLM, max_new_tokens: int):
-        self.engine, self.max_new_tokens = engine_for(model), max_new_tokens
-        self.sequence = None
-
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        self.sequence = self.engine.sequence(input_ids.shape[1], self.max_new_tokens)  # this run's own cache
-        return self.sequence.prefill(input_ids[0].tolist())
-
-    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.sequence.step(int(tokens[0]))
-
-
-def decode(
-    model: OPTForCausalLM,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    settings: GenerationSettings,
-    *,
-    max_new_tokens: int | None = None,
-    generator: torch.Generator | None = None,
-    logprobs: bool = False,
-    top_logprobs: int = 0,
-    finished: Callable[[], torch.Tensor | None] | None = None,
-    engine: bool = False,
-) -> Iterator[Step]:
-    """The cached loop for greedy, sampling and contrastive search, one `Step` per new token.
-
-    `input_ids`/`attention_mask` are [batch, length], left padded. Rows that reach EOS are fed
-    `<pad>` afterwards (as `model.generate` does); the loop ends when every row is done, after
-    `max_new_tokens` steps, or when `finished()` (called between steps) returns an all-True mask
-    (rows the caller considers done: stop strings, a Stop button). Closing the iterator stops it
-    within one step. `engine=True` runs the steps on the lean CPU engine (`helpers.generation.backends.cpu_engine`).
+    Rows that reach EOS are fed `<pad>` afterwards (as `model.generate` does) and have no token in later
+    steps; the loop ends when every row is over, after the job's new tokens, or when the caller stops it.
     """
-    if settings.mode == "contrastive":
-        yield from _contrastive(model, input_ids, attention_mask, settings, max_new_tokens=max_new_tokens,
-                                logprobs=logprobs, top_logprobs=top_logprobs, finished=finished)
-        return
-    max_new_tokens = max_new_tokens or settings.max_new_tokens
-    processors = logits_processors(settings, input_ids.shape[1])
-    threads = contextlib.nullcontext()
-    if engine:
-        steps = _EngineSteps(model, max_new_tokens)
-        threads = one_torch_thread() if steps.engine.numpy_blas else threads
-    else:
-        steps = _TransformersSteps(model)
-    sequences, sampling = input_ids, settings.mode == "sample"
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    with torch.inference_mode(), threads:
-        logits = steps.prefill(input_ids, attention_mask)
-        for step in range(max_new_tokens):
-            scores = processors(sequences, logits)
-            tokens = sample(scores, generator) if sampling else torch.argmax(scores, dim=-1)
-            tokens = torch.where(done, PAD_TOKEN_ID, tokens)
-            yield _step(tokens, logits, top_logprobs, logprobs)
-            done = _rows_done(done, tokens, finished)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                return
-            sequences = torch.cat([sequences, tokens[:, None]], dim=1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
-            logits = steps.step(tokens, attention_mask)
+    settings, control = job.settings, job.control
+    # 1. The prompts as one batch, padded on the left: [batch, length] ids and mask (1 = a real token).
+    ids, mask = job.padded(model_device(job.model))
+    processors = logits_processors(settings, ids.shape[1])
+    sampling = settings.mode == "sample"
+    generator = torch.Generator(device=ids.device).manual_seed(settings.seed) if sampling else None
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    # 2. Prefill: the whole prompt in one forward pass, filling the cache; logits for the first new token.
+    logits = prefill(ids, mask)
+    for step in range(job.max_new_tokens):
+        # 3. Pick: transformers' processors (penalties, temperature, top-k/p) on the scores, then the most
+        #    likely token or a draw from the distribution; a row that is over gets <pad>.
+        scores = processors(ids, logits)
+        tokens = sample(scores, generator) if sampling else torch.argmax(scores, dim=-1)
+        tokens = torch.where(done, PAD_TOKEN_ID, tokens)
+        # 4. Hand the step over (the caller streams its text), then see which rows are over.
+        yield step_of(job, tokens, logits, done)
+        done = rows_over(done, tokens, job)
+        if control.stopped or bool(done.all()) or step == job.max_new_tokens - 1:
+            return
+        # 5. Decode one token: only the new tokens run through the model, on top of the cache.
+        ids = torch.cat([ids, tokens[:, None]], dim=1)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        logits = decode_one_token(tokens, mask)
 
 
-def cached_steps(job: DecodeJob) -> Iterator[DecodeStep]:
-    """The cached loop as a backend: any batch (left padded), any device."""
-    return _loop_steps(job, engine=False)
+def cached_steps(job: DecodeJob) -> Iterator[Step]:
+    """The cached loop through transformers' forward and a DynamicCache: any batch (left padded), any device;
+    contrastive search too."""
+    if job.settings.mode == "contrastive":
+        return contrastive(job)
+    model, cache = job.model, DynamicCache(config=job.model.config)
+    return generate(job, lambda ids, mask: prefill(model, ids, mask, cache),
+                    lambda tokens, mask: decode_one_token(model, tokens[:, None], mask, cache))
 
 
-def engine_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+def engine_steps(job: DecodeJob) -> Iterator[Step]:
     """The cached loop stepping on the lean CPU engine: one prompt of an fp32 model on the CPU."""
-    return _loop_steps(job, engine=True)
+    engine = engine_for(job.model)
+    sequence = engine.sequence(len(job.prompt_ids[0]), job.max_new_tokens)  # this run's own cache
+    with one_torch_thread() if engine.numpy_blas else contextlib.nullcontext():
+        yield from generate(job, lambda ids, mask: sequence.prefill(ids[0].tolist()),
+                            lambda tokens, mask: sequence.step(int(tokens[0])))
 
 
-def _loop_steps(job: DecodeJob, engine: bool) -> Iterator[DecodeStep]:
-    device = model_device(job.model)
-    ids, mask = job.padded(device)
-    generator = None
-    if job.settings.mode == "sample":
-        generator = torch.Generator(device=device).manual_seed(job.settings.seed)
-    steps = decode(job.model, ids, mask, job.settings, max_new_tokens=job.max_new_tokens, generator=generator,
-                   logprobs=job.logprobs, top_logprobs=job.top_logprobs, finished=job.finished, engine=engine)
-    with contextlib.closing(steps):
-        for step in steps:
-            yield step.as_decode_step()
+@torch.inference_mode()
+def cached_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
+                  eos_token_id: int | None = None) -> list[int]:
+    """Deprecated: `generate(model, tokenizer, ids, GenerationSettings.greedy(...), method="cached")`."""
+    warnings.warn("cached_greedy is deprecated: use generate(..., method='cached') with greedy settings.",
+                  DeprecationWarning, stacklevel=2)
+    ids = torch.tensor([input_ids], device=model_device(model))
+    mask, cache, new = torch.ones_like(ids), DynamicCache(config=model.config), []
+    logits = prefill(model, ids, mask, cache)
+    for step in range(max_new_tokens):
+        token = torch.argmax(logits, dim=-1, keepdim=True)  # [1, 1]
+        new.append(int(token))
+        if new[-1] == eos_token_id or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        logits = decode_one_token(model, token, mask, cache)
+    return new
 
 
 def _decoder_step(model: OPTForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -253,62 +191,45 @@ def _decoder_step(model: OPTForCausalLM, input_ids: torch.Tensor, attention_mask
     return hidden, model.lm_head(hidden[:, -1, :])
 
 
-def _contrastive(
-    model: OPTForCausalLM,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    settings: GenerationSettings,
-    *,
-    max_new_tokens: int | None,
-    logprobs: bool,
-    top_logprobs: int,
-    finished: Callable[[], torch.Tensor | None] | None,
-) -> Iterator[Step]:
+@torch.inference_mode()
+def contrastive(job: DecodeJob) -> Iterator[Step]:
     """Contrastive search (Su et al., 2022): among the top-k candidates, pick the one maximizing
     (1 - alpha) * p(candidate) - alpha * max cosine similarity of its hidden state to the context's.
 
     Written here because transformers 5 moved it out of the library into hub code that needs
     `trust_remote_code` and a network connection.
     """
+    model, settings, control = job.model, job.settings, job.control
     k, alpha = settings.top_k, settings.penalty_alpha
-    max_new_tokens = max_new_tokens or settings.max_new_tokens
-    processors = logits_processors(settings, input_ids.shape[1])
-    batch = input_ids.shape[0]
+    ids, mask = job.padded(model_device(model))
+    processors = logits_processors(settings, ids.shape[1])
+    batch = ids.shape[0]
     cache = DynamicCache(config=model.config)
-    sequences = input_ids
-    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    with torch.inference_mode():
-        context, logits = _decoder_step(model, input_ids, attention_mask, cache)
-        context = F.normalize(context.float(), dim=-1)  # [batch, length, dim], unit vectors: normalized once
-        context_mask = attention_mask.bool()
-        for step in range(max_new_tokens):
-            scores = processors(sequences, logits)
-            probs = torch.softmax(scores.float(), dim=-1)
-            top_probs, candidates = probs.topk(k, dim=-1)  # [batch, k]
-            # One forward pass over all candidates: each row's cache repeated k times.
-            cache.batch_repeat_interleave(k)
-            mask_k = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1).repeat_interleave(k, 0)
-            hidden_k, logits_k = _decoder_step(model, candidates.reshape(-1, 1), mask_k, cache)
-            hidden_k = F.normalize(hidden_k[:, -1, :].float(), dim=-1).view(batch, k, -1)
-            similarity = torch.einsum("bkd,btd->bkt", hidden_k, context)
-            similarity = similarity.masked_fill(~context_mask[:, None, :], -1.0).amax(dim=-1)  # [batch, k]
-            score = (1 - alpha) * top_probs - alpha * similarity
-            best = score.argmax(dim=-1)  # [batch]
-            tokens = candidates.gather(1, best[:, None]).squeeze(1)
-            tokens = torch.where(done, PAD_TOKEN_ID, tokens)
-            yield _step(tokens, logits, top_logprobs, logprobs)
-            done = _rows_done(done, tokens, finished)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                return
-            chosen = torch.arange(batch, device=best.device) * k + best
-            cache.batch_select_indices(chosen)
-            logits = logits_k[chosen]
-            context = torch.cat([context, _rows(hidden_k, best)[:, None, :]], dim=1)
-            context_mask = torch.cat([context_mask, context_mask.new_ones((batch, 1))], dim=1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
-            sequences = torch.cat([sequences, tokens[:, None]], dim=1)
-
-
-def _rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values[b, index[b]] for each row b of a [batch, k, dim] tensor."""
-    return values[torch.arange(values.shape[0], device=index.device), index]
+    done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    context, logits = _decoder_step(model, ids, mask, cache)
+    context = F.normalize(context.float(), dim=-1)  # [batch, length, dim], unit vectors: normalized once
+    context_mask = mask.bool()
+    for step in range(job.max_new_tokens):
+        scores = processors(ids, logits)
+        probs = torch.softmax(scores.float(), dim=-1)
+        top_probs, candidates = probs.topk(k, dim=-1)  # [batch, k]
+        # One forward pass over all candidates: each row's cache repeated k times.
+        cache.batch_repeat_interleave(k)
+        mask_k = torch.cat([mask, mask.new_ones((batch, 1))], dim=1).repeat_interleave(k, 0)
+        hidden_k, logits_k = _decoder_step(model, candidates.reshape(-1, 1), mask_k, cache)
+        hidden_k = F.normalize(hidden_k[:, -1, :].float(), dim=-1).view(batch, k, -1)
+        similarity = torch.einsum("bkd,btd->bkt", hidden_k, context)
+        similarity = similarity.masked_fill(~context_mask[:, None, :], -1.0).amax(dim=-1)  # [batch, k]
+        best = ((1 - alpha) * top_probs - alpha * similarity).argmax(dim=-1)  # [batch]
+        tokens = torch.where(done, PAD_TOKEN_ID, candidates.gather(1, best[:, None]).squeeze(1))
+        yield step_of(job, tokens, logits, done)
+        done = rows_over(done, tokens, job)
+        if control.stopped or bool(done.all()) or step == job.max_new_tokens - 1:
+            return
+        chosen = torch.arange(batch, device=best.device) * k + best  # keep each row's chosen candidate
+        cache.batch_select_indices(chosen)
+        logits = logits_k[chosen]
+        context = torch.cat([context, hidden_k[torch.arange(batch, device=best.device), best][:, None, :]], dim=1)
+        context_mask = torch.cat([context_mask, context_mask.new_ones((batch, 1))], dim=1)
+        mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
+        ids = torch.cat([ids, tokens[:, None]], dim=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from transformers import OPTForCausalLM
 
 from ...errors import SettingsError
@@ -46,7 +48,7 @@ def _always(model: OPTForCausalLM, batch: int) -> bool:
 
 
 # In the order `method="auto"` tries them: the first that runs the settings' mode on this model and batch,
-# and whose `chosen_by_auto` holds, is used (the README's Speed section says why each wins where it does).
+# and whose `chosen_by_auto` holds, is used (the speed page of the docs says why each wins where it does).
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     Backend("cpu-fast", "the lean CPU engine, numpy's BLAS on every core", frozenset({"greedy", "sample"}),
             engine_steps, carries_logprobs=True, cannot_run=_engine_cannot_run, chosen_by_auto=_on_the_cpu),
@@ -67,7 +69,7 @@ SERVED = Backend("served", "a model vLLM's OpenAI server runs (load_model(URL)):
                  why_not={"beam": "vLLM's server streams no beams and OpenAI's completions lost best_of",
                           "beam-sample": "vLLM's server streams no beams",
                           "contrastive": "vLLM has no contrastive search"})
-ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first, still accepted
+ALIASES = {"seed": "tutorial"}  # the name the tutorial's loop had first: still accepted, with a DeprecationWarning
 
 
 def method_names() -> tuple[str, ...]:
@@ -78,6 +80,8 @@ def method_names() -> tuple[str, ...]:
 def check_method(method: str) -> str:
     """The backend name `method` stands for ('auto' stays 'auto'); an unknown name is a SettingsError."""
     name = ALIASES.get(method, method)
+    if name != method:
+        warnings.warn(f"method '{method}' is deprecated: it is called '{name}' now.", DeprecationWarning, stacklevel=2)
     if name not in (*method_names(), SERVED.name):
         raise SettingsError(f"Unknown method '{method}'. Use one of: {', '.join(method_names())}.")
     return name

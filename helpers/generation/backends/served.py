@@ -1,4 +1,4 @@
-"""The served backend: a generation as one streamed `/v1/completions` request, its tokens as `DecodeStep`s."""
+"""The served backend: a generation as one streamed `/v1/completions` request, its tokens as `Step`s."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ...serving.answers import ServedToken, choice_tokens
 from ...serving.client import chunks
 from ...serving.model import ServedModel
 from ..settings import GenerationSettings
-from .base import DecodeJob, DecodeStep
+from .base import DecodeJob, Step
 
 
 def unsupported(settings: GenerationSettings) -> list[str]:
@@ -58,9 +58,10 @@ def completion_request(model: str, prompt_ids: list[list[int]], settings: Genera
     return request
 
 
-def served_steps(job: DecodeJob) -> Generator[DecodeStep, None, None]:
+def served_steps(job: DecodeJob) -> Generator[Step, None, None]:
     """One step per token of a choice (each choice is a row); a row the server ended at EOS without sending it
-    gets its EOS, so the row's finish reads 'eos' as locally. Closing this generator closes the answer."""
+    gets its EOS, so the row's finish reads 'eos' as locally. A Stop (or closing this generator) closes the
+    answer, which ends the server's generation."""
     model: ServedModel = job.model
     request = completion_request(model.name, job.prompt_ids, job.settings, job.max_new_tokens, job.top_logprobs,
                                  job.logprobs)
@@ -72,21 +73,20 @@ def served_steps(job: DecodeJob) -> Generator[DecodeStep, None, None]:
             row = choice.index
             for token in choice_tokens(choice, job.top_logprobs, model.url):
                 ended[row] = token.id == EOS_TOKEN_ID
-                yield _step(rows, row, token)
+                yield _step(job, rows, row, token)
+                if job.control.stopped:
+                    return  # leaving the loop closes the stream
             finished[row] = finished[row] or choice.finish_reason is not None
             if choice.finish_reason == "stop" and not ended[row]:
                 ended[row] = True
-                yield _step(rows, row, ServedToken(EOS_TOKEN_ID))
+                yield _step(job, rows, row, ServedToken(EOS_TOKEN_ID))
     if not all(finished):  # vLLM ends every choice with its finish reason: this answer was cut off
         raise ServerError(f"The answer from {model.url} ended before the server said it was finished: the "
                           "connection or the server broke off. The text received so far is kept.")
 
 
-def _step(rows: int, row: int, token: ServedToken) -> DecodeStep:
+def _step(job: DecodeJob, rows: int, row: int, token: ServedToken) -> Step:
     """The one adapter between the server's tokens and the backends' step type."""
-    tokens: list[int | None] = [None] * rows
-    tokens[row] = token.id
-    logprobs, top = [0.0] * rows, [[] for _ in range(rows)]
-    logprobs[row] = token.logprob if token.logprob is not None else 0.0
-    top[row] = token.top
-    return DecodeStep(tokens, logprobs if token.logprob is not None else None, top)
+    step: Step = [None] * rows
+    step[row] = job.token(token.id, token.logprob, token.top)
+    return step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -9,7 +10,7 @@ from transformers import OPTForCausalLM
 
 from ...opt.model_state import model_device
 from ...opt.sizes import EOS_TOKEN_ID
-from .base import DecodeJob, DecodeStep
+from .base import DecodeJob, Step
 
 
 def tutorial_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
@@ -29,19 +30,21 @@ def tutorial_greedy_steps(model: OPTForCausalLM, input_ids: list[int], max_new_t
 
 def tutorial_greedy(model: OPTForCausalLM, input_ids: list[int], max_new_tokens: int = 30,
                     eos_token_id: int | None = None) -> list[int]:
-    """The tutorial's greedy loop (see `tutorial_greedy_steps`); returns the new token ids."""
+    """Deprecated: `generate(model, tokenizer, ids, GenerationSettings.greedy(...), method="tutorial")`."""
+    warnings.warn("tutorial_greedy is deprecated: use generate(..., method='tutorial') with greedy settings.",
+                  DeprecationWarning, stacklevel=2)
     return list(tutorial_greedy_steps(model, input_ids, max_new_tokens, eos_token_id))
 
 
-def tutorial_steps(job: DecodeJob) -> Iterator[DecodeStep]:
+def tutorial_steps(job: DecodeJob) -> Iterator[Step]:
     """The tutorial's loop has no batch: the rows run one after another, each streamed, each ending at EOS,
-    after the job's new tokens, or when the caller counts it done (a stop string)."""
-    rows = len(job.prompt_ids)
+    after the job's new tokens, or when the caller counts it done (a stop string). After Stop, no further
+    row is started."""
+    rows, control = len(job.prompt_ids), job.control
     for row, ids in enumerate(job.prompt_ids):
         for token in tutorial_greedy_steps(job.model, ids, job.max_new_tokens, EOS_TOKEN_ID):
-            yield DecodeStep([token if i == row else None for i in range(rows)])
-            if job.stop_event.is_set():  # the later rows are not started either
+            yield [job.token(token) if i == row else None for i in range(rows)]
+            if control.stopped:
                 return
-            done = job.finished()
-            if done is not None and bool(done[row]):
+            if row in control.finished_rows:
                 break
