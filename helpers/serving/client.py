@@ -24,6 +24,7 @@ class ServerConnection:
         self.url, self.shown = base_url(url), shown_url(url)
         self.key_source, self.timeout, self.retries = key_source, timeout, retries
         self._key = api_key
+        self._raw: httpx.Client | None = None
         self._client = openai.OpenAI(base_url=self.url, api_key=api_key or NO_KEY, max_retries=retries,
                                      timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
@@ -66,10 +67,11 @@ class ServerConnection:
     def raw_stream(self, body: dict) -> Iterator[dict]:
         """POST `body` to `/completions` with plain httpx and yield each streamed chunk's JSON: no `openai` client,
         no retries (the baseline `bench --model URL` measures this client's own overhead against)."""
-        headers = {"Authorization": f"Bearer {self._key or NO_KEY}"}
+        if self._raw is None:  # one pooled client for all (a client a request would measure its TLS set-up)
+            self._raw = httpx.Client(timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                                     headers={"Authorization": f"Bearer {self._key or NO_KEY}"})
         try:
-            with httpx.stream("POST", f"{self.url}/completions", json={**body, "stream": True}, headers=headers,
-                              timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))) as answer:
+            with self._raw.stream("POST", f"{self.url}/completions", json={**body, "stream": True}) as answer:
                 if answer.status_code != 200:
                     answer.read()
                     raise ServerError(f"The server at {self.shown} answered {answer.status_code}: "
