@@ -21,10 +21,11 @@ def chunk(index: int, token_ids: list[int], finish: str | None = None) -> bytes:
 
 class FakeServer:
     """`mode` picks the behaviour: 'ok', 'unauthorized', 'html', 'not-found', 'reject', 'die-mid-stream',
-    'malformed', 'not-opt'. `seen` keeps every request's (path, Authorization header)."""
+    'malformed', 'not-opt'. `seen` keeps every request's (path, Authorization header); `bodies` each POST's
+    (path, JSON body)."""
 
     def __init__(self, mode: str = "ok"):
-        self.mode, self.seen = mode, []
+        self.mode, self.seen, self.bodies = mode, [], []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +40,7 @@ class FakeServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fake.seen.append((self.path, self.headers.get("Authorization")))
+                fake.bodies.append((self.path, body))
                 fake.answer_post(self, body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

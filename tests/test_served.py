@@ -4,6 +4,7 @@ the same weights; the faults a server can have, from scripted fakes; `serve`'s p
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -354,25 +355,106 @@ def test_serve_takes_folders_as_they_are(capsys, converted_folder, tiny_pre_fold
 
 @pytest.mark.served
 @pytest.mark.notebook
-def test_notebook_08_runs_against_the_server(vllm_server):
+def test_notebook_08_runs_against_the_server(vllm_server, converted_folder):
     from notebook_runner import outputs_text, run_notebook
 
     nb = run_notebook("08_beyond_one_gpu.ipynb", {"SERVER_URL": vllm_server.url, "MAX_NEW_TOKENS": 8,
+                                                  "LOCAL_MODEL": str(converted_folder),
                                                   "CONCURRENCY": [1, 4], "REQUESTS_PER_LEVEL": 4})
     text = outputs_text(nb)
+    # the playground's side by side: the served model and the same weights loaded here, greedy, the same text
+    compared = [line.split(" \u00b7 ") for line in text.splitlines() if line.startswith("side by side ")]
+    assert [c[0] for c in compared] == [f"side by side 1: {vllm_server.url}", f"side by side 2: {converted_folder}"]
+    assert compared[0][-1] == compared[1][-1] != "''"
     assert "served at" in text and "alternatives:" in text and "finished:" in text
     assert "--tensor-parallel-size 8" in text and "--pipeline-parallel-size 2" in text
     assert "4 at once:" in text and "tokens/s in all" in text
 
 
-def test_bench_with_a_url_sweeps_the_requests_in_flight(tmp_path, capsys):
+def test_bench_with_a_url_sweeps_the_requests_in_flight_beside_a_raw_loop_and_the_local_model(tmp_path, capsys,
+                                                                                               tiny_pre_folder):
     with FakeServer() as fake:
-        code = main(["bench", "--model", fake.url, "--batch", "1,4", "--new-tokens", "3", "--json",
-                     str(tmp_path / "served.json"), "--plot", str(tmp_path / "served.png")])
+        code = main(["bench", "--model", fake.url, "--batch", "1,4", "--new-tokens", "3", "--local", str(tiny_pre_folder),
+                     "--device", "cpu", "--json", str(tmp_path / "served.json"), "--plot", str(tmp_path / "served.png")])
         asked = [path for path, _ in fake.seen if path == "/v1/completions"]
+        bodies = [body for path, body in fake.bodies if path == "/v1/completions"]
     out, err = capsys.readouterr()
     assert code == 0, err
     report = json.loads((tmp_path / "served.json").read_text())
-    assert [(r["concurrency"], r["requests"], r["new_tokens"]) for r in report["rows"]] == [(1, 2, 6), (4, 8, 24)]
-    assert len(asked) == 10 and all(r["aggregate_tokens_per_second"] > 0 for r in report["rows"])
-    assert "tokens/s in all" in out and (tmp_path / "served.png").stat().st_size > 0
+    for key in ("rows", "raw_rows", "local_rows"):  # the same requests through the client, raw, and loaded here
+        assert [(r["concurrency"], r["requests"], r["new_tokens"]) for r in report[key]] == [(1, 2, 6), (4, 8, 24)]
+        assert all(r["aggregate_tokens_per_second"] > 0 and r["time_to_first_token"] > 0 for r in report[key])
+    assert len(asked) == 20  # 10 through this client, the same 10 raw
+    client, raw = bodies[:2], bodies[2:4]  # level 1: two requests each way, one at a time
+    for body in client + raw:
+        body.pop("stream_options", None)
+    assert [{**b, "stream": True} for b in client] == raw  # the raw loop sends exactly what the client sends
+    assert report["local"] == str(tiny_pre_folder) and [o["concurrency"] for o in report["client_overhead"]] == [1, 4]
+    assert "tokens/s in all" in out and "raw httpx loop" in out and "loaded here" in out and "overhead" in out
+    assert (tmp_path / "served.png").stat().st_size > 0
+
+
+@pytest.mark.served
+@pytest.mark.slow
+def test_the_playground_under_colabs_widget_rule_with_a_served_model(vllm_server, local):
+    """The emulated Colab page (only in-request widget messages apply) with the server's URL as the model."""
+    from jupyter_client.manager import start_new_kernel
+    from test_colab_kernel import FrontEnd, generating
+
+    secret = "sk-playground-secret-998877"  # the server takes any key; it must never reach the page or history
+    manager, client = start_new_kernel(kernel_name="python3", env={**os.environ, "OPT_API_KEY": secret})
+    try:
+        front = FrontEnd(manager, client)
+        front.run(f"from helpers.playground.app import Playground\napp = Playground(model={vllm_server.url!r}, "
+                  "device='cpu')\napp.refresh_seconds = 0\napp", timeout=180)
+        page = front.page
+        assert "served at" in page.value("opt-model-status") or vllm_server.url in page.value("opt-model-status")
+        front.set("opt-prompt", value=PROMPTS[0])
+        labels = page.models[page.find("opt-preset")]["_options_labels"]
+        front.set("opt-preset", index=labels.index("the tutorial's greedy"))
+        front.set("opt-max-new-tokens", value=16)
+        front.done(front.click("opt-generate"), 120)
+        run = front.history()[-1]
+        expected = generate(local[0], local[1], PROMPTS[0], GREEDY, top_logprobs=5)
+        assert run["finish_reason"] == "length" and run["output"] == expected.text and run["model"] == vllm_server.url
+        assert len(set(page.changes[(page.find("opt-output"), "value")])) >= 3, "the text arrived at once"
+        # Probabilities: each token's tooltip and its alternatives come from the server's logprobs
+        front.done(front.comm(page.find("opt-tabs"), {"method": "update", "state": {"selected_index": 1},
+                                                      "buffer_paths": []}))
+        children = page.models[page.find("opt-tokens")]["children"]
+        tokens = [page.models[c.removeprefix("IPY_MODEL_")] for c in children[1:]]
+        assert len(tokens) == 16 and all("%" in t["tooltip"] for t in tokens)
+        front.done(front.comm(children[1].removeprefix("IPY_MODEL_"), {"method": "custom",
+                                                                      "content": {"event": "click"}}))
+        shown = [s["description"] for s in page.models.values() if "opt-alternative" in s.get("_dom_classes", ())]
+        top = [tokenizer_text for _, tokenizer_text, _ in expected.tokens[0].top]
+        assert len(shown) >= 2 and any(t.strip() and t.strip() in " ".join(shown) for t in top), (shown, top)
+        # Stop: the click is handled inside the run, which ends `stopped`
+        front.set("opt-max-new-tokens", value=480)
+        started = front.click("opt-generate")
+        front.read(generating(front, 3), 120)
+        stop = front.click("opt-stop")
+        front.done(started, 60)
+        assert front.busy_at[stop] < front.idle_at[stop] <= front.idle_at[started]
+        assert "finished: stopped" in page.text("opt-status")
+        runs = front.history()
+        assert runs[-1]["finish_reason"] == "stopped" and runs[-1]["new_tokens"] < 480
+        assert all(r["model"] == vllm_server.url for r in runs)  # which server answered
+        exported = front.stdout[front.run("print(app.history_json(), app.history_csv(), app.history_panel.view.value,"
+                                          " app.message.value, app.status.value)")]
+        assert secret not in exported and secret not in json.dumps(page.models)
+        # beam search: refused by name in the app's message, nothing sent, the app still usable
+        front.set("opt-do-sample", value=False)
+        front.set("opt-num-beams", value=3)
+        front.set("opt-max-new-tokens", value=8)
+        front.done(front.click("opt-generate"), 60)
+        message = page.text("opt-message")
+        assert "beam search" in message and "Traceback" not in message and "Something failed" not in message
+        assert len(front.history()) == len(runs)
+        front.set("opt-num-beams", value=1)
+        front.done(front.click("opt-generate"), 60)
+        assert front.history()[-1]["new_tokens"] == 8 and "finished: length" in page.text("opt-status")
+        assert not page.dropped, [m["content"] for m in page.dropped[:3]]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

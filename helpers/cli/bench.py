@@ -30,6 +30,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="opt-125m", metavar="SIZE_OR_PATH",
                    help="an OPT size (random weights in its shape; default opt-125m), a local model folder, or a "
                         "server URL (--batch 1,2,...,32: requests in flight)")
+    p.add_argument("--local", metavar="FOLDER", help="with a server URL: the same weights loaded here, for rows beside "
+                   "the server's (default: the served model's folder, where this machine can read it)")
     p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu, cuda")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="auto: float16 on a GPU, float32 on the CPU")

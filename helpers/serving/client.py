@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -23,6 +24,7 @@ class ServerConnection:
         self.url, self.shown = base_url(url), shown_url(url)
         self.key_source, self.timeout, self.retries = key_source, timeout, retries
         self._key = api_key
+        self._raw: httpx.Client | None = None
         self._client = openai.OpenAI(base_url=self.url, api_key=api_key or NO_KEY, max_retries=retries,
                                      timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
@@ -61,6 +63,24 @@ class ServerConnection:
             return self._client.completions.create(stream=True, **request)
         except (openai.OpenAIError, httpx.HTTPError, json.JSONDecodeError) as exc:
             raise self.failure(exc, request.get("model")) from None
+
+    def raw_stream(self, body: dict) -> Iterator[dict]:
+        """POST `body` to `/completions` with plain httpx and yield each streamed chunk's JSON: no `openai` client,
+        no retries (the baseline `bench --model URL` measures this client's own overhead against)."""
+        if self._raw is None:  # one pooled client for all (a client a request would measure its TLS set-up)
+            self._raw = httpx.Client(timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                                     headers={"Authorization": f"Bearer {self._key or NO_KEY}"})
+        try:
+            with self._raw.stream("POST", f"{self.url}/completions", json={**body, "stream": True}) as answer:
+                if answer.status_code != 200:
+                    answer.read()
+                    raise ServerError(f"The server at {self.shown} answered {answer.status_code}: "
+                                      f"{redacted(answer.text[:300], self._key)}")
+                for line in answer.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        yield json.loads(line[len("data: "):])
+        except httpx.HTTPError as exc:
+            raise self.failure(exc) from None
 
     def not_openai(self, what: str) -> ServerError:
         return ServerError(f"{self.shown} does not answer like an OpenAI-compatible server ({what}). Give the "
