@@ -10,13 +10,12 @@ import json
 import os
 import re
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 import websocket
-from test_browser import CHROMIUM, FLAGS, REPO, Server, free_port, wait_loaded
+from test_browser import CHROMIUM, FLAGS, REPO, Server, free_port, wait_for, wait_loaded
 
 EVIL = "evil.example"
 CULL_IDLE = 600  # seconds: no kernel here goes by culling, only by its shutdown request
@@ -67,14 +66,6 @@ def open_page(app) -> str:
     assert status == 200
     config = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', body, re.S)
     return json.loads(config.group(1))["kernelId"]
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"{what} within {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 def test_a_rebound_host_name_gets_403_and_starts_no_kernel(app):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import fields
 
 import ipywidgets as W
 
 from ..errors import HelpersError
 from ..generation.settings import PRESETS, GenerationSettings
+from .quiet import Quiet
 from .views import LABELS, ROW, explain
 
 FIELDS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
@@ -51,7 +51,7 @@ class DecodingControls:
 
     def __init__(self, say: Callable[[str, str], None]):
         self._say = say
-        self._quiet = False
+        self._quiet = Quiet()
         self.preset = W.Dropdown(options=["custom", *PRESETS], value="balanced sampling", description="Preset",
                                  style=LABELS, layout=W.Layout(width="auto"))
         self.preset.add_class("opt-preset")
@@ -106,7 +106,7 @@ class DecodingControls:
 
     def show(self, settings: GenerationSettings, preset: str = "custom") -> None:
         """Set every control to `settings` (a seed it names becomes the fixed seed)."""
-        with self._quietly():
+        with self._quiet:
             for name in FIELDS:
                 getattr(self, name).value = getattr(settings, name)
             self.stop_strings.value = "|".join(s.replace("\n", "\\n") for s in settings.stop)
@@ -119,7 +119,7 @@ class DecodingControls:
     def show_seed_used(self, seed: int | None) -> None:
         """After a run: the box shows the seed it used (drawn or fixed), without making the preset custom."""
         if seed is not None:
-            with self._quietly():
+            with self._quiet:
                 self.seed.value = seed
 
     def _apply_preset(self, name: str) -> None:
@@ -133,18 +133,9 @@ class DecodingControls:
         if self._quiet:
             return
         if self.preset.value != "custom":
-            with self._quietly():
+            with self._quiet:
                 self.preset.value = "custom"
         self._refresh_save_link()
-
-    @contextmanager
-    def _quietly(self):
-        """Set controls without their changes making the preset custom."""
-        self._quiet = True
-        try:
-            yield
-        finally:
-            self._quiet = False
 
     # ------------------------------------------------------------------------------------- settings files
 

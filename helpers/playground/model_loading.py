@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import ipywidgets as W
 import torch
@@ -15,6 +14,7 @@ from ..errors import ModelLoadError
 from ..loading.model import LoadedModel
 from ..units import human_bytes
 from .jobs import Jobs
+from .quiet import Quiet
 from .random_model import RANDOM, RANDOM_LABEL, random_folder
 from .state import Model, free_bytes, needs_bytes
 from .views import explain
@@ -33,7 +33,7 @@ class ModelLoading:
         self.choices, self.device, self.dtype, self._loader, self._jobs = choices, device, dtype, loader, jobs
         self.loaded: LoadedModel | None = None
         self.loaded_name: str | None = None
-        self._quiet = False
+        self._quiet = Quiet()
         self.picker = W.Dropdown(options=self.options(), value=model, description="Model", style={"description_width": "50px"},
                                  layout=W.Layout(width="auto", flex="1 1 260px", min_width="0", max_width="560px"))
         self.picker.add_class("opt-model")
@@ -70,7 +70,7 @@ class ModelLoading:
             return
         if name not in {c.name for c in self.choices}:
             self.choices.append(Model(name, name, None))
-            with self._quietly():
+            with self._quiet:
                 self.picker.options = self.options()
                 self.picker.value = self.loaded_name or self.choices[0].name
         self.picker.value = name
@@ -85,17 +85,8 @@ class ModelLoading:
 
     def show_picked(self, name: str) -> None:
         """Put the picker back on `name` without loading anything."""
-        with self._quietly():
+        with self._quiet:
             self.picker.value = name
-
-    @contextmanager
-    def _quietly(self):
-        """Change the picker without loading what it shows."""
-        self._quiet = True
-        try:
-            yield
-        finally:
-            self._quiet = False
 
     # ------------------------------------------------------------------------------------- loading
 
