@@ -74,9 +74,10 @@ def test_find_size_accepts_names_hub_ids_and_metaseq_repos(name, expected):
 
 
 def test_unknown_size_lists_the_sizes():
-    assert find_size("opt-175b") is None
-    with pytest.raises(UnknownModelError, match="opt-125m, opt-350m"):
-        get_size("opt-175b")
+    assert find_size("opt-999b") is None
+    with pytest.raises(UnknownModelError, match="opt-125m, opt-350m.*opt-175b"):
+        get_size("opt-999b")
+    assert find_size("opt-175b").heads == 96 and not find_size("opt-175b").on_hub  # Meta's files, on request
 
 
 def test_size_from_config_recognizes_real_sizes_and_describes_others():

@@ -458,3 +458,20 @@ def test_the_playground_under_colabs_widget_rule_with_a_served_model(vllm_server
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+def test_a_local_model_never_imports_the_client_library(tiny_pre_folder):
+    """The openai client (a large import) is loaded only for a served model: a local generate, the playground's
+    module and the registry leave it out (under a tight `ulimit -v` it was what ran out of memory)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom helpers import generate, load_model, GenerationSettings\nimport helpers.playground.app\n"
+            f"m, t, _ = load_model({str(tiny_pre_folder)!r})\n"
+            "generate(m, t, 'Hello', GenerationSettings.greedy(max_new_tokens=2))\n"
+            "print('openai' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+

@@ -10,7 +10,7 @@ from ..memory.bytes import generation_bytes
 from ..opt.model_state import model_device
 from ..opt.sizes import BOS_TOKEN_ID, size_from_config
 from ..opt.tokenizer import Prompt, encode_prompt
-from ..serving.model import is_served
+from ..serving.served_model import is_served
 from ..units import human_bytes
 from .settings import GenerationSettings
 

@@ -24,7 +24,7 @@ from ..memory.planner import Option
 from ..opt.model_state import is_unloaded, mark_unloaded, model_device
 from ..opt.sizes import OPTSize, find_size, size_from_config
 from ..opt.tokenizer import load_tokenizer
-from ..serving.model import connect, is_served
+from ..serving.served_model import is_served
 from ..serving.urls import is_server_url
 from ..units import human_bytes
 from .apply_plan import check_plain_load_fits, load_arguments, plan_for, quantize_dynamic_int8
@@ -179,6 +179,8 @@ def load_model(
         ModelLoadError: the hub cannot be reached, the folder is missing or incomplete, or it is not OPT.
     """
     if is_server_url(name_or_path):  # nothing is loaded here: the server runs the model
+        from ..serving.model import connect  # the openai client is imported only for a served model
+
         return LoadedModel(*connect(name_or_path, api_key=api_key))
     if plan is None and device == "auto" and dtype == "auto":
         plan = "auto"

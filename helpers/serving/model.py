@@ -13,31 +13,11 @@ from ..opt.sizes import BOS_TOKEN_ID, MAX_POSITIONS
 from ..opt.tokenizer import opt_tokenizer
 from .client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, ServerConnection
 from .keys import DEFAULT_KEY_ENV, resolve_key
+from .served_model import ServedConfig, ServedModel, is_served
+
+__all__ = ["ServedConfig", "ServedModel", "ServedInfo", "connect", "is_served"]
 
 PROBE = "Hello world, the OPT models"  # text whose token ids tell OPT's tokenizer from others
-
-
-@dataclass(frozen=True)
-class ServedConfig:
-    """What generation needs to know of a served model's shape: the positions its server allows."""
-
-    max_position_embeddings: int
-
-
-class ServedModel:
-    """A model an OpenAI-compatible server runs: `generate`/`stream` send it requests (method 'served')."""
-
-    def __init__(self, connection: ServerConnection, name: str, context: int):
-        self.connection, self.name = connection, name
-        self.config = ServedConfig(context)
-
-    @property
-    def url(self) -> str:
-        """The server's address as shown in messages and history (no credentials)."""
-        return self.connection.shown
-
-    def __repr__(self) -> str:
-        return f"ServedModel({self.name!r} at {self.url})"
 
 
 @dataclass
@@ -56,9 +36,6 @@ class ServedInfo:
         return (f"{self.model} served at {self.source}: context {self.context} positions, "
                 f"connected in {self.load_seconds:.1f} s")
 
-
-def is_served(model: object) -> bool:
-    return isinstance(model, ServedModel)
 
 
 def connect(url: str, *, api_key: str | None = None, api_key_env: str | None = DEFAULT_KEY_ENV,

@@ -8,7 +8,7 @@ from transformers import OPTForCausalLM
 
 from ...errors import SettingsError
 from ...opt.model_state import model_device
-from ...serving.model import is_served
+from ...serving.served_model import is_served
 from ..settings import GenerationSettings
 from .base import Backend
 from .cpu_engine import supported

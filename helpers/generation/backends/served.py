@@ -7,8 +7,7 @@ from collections.abc import Generator
 from ...errors import ServerError, SettingsError
 from ...opt.sizes import EOS_TOKEN_ID
 from ...serving.answers import ServedToken, choice_tokens
-from ...serving.client import chunks
-from ...serving.model import ServedModel
+from ...serving.served_model import ServedModel
 from ..settings import GenerationSettings
 from .base import DecodeJob, Step
 
@@ -62,6 +61,8 @@ def served_steps(job: DecodeJob) -> Generator[Step, None, None]:
     """One step per token of a choice (each choice is a row); a row the server ended at EOS without sending it
     gets its EOS, so the row's finish reads 'eos' as locally. A Stop (or closing this generator) closes the
     answer, which ends the server's generation."""
+    from ...serving.client import chunks  # the openai client, imported only when a served model runs
+
     model: ServedModel = job.model
     request = completion_request(model.name, job.prompt_ids, job.settings, job.max_new_tokens, job.top_logprobs,
                                  job.logprobs)
