@@ -52,6 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if too_little:
         print(f"error: {too_little}", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        with interrupt_after():  # every command imports these (--help has answered without them): an interrupt
+            import torch  # noqa: F401  inside their imports is held to the end, then ends the command cleanly
+            import transformers  # noqa: F401
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     from ..signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
     try:
