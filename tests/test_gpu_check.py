@@ -76,7 +76,8 @@ def test_every_method_is_measured_and_agrees_with_plain_generate(dry_run):
         assert m["method"] == name and m["new_tokens"] == DRY_RUN.new_tokens == len(m["token_ids"])
         assert m["tokens_per_second"] == pytest.approx(m["batch"] * m["new_tokens"] / m["total_seconds"])
         assert m["tokens_per_second"] > 0
-        assert 0 < m["time_to_first_token"] < m["total_seconds"] and m["decode_tokens_per_second"] > 0
+        # medians of different runs: the median first token comes before the longest run's end, not the median's
+        assert 0 < m["time_to_first_token"] < max(m["runs_seconds"]) and m["decode_tokens_per_second"] > 0
         assert m["peak_memory_bytes"] > 0 and m["roofline_fraction"] > 0 and m["bandwidth_bytes_per_second"] > 0
         assert m["first_call_seconds"] > 0 and m["first_call_new_tokens"] == min(DRY_RUN.new_tokens, 4)
         assert isinstance(m["first_call_extra_seconds"], float) and len(m["runs_seconds"]) == DRY_RUN.repeats
