@@ -221,21 +221,3 @@ def add_judge_perplexity(rows: list[dict], judge: OPTForCausalLM, tokenizer: Pre
             row["judge perplexity"] = round(perplexity(judge, tokenizer, row["text"], context=row["prompt"]), 2)
     return rows
 
-
-def loop_comparison(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompt: str,
-                    new_tokens: int = 30) -> list[dict]:
-    """The 2022 tutorial's loop beside the cached loop on one prompt: text, seconds, tokens/s, same tokens or not."""
-    rows, reference = [], None
-    for method, label in (("tutorial", "the tutorial's loop (no cache)"), ("cached", "cached loop (prefill + one token)"),
-                          ("auto", "generate(): the fastest path here")):
-        settings = GenerationSettings.greedy(max_new_tokens=new_tokens)
-        result = generate(model, tokenizer, prompt, settings, method=method)
-        reference = reference or result.token_ids
-        rows.append({
-            "loop": label,
-            "seconds": round(result.timings.total_seconds, 3),
-            "tokens/s": round(result.timings.tokens_per_second, 1),
-            "same tokens": result.token_ids == reference,
-            "text": result.full_text,
-        })
-    return rows
