@@ -24,6 +24,7 @@ from ..opt.random_weights import random_model
 from ..opt.sizes import OPTSize, find_size
 from ..opt.tokenizer import opt_tokenizer
 from .bench_rows import ROWS
+from .peer_ctranslate2 import prepare_peer, run_peer
 
 
 def via_generate(method: str) -> Callable:
@@ -70,6 +71,7 @@ class Method:
     devices: tuple[str, ...] = ("cpu", "cuda")
     prepare: Callable[[BenchContext], OPTForCausalLM] | None = None  # a quantized copy, say
     default: bool = True  # in the default list on its devices
+    peer: bool = False  # another library's row (not ours), run where that library is installed
 
 
 # Every decoding backend is measured through generate(), under its registry name, except two measured otherwise:
@@ -99,6 +101,8 @@ def method_rows(backends: dict[str, Backend] = BACKENDS) -> dict[str, Method]:
         described("auto+int8-cpu", via_generate("auto"), prepare=_int8_dynamic),
         described("auto+int8", via_generate("auto"), prepare=_bitsandbytes("int8")),
         described("auto+nf4", via_generate("auto"), prepare=_bitsandbytes("nf4")),
+        described("ctranslate2", run_peer, prepare=prepare_peer("float32", "float32"), peer=True),
+        described("ctranslate2+int8", run_peer, prepare=prepare_peer("int8", "int8"), peer=True),
     ]}
 
 

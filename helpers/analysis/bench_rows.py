@@ -19,7 +19,11 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "auto+int8-cpu": ("plan int8-cpu: torch dynamic int8 quantization of every Linear, lm_head included", ("cpu",)),
     "auto+int8": ("plan int8: bitsandbytes LLM.int8()", ("cuda",)),
     "auto+nf4": ("plan nf4: bitsandbytes 4-bit NF4", ("cuda",)),
+    # Peers, not ours: another library on the same weights (converted from the same folder), where it is installed.
+    "ctranslate2": ("peer, not ours: CTranslate2's Generator on the same weights converted, float32", ("cpu",)),
+    "ctranslate2+int8": ("peer, not ours: CTranslate2 converted with --quantization int8, compute type int8", ("cpu",)),
 }
+PEERS = ("ctranslate2", "ctranslate2+int8")
 
 # The names rows had before they were named by their backend: still taken by --methods, and read from old results.
 OLD_NAMES = {"seed-loop": "tutorial", "cached-loop": "cached", "hf-generate": "hf", "static-cache": "static",

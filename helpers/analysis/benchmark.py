@@ -23,25 +23,17 @@ from ..memory.dtypes import dtype_name
 from ..memory.measure import PeakMemory
 from ..opt.model_state import model_device
 from ..opt.sizes import OPTSize
-from ..opt.tokenizer import encode_prompt
 from .bandwidth import bytes_per_decode_step, measure_bandwidth, tensors_read_whole, wait_for_device
 from .bench_methods import METHODS, benchmark_model, check_random_model_fits, default_methods, via_generate
+from .bench_quality import Quality, prefix_text, quality_against
 from .bench_rows import row_name, with_current_names
+from .peer_ctranslate2 import PeerModel, missing_reason
+from .peer_ctranslate2 import version as peer_version
 
 SCHEMA = "opt-notebooks/bench/v1"
 
 
 # ------------------------------------------------------------------------------------------ measuring
-
-
-@dataclass
-class Quality:
-    """How far a quantized model is from the reference, on the benchmark's prompt and continuation."""
-
-    reference_dtype: str
-    max_logit_error: float
-    greedy_agreement: float  # share of positions where both pick the same next token (teacher-forced)
-    same_greedy_tokens: bool  # the free-running greedy continuations are identical
 
 
 @dataclass
@@ -67,6 +59,7 @@ class Measurement:
     token_ids: list[int] = field(default_factory=list)  # first row, to check methods agree
     quality: Quality | None = None
     skipped: str | None = None  # why it did not run here
+    peer: str | None = None  # another library's row, not ours: which ("CTranslate2 4.8.5 (peer, not ours)")
     # The warm-up: the first call on this model, so compilation (the static cache on CUDA) and start-up are in it.
     first_call_seconds: float | None = None
     first_call_new_tokens: int | None = None
@@ -88,24 +81,6 @@ def prompt_of_length(tokenizer: PreTrainedTokenizerBase, tokens: int) -> str:
         count *= 2
 
 
-def quality_against(model: OPTForCausalLM, reference: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase,
-                    prompt: str, reference_tokens: list[int], tokens: list[int]) -> Quality:
-    """Teacher-forced on the reference's greedy continuation: the largest logit difference and how often
-    the next-token choices agree; plus whether the free-running greedy outputs are identical."""
-    ids = encode_prompt(tokenizer, prompt) + reference_tokens
-    with torch.inference_mode():
-        ref = reference(torch.tensor([ids], device=model_device(reference))).logits[0].float().cpu()
-        got = model(torch.tensor([ids], device=model_device(model))).logits[0].float().cpu()
-    start = len(ids) - len(reference_tokens) - 1
-    ref, got = ref[start:-1], got[start:-1]
-    return Quality(
-        reference_dtype=dtype_name(reference.dtype),
-        max_logit_error=float((ref - got).abs().max()),
-        greedy_agreement=float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
-        same_greedy_tokens=tokens == reference_tokens,
-    )
-
-
 def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: str, *, prompt_tokens: int = 10,
             new_tokens: int = 128, batch: int = 1, repeats: int = 3, warmup: bool = True,
             bandwidth: float | str | None = None, bandwidth_tensors: list[torch.Tensor] | None = None
@@ -119,7 +94,7 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     """
     method = row_name(method, warn=True)
     run = METHODS[method].run
-    device = model_device(model)
+    device = _device(model)
     prompts = [prompt_of_length(tokenizer, prompt_tokens)] * batch
     first_tokens = new_tokens if device.type == "cuda" else min(new_tokens, 4)
     first_seconds = first_ttft = None
@@ -133,7 +108,7 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     total = statistics.median(seconds)
     ttft = statistics.median(ttfts)
     decode = (new_tokens - 1) / (total - ttft) if total > ttft and new_tokens > 1 else None
-    step_bytes = bytes_per_decode_step(model, prompt_tokens + new_tokens / 2, batch)
+    step_bytes = _step_bytes(model, prompt_tokens + new_tokens / 2, batch)
     fractions = [step_bytes * (new_tokens - 1) / (t - ttft) / bw for t, bw in zip(seconds, bandwidths) if t > ttft]
     peak = max(peaks)
     first_extra = None
@@ -142,19 +117,30 @@ def measure(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, method: s
     return Measurement(
         method=method, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, total_seconds=total,
         time_to_first_token=ttft, tokens_per_second=batch * new_tokens / total, decode_tokens_per_second=decode,
-        peak_memory_bytes=int(peak), weight_bytes=bytes_per_decode_step(model, 0, 1), bytes_per_step=step_bytes,
+        peak_memory_bytes=int(peak), weight_bytes=_step_bytes(model, 0, 1), bytes_per_step=step_bytes,
         roofline_fraction=statistics.median(fractions) if fractions and new_tokens > 1 else None,
         bandwidth_bytes_per_second=statistics.median(bandwidths) if bandwidths else None,
         bandwidths=bandwidths, repeats=repeats, runs_seconds=seconds, token_ids=ids[0],
         first_call_seconds=first_seconds, first_call_new_tokens=first_tokens if warmup else None,
         first_call_time_to_first_token=first_ttft, first_call_extra_seconds=first_extra,
+        peer=model.label if isinstance(model, PeerModel) else None,
     )
+
+
+def _device(subject) -> torch.device:
+    return subject.device if isinstance(subject, PeerModel) else model_device(subject)
+
+
+def _step_bytes(subject, context: float, batch: int) -> int:
+    if isinstance(subject, PeerModel):
+        return subject.bytes_per_decode_step(context, batch)
+    return bytes_per_decode_step(subject, context, batch)
 
 
 def _timed(run: Callable, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
            new_tokens: int) -> tuple[float, list[list[int]], float | None]:
     """(seconds, token ids, time to first token as the method saw it) of one call, the device waited for."""
-    device = model_device(model)
+    device = _device(model)
     wait_for_device(device)
     start = time.perf_counter()
     ids, ttft = run(model, tokenizer, prompts, new_tokens)
@@ -166,7 +152,7 @@ def _timed_runs(run: Callable, model: OPTForCausalLM, tokenizer: PreTrainedToken
                 new_tokens: int, repeats: int, pair_bandwidth: bool, bandwidth_tensors: list[torch.Tensor] | None):
     """`repeats` timed calls, each with its peak memory; with `pair_bandwidth` each is paired with the mean of
     the bandwidths (over `bandwidth_tensors`) measured just before and just after it."""
-    device = model_device(model)
+    device = _device(model)
     seconds, ttfts, ids, bandwidths, peaks = [], [], [], [], []
 
     def bandwidth_now() -> float:  # its buffer is not the method's memory: measured outside the peak
@@ -217,6 +203,7 @@ def hardware_facts() -> dict:
         "torch": env.torch,
         "transformers": transformers.__version__,
         "numpy": np.__version__,
+        "ctranslate2": None if missing_reason() else peer_version(),
         "platform": platform.platform(),
     }
 
@@ -240,12 +227,14 @@ class Report:
         for m in self.measurements:
             if m.skipped:
                 rows.append({"method": m.method, "batch": m.batch, "weights MiB": "", "tokens/s": "", "decode tokens/s": "",
-                             "first token s": "", "peak memory MiB": "", "roofline": "", "quality": f"skipped: {m.skipped}"})
+                             "first token s": "", "peak memory MiB": "", "roofline": "", "quality": f"skipped: {m.skipped}",
+                             "greedy text = reference's for": ""})
                 continue
-            quality = (f"max logit err {m.quality.max_logit_error:.3g}, agree {m.quality.greedy_agreement:.0%}"
-                       if m.quality else ("same tokens" if m.token_ids == reference else "DIFFERENT tokens"))
+            quality = (f"max logit err {m.quality.max_logit_error:.3g}, agree {m.quality.greedy_agreement:.0%} "
+                       "teacher-forced" if m.quality
+                       else ("same tokens" if m.token_ids == reference else "DIFFERENT tokens"))
             rows.append({
-                "method": m.method, "batch": m.batch,
+                "method": f"{m.method} (peer)" if m.peer else m.method, "batch": m.batch,
                 "weights MiB": round(m.weight_bytes / 2**20),
                 "tokens/s": round(m.tokens_per_second, 2),
                 "decode tokens/s": round(m.decode_tokens_per_second, 2) if m.decode_tokens_per_second else "",
@@ -253,6 +242,7 @@ class Report:
                 "peak memory MiB": round(m.peak_memory_bytes / 2**20),
                 "roofline": f"{m.roofline_fraction:.0%}" if m.roofline_fraction is not None else "",
                 "quality": quality,
+                "greedy text = reference's for": prefix_text(m.quality) if m.quality else "",
             })
         return rows
 
@@ -302,6 +292,10 @@ def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device:
     net, tokenizer = context.model, context.tokenizer
     device_type = model_device(net).type
     methods = [row_name(m, warn=True) for m in methods] if methods else default_methods(device_type)
+    peers_missing = missing_reason() if any(METHODS[m].peer for m in methods) else None
+    if peers_missing:  # the peer rows are left out, not failed: one line says why
+        progress(f"peer rows {', '.join(m for m in methods if METHODS[m].peer)} left out: {peers_missing}")
+        methods = [m for m in methods if not METHODS[m].peer]
     progress("measuring the memory bandwidth")
     yardstick = tensors_read_whole(net) if device_type == "cpu" else None
     bandwidth = measure_bandwidth(model_device(net), tensors=yardstick)
@@ -319,6 +313,8 @@ def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device:
                                  for batch in batches]
                 continue
             subject = spec.prepare(context) if spec.prepare else net
+            if isinstance(subject, PeerModel):
+                progress(f"{method}: {subject.label}, {subject.origin}")
             rows = []
             with _parked(net, spec.prepare is not None and device_type == "cuda"):
                 for batch in batches:
@@ -339,7 +335,7 @@ def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device:
         dtype=dtype_name(net.dtype), device=str(model_device(net)), facts=hardware_facts(),
         bandwidth=bandwidth, measurements=measurements,
         settings={"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batches": list(batches),
-                  "repeats": repeats, "methods": methods},
+                  "repeats": repeats, "methods": methods, "peers_left_out": peers_missing},
     )
 
 
