@@ -1,4 +1,4 @@
-"""CTranslate2 as a peer in the benchmark: the same folder converted (cached), greedy tokens and teacher-forced logits."""
+"""CTranslate2 as a bench peer: the same folder converted (cached), its greedy tokens and teacher-forced logits."""
 
 from __future__ import annotations
 
