@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import gc
 import json
@@ -303,31 +304,42 @@ def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device:
     reference = None
     if any(METHODS[m].prepare for m in methods):  # the unquantized greedy continuation quality is judged on
         reference = via_generate("cached")(net, tokenizer, [prompt], new_tokens)[0][0]  # the same tokens, uncompiled
+    # On the CPU the methods take turns, one timed run each a round, so that a load on a shared machine falls on
+    # every row alike; on a GPU each runs its repeats in one go (a quantized copy is made and freed in its turn).
+    rounds, each = (repeats, 1) if device_type == "cpu" else (1, repeats)
+    runs: dict[tuple[str, int], list[Measurement]] = {}
     measurements = []
     try:
-        for method in methods:
-            spec = METHODS[method]
-            if device_type not in spec.devices:
-                measurements += [Measurement(method, batch, prompt_tokens, new_tokens,
-                                             skipped=f"runs on {' or '.join(spec.devices)}, not {device_type}")
-                                 for batch in batches]
-                continue
-            subject = spec.prepare(context) if spec.prepare else net
-            if isinstance(subject, PeerModel):
-                progress(f"{method}: {subject.label}, {subject.origin}")
-            rows = []
-            with _parked(net, spec.prepare is not None and device_type == "cuda"):
-                for batch in batches:
-                    progress(f"{method}: batch {batch}, {repeats} runs of {new_tokens} new tokens after a "
-                             f"{prompt_tokens}-token prompt")
-                    rows.append(measure(subject, tokenizer, method, prompt_tokens=prompt_tokens,
-                                        new_tokens=new_tokens, batch=batch, repeats=repeats, bandwidth="each",
-                                        bandwidth_tensors=yardstick))
-            for m in rows if spec.prepare else []:
-                m.quality = quality_against(subject, net, tokenizer, prompt, reference, m.token_ids)
-            measurements += rows
-            del subject
-            gc.collect()
+        subjects = {}
+        for turn in range(rounds):
+            for method in methods:
+                spec = METHODS[method]
+                if device_type not in spec.devices:
+                    measurements += [Measurement(method, batch, prompt_tokens, new_tokens,
+                                                 skipped=f"runs on {' or '.join(spec.devices)}, not {device_type}")
+                                     for batch in batches] if turn == 0 else []
+                    continue
+                if method not in subjects:
+                    subjects[method] = spec.prepare(context) if spec.prepare else net
+                    if isinstance(subjects[method], PeerModel):
+                        progress(f"{method}: {subjects[method].label}, {subjects[method].origin}")
+                with _parked(net, spec.prepare is not None and device_type == "cuda"):
+                    for batch in batches:
+                        progress(f"{method}: batch {batch}, " + (f"{repeats} runs" if rounds == 1 else
+                                 f"round {turn + 1} of {rounds}") + f" of {new_tokens} new tokens after a "
+                                 f"{prompt_tokens}-token prompt")
+                        runs.setdefault((method, batch), []).append(
+                            measure(subjects[method], tokenizer, method, prompt_tokens=prompt_tokens,
+                                    new_tokens=new_tokens, batch=batch, repeats=each, bandwidth="each",
+                                    bandwidth_tensors=yardstick, warmup=turn == 0))
+                if turn == rounds - 1:
+                    rows = [_merged(runs[(method, batch)]) for batch in batches]
+                    for m in rows if spec.prepare else []:
+                        m.quality = quality_against(subjects[method], net, tokenizer, prompt, reference, m.token_ids)
+                    measurements += rows
+                if rounds == 1:
+                    del subjects[method]
+                    gc.collect()
     finally:
         context.close()
     return Report(
@@ -337,6 +349,24 @@ def run_suite(model: str | OPTSize, methods: list[str] | None = None, *, device:
         settings={"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batches": list(batches),
                   "repeats": repeats, "methods": methods, "peers_left_out": peers_missing},
     )
+
+
+def _merged(turns: list[Measurement]) -> Measurement:
+    """One row from a method's turns (each of one or more timed runs): medians over all their runs."""
+    first = turns[0]
+    if len(turns) == 1:
+        return first
+    seconds = [t for m in turns for t in m.runs_seconds]
+    bandwidths = [b for m in turns for b in m.bandwidths]
+    total, ttft = statistics.median(seconds), statistics.median(m.time_to_first_token for m in turns)
+    steps = first.new_tokens - 1
+    fractions = [first.bytes_per_step * steps / (t - ttft) / bw for t, bw in zip(seconds, bandwidths) if t > ttft]
+    return dataclasses.replace(
+        first, total_seconds=total, time_to_first_token=ttft, tokens_per_second=first.batch * first.new_tokens / total,
+        decode_tokens_per_second=steps / (total - ttft) if total > ttft and steps else None,
+        peak_memory_bytes=max(m.peak_memory_bytes for m in turns), runs_seconds=seconds, bandwidths=bandwidths,
+        roofline_fraction=statistics.median(fractions) if fractions and steps else None, repeats=len(seconds),
+        bandwidth_bytes_per_second=statistics.median(bandwidths) if bandwidths else None, token_ids=turns[-1].token_ids)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
             "Time each decoding method (backend) on one model (random weights in a real OPT shape, or a folder) in one run: "
             "time to first token, decode tokens/s, peak memory, and the fraction of the memory-bandwidth roofline "
             "(the bandwidth is measured in the same run). Quantized methods also report their quality cost "
-            "against the unquantized model.", width=min(shutil.get_terminal_size().columns - 2, 100)),
+            "against the unquantized model. Where ctranslate2 is installed, CTranslate2 (a peer, not ours) runs the same "
+            "weights converted from the same folder (cached), in float32 and int8.", width=min(shutil.get_terminal_size().columns - 2, 100)),
         epilog="methods (a backend; quantized: backend+plan):\n" + help_lines(),  # torch-free: --help stays quick
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the methods one a line; the description wrapped here
     )
@@ -40,7 +41,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-tokens", type=int, default=128, metavar="N")
     p.add_argument("--methods", metavar="M1,M2",
                    help=f"comma-separated, from: {', '.join(ROWS)} (default: all that run on the device)")
-    p.add_argument("--repeats", type=int, default=3, metavar="R", help="timed runs per method (the median is kept)")
+    p.add_argument("--repeats", type=int, default=3, metavar="R", help="timed runs per method (the median is kept); on the CPU the methods take turns, one run each a round")
     p.add_argument("--json", metavar="FILE", help="write the results with hardware and version facts to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="draw the results to FILE.png")
     p.set_defaults(run=_run_bench)
