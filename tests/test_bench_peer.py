@@ -2,6 +2,7 @@
 the greedy-prefix metric, and the rows left out with one line where ctranslate2 is not installed."""
 
 import json
+import statistics
 import sys
 
 import ctranslate2  # in requirements-test.txt: the tests run where the peer does
@@ -133,3 +134,19 @@ def test_without_ctranslate2_the_peer_rows_are_left_out_in_one_line(tiny_pre_fol
     left_out = [line for line in lines if "left out" in line]
     assert len(left_out) == 1 and "ctranslate2, ctranslate2+int8" in left_out[0] and "pip install ctranslate2" in left_out[0]
     assert report.settings["peers_left_out"] and report.facts["ctranslate2"] is None
+
+
+def test_on_the_cpu_the_methods_take_turns_and_each_row_merges_its_runs(tiny_pre_folder):
+    lines = []
+    report = run_suite(str(tiny_pre_folder), ["cached", "auto", "auto+int8-cpu"], new_tokens=4, repeats=3,
+                       progress=lines.append)
+    turns = [line.split(":")[0] for line in lines if "round" in line]
+    assert turns == ["cached", "auto", "auto+int8-cpu"] * 3 and "round 3 of 3" in lines[-1]
+    for m in report.measurements:
+        assert m.repeats == 3 and len(m.runs_seconds) == 3 and len(m.bandwidths) == 3
+        assert m.total_seconds == statistics.median(m.runs_seconds)
+        assert m.tokens_per_second == pytest.approx(4 / m.total_seconds) and m.first_call_seconds > 0
+    cached, auto, int8 = report.measurements
+    assert cached.token_ids == auto.token_ids and cached.quality is None
+    assert int8.quality.compared_tokens == 4 and int8.quality.greedy_prefix_tokens == greedy_prefix(
+        cached.token_ids, int8.token_ids)
