@@ -86,12 +86,13 @@ system-packages:
 	  else echo "The tests need:$$missing. Install with: sudo apt-get install -y --no-install-recommends$$missing"; exit 1; fi; \
 	fi
 
-# CPU benchmark of the committed results (about 3 minutes); on a GPU machine, make bench-gpu.
+# CPU benchmark of the committed results (about 5 minutes; with the CTranslate2 peer rows, converted once into
+# ~/.cache/opt-notebooks/ct2); on a GPU machine, make bench-gpu.
 bench: install
 	$(PY) -m helpers bench --model opt-125m --device cpu --dtype float32 --new-tokens 128 \
 	  --json benchmarks/cpu-opt-125m.json --plot benchmarks/cpu-opt-125m.png
 	$(PY) -m helpers bench --model opt-350m --device cpu --dtype float32 --new-tokens 128 \
-	  --methods hf,auto,auto+int8-cpu --json benchmarks/cpu-opt-350m.json --plot benchmarks/cpu-opt-350m.png
+	  --methods hf,auto,auto+int8-cpu,ctranslate2,ctranslate2+int8 --json benchmarks/cpu-opt-350m.json --plot benchmarks/cpu-opt-350m.png
 
 # The playground streaming with its page open in Chromium, against `python -m helpers generate` on the same model.
 bench-playground: install system-packages

@@ -13,6 +13,7 @@ from tiny_models import save_tiny_model, tiny_model
 from helpers.analysis.bench_quality import Quality, greedy_prefix, prefix_text, quality_against
 from helpers.analysis.benchmark import Report, run_suite
 from helpers.analysis.peer_ctranslate2 import PeerModel, converted, missing_reason, run_peer
+from helpers.analysis.plots import benchmark_figure
 from helpers.cli.main import main
 from helpers.opt.sizes import size_from_config
 
@@ -97,9 +98,9 @@ def test_ctranslate2_greedy_tokens_are_model_generate_s(tmp_path, tokenizer, var
 
 def test_bench_adds_the_peer_rows_labelled_as_a_peer(tiny_pre_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    out = tmp_path / "bench.json"
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(["bench", "--model", str(tiny_pre_folder), "--new-tokens", "6", "--repeats", "1",
-                 "--methods", "auto,auto+int8-cpu,ctranslate2,ctranslate2+int8", "--json", str(out)])
+                 "--methods", "auto,auto+int8-cpu,ctranslate2,ctranslate2+int8", "--json", str(out), "--plot", str(png)])
     assert code == 0
     data = json.loads(out.read_text())
     rows = {r["method"]: r for r in data["results"]}
@@ -120,6 +121,8 @@ def test_bench_adds_the_peer_rows_labelled_as_a_peer(tiny_pre_folder, tmp_path, 
     assert "converted into" in printed.err
     main(["bench", "--model", str(tiny_pre_folder), "--new-tokens", "2", "--repeats", "1", "--methods", "ctranslate2"])
     assert "taken from the cache" in capsys.readouterr().err
+    labels = [t.get_text() for t in benchmark_figure(data).axes[0].get_yticklabels()]
+    assert labels == ["auto", "auto+int8-cpu", "ctranslate2 (peer)", "ctranslate2+int8 (peer)"] and png.stat().st_size
     report = Report.read(out)  # read back: the new quality fields come back as they were written
     assert report.measurements[2].quality.greedy_prefix_tokens == 6 and report.measurements[2].peer
 

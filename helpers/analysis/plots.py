@@ -20,9 +20,11 @@ def benchmark_figure(report: dict) -> Figure:
     batches = sorted({r["batch"] for r in results})
     first = [r for r in results if r["batch"] == batches[0]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    names = [r["method"] for r in first]
+    names = [r["method"] + (" (peer)" if r.get("peer") else "") for r in first]
     speeds = [r["decode_tokens_per_second"] or 0 for r in first]
-    bars = left.barh(names, speeds, color=["#3b7dd8" if r["quality"] is None else "#e08a2c" for r in first])
+    # ours unquantized blue, ours quantized orange, a peer (another library, not ours) green
+    colors = ["#3a9a5b" if r.get("peer") else "#3b7dd8" if r["quality"] is None else "#e08a2c" for r in first]
+    bars = left.barh(names, speeds, color=colors)
     bandwidth = report["bandwidth"]["bytes_per_second"]
     unquantized = next((r for r in first if r["quality"] is None), None)
     limit = 0.0
@@ -33,7 +35,9 @@ def benchmark_figure(report: dict) -> Figure:
                   va="top")
     for bar, r in zip(bars, first):
         fraction = f"  {r['roofline_fraction']:.0%} of roofline" if r.get("roofline_fraction") else ""
-        left.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {bar.get_width():.1f}{fraction}",
+        kept = (r.get("quality") or {}).get("greedy_prefix_tokens")
+        text = f"; text = fp32's for {kept}/{r['quality']['compared_tokens']} tokens" if kept is not None else ""
+        left.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {bar.get_width():.1f}{fraction}{text}",
                   va="center", fontsize=8)
     left.invert_yaxis()
     left.set_xlabel(f"decode tokens/s per sequence (batch {batches[0]})")
