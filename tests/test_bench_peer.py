@@ -73,6 +73,8 @@ def test_the_conversion_is_cached_by_content_and_redone_when_the_source_changes(
     changed, made = converted(source, "float32", tokenizer, root=cache)
     assert made and changed != first and len(calls) == 3
     assert not [p for p in cache.iterdir() if p.name.startswith(".converting")]  # no half-written entry left
+    (changed / "model.bin").unlink()  # an entry broken by hand: converted again, in its place
+    assert converted(source, "float32", tokenizer, root=cache) == (changed, True) and (changed / "model.bin").is_file()
 
 
 @pytest.mark.parametrize("variant", ["pre-ln", "post-ln"])
