@@ -25,6 +25,8 @@ def missing_reason() -> str | None:
         importlib.import_module("ctranslate2")
     except ImportError as error:
         return f"ctranslate2 is not installed ({error}); `pip install ctranslate2` adds the peer rows"
+    except OSError as error:  # installed, but its native library does not load here
+        return f"ctranslate2 does not load here ({error})"
     return None
 
 
