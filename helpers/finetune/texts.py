@@ -32,7 +32,8 @@ def _plural(n: int, word: str) -> str:
 def read_documents(source: str | os.PathLike | Sequence[str], text_column: str | None = None) -> Documents:
     """Every document in `source`: a .txt/.md file is one, a .jsonl file one per line, a folder all of its
     files', a hub data set one per row, a list of strings one per item. Raises TrainingDataError."""
-    if isinstance(source, os.PathLike):
+    given_a_path = isinstance(source, os.PathLike)
+    if given_a_path:
         source = os.fspath(source)
     if isinstance(source, str):
         path = Path(source).expanduser()
@@ -41,7 +42,7 @@ def read_documents(source: str | os.PathLike | Sequence[str], text_column: str |
         if path.exists():
             texts = _read_file(path, text_column)
             return Documents(texts, f"{path.name} ({_plural(len(texts), 'document')})")
-        if _looks_like_a_path(source):
+        if given_a_path or _looks_like_a_path(source):
             raise TrainingDataError(f"There is no file or folder at {source!r} (looked in {path.resolve()}). "
                                     "Check the path; on Colab, upload the file or mount Drive first.")
         return _read_hub(source, text_column)
