@@ -62,6 +62,11 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that asks to run code (a pickled global outside the allow-list)."""
 
 
+class TrainingDataError(HelpersError, ValueError):
+    """Text to fine-tune on that cannot be used: missing, empty, binary or not UTF-8, too short, a bad .jsonl line,
+    a hub data set without a text column or out of reach."""
+
+
 def address_space_limit() -> int | None:
     """This process's address-space limit in bytes (`ulimit -v`, RLIMIT_AS), or None where there is none."""
     try:

@@ -135,6 +135,28 @@ def test_04_decoding_strategies_scores_and_explains_the_seed(tiny_pre_folder, ti
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
 
+def test_09_finetune_trains_on_the_sample_text_and_shows_before_and_after(tiny_pre_folder, tmp_path):
+    import html
+
+    out = tmp_path / "adapter"
+    nb = run_notebook("09_finetune.ipynb", {"MODEL": str(tiny_pre_folder), "STEPS": 4, "SEQ_LEN": 64,
+                                             "BATCH_SIZE": 2, "NEW_TOKENS": 8, "OUT": str(out)})
+    text = outputs_text(nb)
+    assert "as_you_like_it.txt (1 document): " in text and "held out)" in text  # the shipped sample, packed
+    assert "with lora-fp32 on cpu: peak" in text  # the planner's choice on this CPU, with its figures
+    assert "4 steps with lora-fp32" in text and f"adapter saved in {out}" in text
+    assert "perplexity" in text and "adapter_model.safetensors" in text
+    assert "checkpoints" not in text.split("adapter saved in")[-1]  # what you keep, without the checkpoints
+    assert "Nothing was uploaded" in text
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    shown = [o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    side_by_side = next(h for h in shown if "after (with the adapter)" in h)
+    assert all(html.escape(prompt) in side_by_side for prompt in _parameters("09_finetune.ipynb")["PROMPTS"])
+    widgets = [w["state"] for w in nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()]
+    assert {"value": 4, "bar_style": "success"}.items() <= next(w for w in widgets if w.get("max") == 4).items()
+    assert any(str(w.get("value")).startswith("done: 4 steps, held-out perplexity") for w in widgets)  # the live view
+
+
 def _parameters(name: str) -> dict:
     """The values a notebook's parameters cell sets (plain literals)."""
     cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
@@ -161,6 +183,8 @@ def test_04_strategies_are_in_its_parameters_cell_and_match_the_helpers_default(
      "STRATEGIES['hot'] has temprature, which GenerationSettings does not take"),
     ("07_benchmarks.ipynb", {"RESULTS": "/nonexistent/benchmarks"}, "'/nonexistent/benchmarks' does not exist"),
     ("07_benchmarks.ipynb", {"RESULTS": "../README.md"}, "'../README.md' is a file, not a folder"),
+    ("09_finetune.ipynb", {"STEPS": 0}, "STEPS takes a whole number of at least 1"),
+    ("09_finetune.ipynb", {"DATA": "upload"}, 'DATA = "upload" asks for files in Colab'),
 ])
 def test_a_bad_parameter_stops_at_the_check_cell_with_one_line(name, parameters, says):
     """Issue 26 items 9 and 10: before, PROMPTS=[] was an IndexError, a string ran two cells on 'H', and a
@@ -176,7 +200,7 @@ def test_a_bad_parameter_stops_at_the_check_cell_with_one_line(name, parameters,
 
 
 @pytest.mark.parametrize("name", ["01_generate.ipynb", "02_metaseq_checkpoints.ipynb", "03_compare_sizes.ipynb",
-                                  "04_decoding_strategies.ipynb", "07_benchmarks.ipynb"])
+                                  "04_decoding_strategies.ipynb", "07_benchmarks.ipynb", "09_finetune.ipynb"])
 def test_each_step_is_introduced_by_markdown_and_the_parameters_are_checked_next(name):
     cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
     for i, cell in enumerate(cells[3:], start=3):
