@@ -129,6 +129,26 @@ def adapter_tensors_names(folder: Path) -> list[str]:
         return list(f.keys())
 
 
+def test_a_loaded_model_trains_and_comes_back_as_it_was(base, corpus, tmp_path):
+    from helpers import load_model
+
+    loaded = load_model(str(base), plan="fp32-cpu")
+    ids = corpus.held_out[:1]
+    with torch.no_grad():
+        before = loaded.model(input_ids=ids).logits
+    seen = []
+    result = finetune(loaded, corpus, tmp_path / "out", steps=5, lr=5e-3, rank=4, on_progress=seen.append)
+    assert result.plan == "lora-fp32" and result.steps == 5
+    assert [p.step for p in seen if p.held_out_loss is None] == [1, 2, 3, 4, 5]  # and an evaluation after each
+    assert {p.total_steps for p in seen} == {5} and seen[0].held_out_loss == pytest.approx(result.loss_before)
+    assert not any("lora" in name for name, _ in loaded.model.named_modules())
+    assert not loaded.model.training
+    with torch.no_grad():
+        assert torch.equal(loaded.model(input_ids=ids).logits, before)
+    with pytest.raises(SettingsError, match="loaded for lora-fp32"):
+        finetune(loaded, corpus, tmp_path / "other", plan="qlora-nf4")
+
+
 # ------------------------------------------------------------------------------------------ resume and stop
 
 

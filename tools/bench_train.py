@@ -73,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch's threads (default: torch's own; 1 on a busy machine, "
+                        "where threads spin against each other)")
     parser.add_argument("--out", default="benchmarks/cpu-train.json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = bench_train(args.shapes.split(","), args.plans.split(",") if args.plans else plans_here(),
                          steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, rank=args.rank,
                          progress=lambda line: print(line, file=sys.stderr, flush=True))

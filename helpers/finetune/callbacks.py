@@ -54,28 +54,34 @@ def ctrl_c_stops(stop: StopRequest) -> Iterator[None]:
 class TrainingMonitor(TrainerCallback):
     """Stops the Trainer (with a checkpoint) when a stop is requested, and reports each step and evaluation."""
 
-    def __init__(self, stop: StopRequest, tokens_per_step: int,
+    def __init__(self, stop: StopRequest, tokens_per_step: int, total_steps: int,
                  on_progress: Callable[[TrainingProgress], None] | None = None):
         self.stop = stop
+        self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
         self.on_progress = on_progress
         self.first_step: int | None = None  # the step this run started from (after a resume: the checkpoint's)
         self.started = time.perf_counter()
+        self.ended: float | None = None
         self.loss: float | None = None
-        self.train_seconds = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.first_step = state.global_step
         self.started = time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.train_seconds = time.perf_counter() - self.started
+        self.ended = time.perf_counter()
+
+    @property
+    def train_seconds(self) -> float:
+        """From the training's start to its end (or to now, where a KeyboardInterrupt cut it short)."""
+        return (self.ended or time.perf_counter()) - self.started
 
     def steps_done(self, state) -> int:
         return state.global_step - (self.first_step or 0)
 
     def tokens_per_second(self, state) -> float:
-        elapsed = time.perf_counter() - self.started
+        elapsed = self.train_seconds
         return self.steps_done(state) * self.tokens_per_step / elapsed if elapsed > 0 else 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -100,9 +106,9 @@ class TrainingMonitor(TrainerCallback):
     def _report(self, state, held_out_loss: float | None) -> None:
         if self.on_progress is None:
             return
-        progress = TrainingProgress(step=state.global_step, total_steps=state.max_steps, loss=self.loss,
+        progress = TrainingProgress(step=state.global_step, total_steps=self.total_steps, loss=self.loss,
                                     held_out_loss=held_out_loss, tokens_per_second=self.tokens_per_second(state),
-                                    elapsed_s=time.perf_counter() - self.started)
+                                    elapsed_s=self.train_seconds)
         try:
             self.on_progress(progress)
         except KeyboardInterrupt:  # raised by the hook (a widget's interrupt): stop here, with a checkpoint

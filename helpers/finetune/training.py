@@ -155,7 +155,7 @@ def _train(loaded: LoadedModel, data, out: Path, plan: TrainingPlan, settings: d
     trainable = [(p, p.requires_grad) for p in base.parameters()]
     peft_model = with_adapter(base, plan, settings["rank"], settings["alpha"], checkpointing)
     stop = StopRequest(control)
-    monitor = TrainingMonitor(stop, settings["batch_size"] * data.seq_len, on_progress)
+    monitor = TrainingMonitor(stop, settings["batch_size"] * data.seq_len, steps, on_progress)
     trainer = make_trainer(peft_model, Blocks(data.train), Blocks(data.held_out), out / CHECKPOINTS, monitor,
                            steps=steps, lr=lr, batch_size=settings["batch_size"], seed=settings["seed"],
                            device=device, checkpointing=checkpointing, fp16=plan.device == "cuda")
@@ -174,7 +174,7 @@ def _train(loaded: LoadedModel, data, out: Path, plan: TrainingPlan, settings: d
                 if message is None:
                     raise
                 raise OutputWriteError(message) from exc
-        done = trainer.state.global_step
+        done, seconds = trainer.state.global_step, monitor.train_seconds
         interrupted = interrupted or done < steps
         peft_model.eval()
         save_whole(peft_model.save_pretrained, out)  # the adapter so far, whatever stopped the training
@@ -185,7 +185,6 @@ def _train(loaded: LoadedModel, data, out: Path, plan: TrainingPlan, settings: d
         if not merge or interrupted:
             peft_model.unload()  # takes the LoRA layers out: the model given is as it was
         _restore(base, trainable, checkpointing)
-    seconds = monitor.train_seconds or 0.0
     tokens = monitor.steps_done(trainer.state) * settings["batch_size"] * data.seq_len
     result = FinetuneResult(
         adapter_dir=out, plan=plan.name, steps=done, total_steps=steps, interrupted=interrupted,
