@@ -253,6 +253,9 @@ def test_an_earlier_run_is_continued_only_with_resume_and_the_same_settings(base
         finetune(str(base), corpus, tmp_path / "out", plan="lora-fp32", steps=2, rank=4)
     with pytest.raises(SettingsError, match="rank 4 \\(now 8\\)"):
         finetune(str(base), corpus, tmp_path / "out", plan="lora-fp32", steps=2, rank=8, resume=True)
+    (tmp_path / "out" / ".partial-0badf00d").mkdir()  # a save a crash cut short: removed, not in the way
+    finetune(str(base), corpus, tmp_path / "out", plan="lora-fp32", steps=3, rank=4, resume=True)
+    assert not (tmp_path / "out" / ".partial-0badf00d").exists()
     (tmp_path / "out" / "notes.txt").write_text("mine")  # someone's file put in later: refused even with resume
     with pytest.raises(OutputWriteError, match="notes.txt"):
         finetune(str(base), corpus, tmp_path / "out", plan="lora-fp32", steps=2, rank=4, resume=True)

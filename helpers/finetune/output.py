@@ -17,6 +17,7 @@ TOOL = "helpers finetune"
 MARK = "finetune.json"  # the run's settings and figures, and the mark that a folder is a fine-tuning output
 CHECKPOINTS = "checkpoints"
 MERGED = "merged"
+PARTIAL = ".partial-"  # a save under way: moved into the folder when whole
 # What a run writes: peft's adapter files (save_pretrained writes a README.md model card beside them).
 OURS = {MARK, CHECKPOINTS, MERGED, "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
         "README.md"}
@@ -47,11 +48,14 @@ def check_output(out: Path, resume: bool) -> None:
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
         return
-    foreign = [name for name in entries if name not in OURS] if is_ours(out) else entries
+    foreign = [name for name in entries if name not in OURS and not name.startswith(PARTIAL)] if is_ours(out) \
+        else entries
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise OutputWriteError(f"{out} already holds other files ({shown}): choose a new folder for the adapter "
                                "(it is never written into a folder of other files). Nothing was changed.")
+    for leftover in out.glob(f"{PARTIAL}*"):  # a save cut short by a crash (a kill, a lost runtime)
+        shutil.rmtree(leftover, ignore_errors=True)
     if not resume:
         raise OutputWriteError(f"{out} holds an earlier fine-tuning run: pass --resume (resume=True) to go on from "
                                "its last checkpoint, or choose another folder. Nothing was changed.")
@@ -68,7 +72,7 @@ def disk_full_message(exc: OSError, where: Path) -> str | None:
 def save_whole(save: Callable[[Path], None], out: Path, names: tuple[str, ...] | None = None) -> None:
     """Run `save(folder)` into a new folder beside the files of `out`, then move what it wrote into `out` (one
     rename each): a failed save (a full disk) leaves the files that were there as they were."""
-    partial = out / f".partial-{uuid.uuid4().hex[:8]}"
+    partial = out / f"{PARTIAL}{uuid.uuid4().hex[:8]}"
     try:
         partial.mkdir(parents=True)
         save(partial)
