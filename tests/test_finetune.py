@@ -89,7 +89,8 @@ def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_training_lowers_the_held_out_loss_by_at_least_a_third(base, corpus, tmp_path):
-    # Measured: 7.55 -> about 4.5 in 240 steps (40%); the random model starts above uniform (ln 512 = 6.24).
+    # Measured: 7.55 -> 4.73 in 240 steps (37% lower; deterministic on the CPU). The random model starts above
+    # uniform (ln 512 = 6.24); the grammar allows about 0.7 nats per token, so a third is learning, not luck.
     result = finetune(str(base), corpus, tmp_path / "out", plan="lora-fp32", steps=240, lr=5e-3, rank=8)
     assert result.loss_after < result.loss_before * 2 / 3, result.summary()
     assert result.steps == 240 and not result.interrupted
