@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,9 @@ def with_adapter(model: torch.nn.Module, plan: TrainingPlan, rank: int, alpha: i
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:  # checkpointed layers need an input that requires grad to backpropagate
         model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(rank, alpha))
+    with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5.24 deprecates: not the user's to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return get_peft_model(model, lora_config(rank, alpha))
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:
