@@ -42,10 +42,11 @@ def _run_finetune(args: argparse.Namespace) -> int:
     quiet_libraries()
     from ..finetune.training import finetune
 
-    every = max(1, args.steps // 20)
+    every, evaluated = max(1, args.steps // 20), set()
 
     def progress(p) -> None:
-        if p.held_out_loss is not None and p.step:
+        if p.held_out_loss is not None and p.step and p.step not in evaluated:  # the final evaluation repeats the last
+            evaluated.add(p.step)
             print(f"step {p.step}/{p.total_steps}: held-out loss {p.held_out_loss:.3f}", file=sys.stderr, flush=True)
         elif p.loss is not None and (p.step % every == 0 or p.step == p.total_steps):
             print(f"step {p.step}/{p.total_steps}: loss {p.loss:.3f}, {p.tokens_per_second:.0f} tokens/s",
