@@ -12,10 +12,11 @@ _LAZY = {
     "LoadedModel": "loading.model", "load_model": "loading.model", "unload": "loading.model",
     "SIZES": "opt.sizes", "get_size": "opt.sizes",
 }
+# `finetune` is the package helpers.finetune, which is callable: finetune(model, data, out, ...) trains an adapter.
 
 __all__ = [
     "GenerationResult", "GenerationSettings", "HelpersError", "LoadedModel", "ModelLoadError", "PRESETS",
-    "PromptError", "SIZES", "SettingsError", "UnknownModelError", "generate", "get_size", "load_model",
+    "PromptError", "SIZES", "SettingsError", "UnknownModelError", "finetune", "generate", "get_size", "load_model",
     "stream", "unload",
 ]
 

@@ -11,6 +11,7 @@ from ..errors import HelpersError, out_of_memory_message, too_little_address_spa
 from .bench import add_bench_parser, add_leaks_parser
 from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from .convert import add_convert_parser
+from .finetune import add_finetune_parser
 from .generate import add_generate_parser
 from .plan import add_plan_parser
 from .serve import add_serve_parser
@@ -18,7 +19,7 @@ from .serve import add_serve_parser
 # ---------------------------------------------------------------------------------------------- main
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate_parser, add_convert_parser, add_plan_parser, add_bench_parser,
-                                                                    add_leaks_parser, add_serve_parser]
+                                                                    add_leaks_parser, add_serve_parser, add_finetune_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
