@@ -44,6 +44,8 @@ def supported(model: OPTForCausalLM, batch: int) -> bool:
             and not hasattr(model, "hf_device_map") and getattr(model, "hf_quantizer", None) is None
             and model.config.activation_function == "relu" and model.config.enable_bias):
         return False
+    if any(type(m).__module__.startswith("peft.") for m in model.modules()):  # an unmerged adapter: it reads none
+        return False
     linears = [model.lm_head] + [m for layer in model.model.decoder.layers for m in (
         layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
         layer.fc1, layer.fc2)]
