@@ -90,7 +90,7 @@ def test_load_model_with_an_adapter_gives_peft_s_logits(adapter, tiny_pre_folder
     with torch.no_grad():
         assert torch.equal(loaded.model(input_ids=ids).logits, expected)  # the same layers: bit for bit
     merged = load_model(str(tiny_pre_folder), adapter=adapter, merge=True, device="cpu", dtype="float32")
-    assert merged.peft_model is None and merged.info.adapter_merged and "(merged)" in merged.info.summary()
+    assert merged.peft_model is None and merged.info.adapter_merged and "LoRA adapter (rank 4) merged in" in merged.info.summary()
     with torch.no_grad():
         torch.testing.assert_close(merged.model(input_ids=ids).logits, expected, rtol=0, atol=1e-4)
         torch.testing.assert_close(merge_adapter(loaded.peft_model)(input_ids=ids).logits, expected, rtol=0, atol=1e-4)
@@ -238,7 +238,7 @@ def test_cli_adapter_generates_peft_s_greedy_tokens(adapter, tiny_pre_folder, ca
         expected = reference.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                       max_new_tokens=10, min_new_tokens=10)[0, ids.shape[1]:].tolist()
     assert data["token_ids"] == expected and data["adapter"] == str(adapter.resolve())
-    assert "+ my-adapter (merged)" in err  # merged (unquantized weights): the CPU engine's speed
+    assert "+ my-adapter from" in err and "LoRA adapter (rank 4) merged in" in err  # merged (unquantized weights): the CPU engine's speed
     code = main(["generate", "--model", str(adapter), "--greedy", "--max-new-tokens", "10", "--min-new-tokens", "10",
                  "--json", PROMPT])  # the adapter folder as the model: its base, with it
     assert code == 0 and json.loads(capsys.readouterr().out)["token_ids"] == expected

@@ -59,10 +59,11 @@ class ModelInfo:
 
     def summary(self) -> str:
         plan = f" (plan {self.plan.plan})" if self.plan is not None and self.plan.plan != "fp32-cpu" else ""
-        merged = " (merged)" if self.adapter_merged else ""
+        adapter = "" if self.adapter is None else (
+            f", LoRA adapter (rank {self.adapter.rank}) {'merged in' if self.adapter_merged else 'applied'}")
         return (
-            f"{self.label}{merged} from {self.source}: {self.parameters / 1e6:.1f}M parameters, {self.dtype} on "
-            f"{self.device}{plan}, weights {human_bytes(self.weight_bytes)}, loaded in {self.load_seconds:.1f} s"
+            f"{self.label} from {self.source}: {self.parameters / 1e6:.1f}M parameters, {self.dtype} on "
+            f"{self.device}{plan}, weights {human_bytes(self.weight_bytes)}, loaded in {self.load_seconds:.1f} s{adapter}"
         )
 
 
