@@ -12,7 +12,7 @@ from tiny_models import save_tiny_model
 from transformers import OPTForCausalLM
 
 from helpers.cli.main import main
-from helpers.errors import AdapterError
+from helpers.errors import AdapterError, SettingsError
 from helpers.finetune.adapters import (
     apply_adapter,
     check_adapter,
@@ -114,6 +114,9 @@ def test_every_backend_generates_peft_s_greedy_tokens(adapter, tiny_pre_folder, 
     assert generate(loaded.model, loaded.tokenizer, PROMPT, settings).token_ids == expected  # auto's pick
     # unmerged, the CPU engine (which reads the plain weights) must stand aside; merged, it runs the adapter
     assert ("cpu-fast" in ran) is merge and {"cached", "hf", "tutorial"} <= set(ran)
+    if not merge:
+        with pytest.raises(SettingsError, match="LoRA adapter applied beside them: load it with merge=True"):
+            generate(loaded.model, loaded.tokenizer, PROMPT, settings, method="cpu-fast")
 
 
 def test_an_adapter_on_embeddings_keeps_the_cpu_engine_away(tiny_pre_folder, tmp_path):
@@ -147,6 +150,11 @@ def test_an_adapter_for_another_size_is_refused_saying_what_it_was_made_for(tmp_
     assert isinstance(apply_adapter(model, adapter), PeftModel)
     with pytest.raises(AdapterError, match="already has an adapter"):
         apply_adapter(model, adapter)
+
+
+def test_a_served_model_takes_no_adapter_here(adapter):
+    with pytest.raises(AdapterError, match="--enable-lora --lora-modules"):
+        load_model("http://127.0.0.1:9/v1", adapter=adapter)
 
 
 def test_an_adapter_for_another_architecture_is_refused(tmp_path, tiny_pre_folder):

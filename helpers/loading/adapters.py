@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AdapterError, HelpersError, ModelLoadError
+from ..generation.backends.cpu_engine import has_unmerged_adapter
 from ..opt.sizes import SIZES, OPTSize, find_size, size_from_config
 from ..serving.served_model import is_served
 from ..serving.urls import is_server_url
@@ -246,7 +247,7 @@ def apply_adapter(model, path: str | Path | AdapterInfo):
 
     info = path if isinstance(path, AdapterInfo) else read_adapter(path)
     check_adapter(info, model)
-    if has_adapter(model):
+    if has_unmerged_adapter(model):
         raise AdapterError("This model already has an adapter applied: load the base model again to apply another "
                            "(or merge the first with merge_adapter).")
     try:
@@ -258,9 +259,6 @@ def apply_adapter(model, path: str | Path | AdapterInfo):
                            "unquantized (another plan, or --dtype float32) and try again.") from None
 
 
-def has_adapter(model) -> bool:
-    """Whether peft's layers are in `model` (an adapter applied and not merged)."""
-    return any(type(m).__module__.startswith("peft.") for m in model.modules())
 
 
 def merge_adapter(model):
