@@ -109,3 +109,8 @@ def out_of_memory_message(exc: BaseException) -> str | None:
 
 class ServerError(HelpersError, ConnectionError):
     """A served model's server that cannot be reached, refuses the request, or breaks off its answer."""
+
+
+class AdapterError(HelpersError, ValueError):
+    """A LoRA adapter that is not one, is damaged, does not fit the model it is applied to, or whose base is not
+    here."""

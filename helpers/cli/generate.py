@@ -26,6 +26,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from standard input)")
     p.add_argument("--model", required=True, metavar="NAME_OR_PATH",
                    help="a size (opt-125m ... opt-66b), a hub id (facebook/opt-350m) or a local model folder")
+    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter folder (what `finetune` wrote) to apply to the "
+                                                    "model, merged into its weights unless they are quantized")
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="new tokens at most (default 64)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (the 2022 tutorial's decoding)")
     p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (default 0.7)")
@@ -112,18 +114,23 @@ def _run_generate(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="The prompt was ", category=UserWarning)  # printed once as a note
     from ..generation.run import generate
     from ..generation.streaming import stream
+    from ..loading.adapters import is_adapter, read_adapter
     from ..loading.devices import resolve_device
     from ..loading.model import load_model
     from ..loading.sources import resolve_source
     from ..serving.urls import is_server_url
 
     resolve_device(args.device)  # a wrong device or path is known now, not after the weights load
-    if not is_server_url(args.model):  # a served model (a URL) is checked by connecting to it
+    if args.adapter is not None:  # a folder that is no adapter is known now, not after the weights load
+        read_adapter(args.adapter)
+    elif is_adapter(args.model):  # an adapter folder as the model: its base loads, with it
+        read_adapter(args.model)
+    if not is_server_url(args.model) and not is_adapter(args.model):  # a served model is checked by connecting
         resolve_source(args.model)
 
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, plan=args.plan,
-                        gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory)
+                        gpu_memory=args.gpu_memory, cpu_memory=args.cpu_memory, adapter=args.adapter, merge="auto")
     model, tokenizer, info = loaded
     print(info.summary(), file=sys.stderr, flush=True)
     common = dict(truncate=args.truncate, method=args.method)
@@ -131,7 +138,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         result = generate(model, tokenizer, prompt, settings, logprobs=args.logprobs > 0,
                           top_logprobs=args.logprobs, **common)
         print_json({**result.as_dict(), "model": args.model, "source": info.source, "device": info.device,
-                     "dtype": info.dtype})
+                     "dtype": info.dtype, "adapter": str(info.adapter.path) if info.adapter else None})
         return 0
     result = _stream_to_terminal(stream(model, tokenizer, prompt, settings, **common), prompt)
     for note in result.notes:

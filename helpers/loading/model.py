@@ -27,6 +27,7 @@ from ..opt.tokenizer import load_tokenizer
 from ..serving.served_model import is_served
 from ..serving.urls import is_server_url
 from ..units import human_bytes
+from .adapters import AdapterInfo, adapter_for, attach_adapter
 from .apply_plan import check_plain_load_fits, load_arguments, plan_for, quantize_dynamic_int8
 from .devices import resolve_device
 from .fetch import offline_message
@@ -48,22 +49,33 @@ class ModelInfo:
     load_seconds: float
     plan: Option | None = None  # the memory plan it was loaded with
     offload_folder: str | None = None  # a temporary disk-offload folder, removed by unload()
+    adapter: AdapterInfo | None = None  # the LoRA adapter applied to it
+    adapter_merged: bool = False  # merged into the weights (merge_and_unload) rather than applied beside them
+
+    @property
+    def label(self) -> str:
+        """The model's name for people: 'opt-125m', 'opt-125m + my-adapter'."""
+        return self.size.name + (f" + {self.adapter.name}" if self.adapter is not None else "")
 
     def summary(self) -> str:
         plan = f" (plan {self.plan.plan})" if self.plan is not None and self.plan.plan != "fp32-cpu" else ""
+        adapter = "" if self.adapter is None else (
+            f", LoRA adapter (rank {self.adapter.rank}) {'merged in' if self.adapter_merged else 'applied'}")
         return (
-            f"{self.size.name} from {self.source}: {self.parameters / 1e6:.1f}M parameters, {self.dtype} on "
-            f"{self.device}{plan}, weights {human_bytes(self.weight_bytes)}, loaded in {self.load_seconds:.1f} s"
+            f"{self.label} from {self.source}: {self.parameters / 1e6:.1f}M parameters, {self.dtype} on "
+            f"{self.device}{plan}, weights {human_bytes(self.weight_bytes)}, loaded in {self.load_seconds:.1f} s{adapter}"
         )
 
 
 class LoadedModel:
     """The model, its tokenizer and facts about them. Unpacks as `model, tokenizer, info = load_model(...)`."""
 
-    def __init__(self, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, info: ModelInfo):
-        self.model: OPTForCausalLM | None = model
+    def __init__(self, model: OPTForCausalLM, tokenizer: PreTrainedTokenizerBase, info: ModelInfo,
+                 peft_model=None):
+        self.model: OPTForCausalLM | None = model  # with an unmerged adapter, peft's layers are inside it
         self.tokenizer = tokenizer
         self.info = info
+        self.peft_model = peft_model  # the PeftModel of an unmerged adapter (to merge or save it), else None
 
     def __iter__(self):
         return iter((self.model, self.tokenizer, self.info))
@@ -152,6 +164,8 @@ def load_model(
     revision: str | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
     api_key: str | None = None,
+    adapter: str | Path | None = None,
+    merge: bool | str = False,
 ) -> LoadedModel:
     """Load an OPT model and its tokenizer.
 
@@ -170,6 +184,10 @@ def load_model(
         revision: a hub branch, tag or commit.
         progress: called as progress(stage, done, total) while weights load (a widget's progress bar).
         api_key: a server's API key (default: the environment variable OPT_API_KEY); sent only to that server.
+        adapter: a LoRA adapter folder (`finetune`'s output, peft's save_pretrained) to apply; an adapter folder
+            passed as `name_or_path` loads the base it names, with the adapter.
+        merge: merge the adapter into the weights (True; the CPU engine then runs it), keep it beside them (False:
+            `peft_model` is peft's PeftModel), or 'auto': merge unless the weights are quantized.
 
     Returns:
         A `LoadedModel`: `model, tokenizer, info = load_model("opt-350m")`.
@@ -177,8 +195,10 @@ def load_model(
     Raises:
         UnknownModelError: the name is not a size, a hub id or a folder.
         ModelLoadError: the hub cannot be reached, the folder is missing or incomplete, or it is not OPT.
+        AdapterError: the adapter is not one, was made for another model, or its base is not here.
     """
-    if is_server_url(name_or_path):  # nothing is loaded here: the server runs the model
+    name_or_path, adapter_info = adapter_for(name_or_path, adapter)
+    if is_server_url(name_or_path) and adapter_info is None:  # nothing is loaded here: the server runs the model
         from ..serving.model import connect  # the openai client is imported only for a served model
 
         return LoadedModel(*connect(name_or_path, api_key=api_key))
@@ -209,6 +229,13 @@ def load_model(
     if made_folder is not None:  # removed by unload(), else when the model is freed or Python exits
         weakref.finalize(model, shutil.rmtree, made_folder, True)
     model.eval()
+    peft_model = None
+    if adapter_info is not None:
+        try:
+            model, peft_model = attach_adapter(model, adapter_info, merge)
+        except BaseException:  # refused (another size) or interrupted: free the base that was loaded for it
+            unload(model)
+            raise
     seconds = time.perf_counter() - start
     placed = {str(d) for d in getattr(model, "hf_device_map", {}).values()}
     info = ModelInfo(
@@ -223,8 +250,10 @@ def load_model(
         memory_used_bytes=max(0, memory_now(device) - before),
         load_seconds=seconds,
         offload_folder=made_folder,
+        adapter=adapter_info,
+        adapter_merged=adapter_info is not None and peft_model is None,
     )
-    return LoadedModel(model, tokenizer, info)
+    return LoadedModel(model, tokenizer, info, peft_model)
 
 
 def _located(name_or_path: str, revision: str | None) -> tuple[str, bool]:

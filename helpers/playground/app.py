@@ -20,7 +20,7 @@ from .kernel_events import current_request_id, running_kernel
 from .layout import arrange, settings_panel, tabs
 from .model_loading import ModelLoading
 from .side_by_side import SideBySide
-from .state import Branch, Run, branch_from, model_choices
+from .state import Branch, Run, branch_from, model_choices, with_adapters
 from .status_line import StatusLine
 from .styles import copy_button, style_widget
 from .token_view import TOP_ALTERNATIVES, TokenView
@@ -35,7 +35,8 @@ def _forward(part: str, name: str) -> property:
 
 
 class Playground:
-    """The app. `Playground(model="opt-350m")` in a notebook cell displays it and loads the model.
+    """The app. `Playground(model="opt-350m")` in a notebook cell displays it and loads the model. The LoRA
+    adapters under `adapters` (a folder, `finetuned/` by default) join the picker after their base model.
 
     Everything a user can do has a method too (`generate()`, `stop()`, `branch()`, `side_by_side()`,
     `restore()`, `continue_run()`, `export_history()`), so tests and notebooks can drive it; `wait()` blocks
@@ -51,11 +52,12 @@ class Playground:
 
     def __init__(self, model: str = "opt-350m", extra_models: list[str] | tuple[str, ...] = (),
                  device: str = "auto", dtype: str = "auto", load: bool = True,
-                 loader: Callable[..., LoadedModel] = load_model):
+                 loader: Callable[..., LoadedModel] = load_model, adapters: str | None = "finetuned"):
         self.device, self.dtype = device, dtype
         self.messages = StatusLine()
         self.jobs = Jobs(self.messages, on_busy=self._on_busy, on_stream=self._on_stream)
-        choices = model_choices([m for m in extra_models if m != model] + ([] if model in SIZES else [model]))
+        choices = with_adapters(model_choices([m for m in extra_models if m != model]
+                                              + ([] if model in SIZES else [model])), adapters)
         self.models = ModelLoading(model, choices, device, dtype, loader, self.jobs)
         self.controls = DecodingControls(self.messages.say)
         self.token_view = TokenView(on_branch=self.branch)

@@ -16,7 +16,7 @@ from ..units import human_bytes
 from .jobs import Jobs
 from .quiet import Quiet
 from .random_model import RANDOM, RANDOM_LABEL, random_folder
-from .state import Model, free_bytes, needs_bytes
+from .state import Model, choice_for, free_bytes, needs_bytes, with_adapters
 from .views import explain
 
 OFFLINE_HINT = ("In the playground: type that folder in the box beside the model picker and press Enter, or serve it "
@@ -69,7 +69,7 @@ class ModelLoading:
         if not name:
             return
         if name not in {c.name for c in self.choices}:
-            self.choices.append(Model(name, name, None))
+            self.choices[:] = with_adapters([*self.choices, choice_for(name)], None)  # an adapter after its base
             with self._quiet:
                 self.picker.options = self.options()
                 self.picker.value = self.loaded_name or self.choices[0].name
@@ -111,7 +111,7 @@ class ModelLoading:
             new = self.load_one(name)
         except BaseException as exc:
             if previous_name is None:
-                self.status.value = (f"<b>{html.escape(self._label(name))}</b> did not load: no model is loaded. "
+                self.status.value = (f"<b>{html.escape(self.label(name))}</b> did not load: no model is loaded. "
                                      f"Without weights here, pick \u201c{RANDOM_LABEL}\u201d to try the app.")
                 raise
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -123,14 +123,14 @@ class ModelLoading:
                 kept = "still loaded"
             self.loaded_name = previous_name
             self.show_picked(previous_name)
-            self.status.value = (f"Loading <b>{html.escape(name)}</b> {reason}; <b>{html.escape(self._label(previous_name))}"
+            self.status.value = (f"Loading <b>{html.escape(self.label(name))}</b> {reason}; <b>{html.escape(self.label(previous_name))}"
                                  f"</b> is {kept}: {self._facts(self.loaded)}; {self.memory_text()}")
             raise
         if previous is not None and previous.model is not None:
             previous.unload()
         self.loaded, self.loaded_name = new, name
         self.show_picked(name)
-        self.status.value = f"<b>{html.escape(self._label(name))}</b>: {self._facts(new)}; {self.memory_text()}"
+        self.status.value = f"<b>{html.escape(self.label(name))}</b>: {self._facts(new)}; {self.memory_text()}"
         return new
 
     @staticmethod
@@ -140,11 +140,12 @@ class ModelLoading:
 
     def load_beside(self, name: str) -> LoadedModel:
         """Load `name` beside the playground's own model (side by side), without making it the playground's."""
-        return self._loader(str(random_folder()) if name == RANDOM else name, device=self.device, dtype=self.dtype)
+        return self._loader(str(random_folder()) if name == RANDOM else name, device=self.device, dtype=self.dtype,
+                            **self._adapter_arguments(name))
 
     def load_one(self, name: str) -> LoadedModel:
         """Call the loader (random weights built first), the progress bar and the status line following it."""
-        self.status.value = f"Loading <b>{html.escape(self._label(name))}</b> \u2026 ({self.memory_text()} before)"
+        self.status.value = f"Loading <b>{html.escape(self.label(name))}</b> \u2026 ({self.memory_text()} before)"
         self.progress.value, self.progress.max = 0, 1
         self.progress.layout.display = "flex"
         start = time.perf_counter()
@@ -152,12 +153,13 @@ class ModelLoading:
         def report(stage: str, done: int, total: int | None) -> None:
             if total:
                 self.progress.max, self.progress.value = total, min(done, total)
-            self.status.value = (f"Loading <b>{html.escape(self._label(name))}</b>: {html.escape(stage)} {done}"
+            self.status.value = (f"Loading <b>{html.escape(self.label(name))}</b>: {html.escape(stage)} {done}"
                                  f"{f'/{total}' if total else ''} ({time.perf_counter() - start:.0f} s)")
 
         try:
             source = str(random_folder(lambda: report("building random weights", 0, None))) if name == RANDOM else name
-            return self._loader(source, device=self.device, dtype=self.dtype, progress=report)
+            return self._loader(source, device=self.device, dtype=self.dtype, progress=report,
+                                **self._adapter_arguments(name))
         except ModelLoadError as exc:
             if str(exc).startswith("Could not get"):  # offline: say how to use a folder here
                 raise ModelLoadError(f"{exc} {OFFLINE_HINT}") from None
@@ -165,8 +167,15 @@ class ModelLoading:
         finally:
             self.progress.layout.display = "none"
 
-    def _label(self, name: str) -> str:
-        return RANDOM_LABEL if name == RANDOM else name
+    def _adapter_arguments(self, name: str) -> dict:
+        """An adapter's choice loads its base with it, merged into unquantized weights (the CPU engine's speed)."""
+        return {"merge": "auto"} if any(c.name == name and c.base is not None for c in self.choices) else {}
+
+    def label(self, name: str) -> str:
+        """The name to show: an adapter's 'base + adapter', random weights' label, else the name itself."""
+        if name == RANDOM:
+            return RANDOM_LABEL
+        return next((c.label for c in self.choices if c.name == name and c.base is not None), name)
 
     def needs_bytes(self, name: str) -> int:
         return needs_bytes(self.choices, name, self.device, self.dtype)

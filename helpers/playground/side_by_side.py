@@ -92,7 +92,7 @@ class SideBySide:
         columns, extra = [], {}
         try:
             for name in models:
-                loading.show_status(f"Side by side: <b>{html.escape(name)}</b> ({len(columns) + 1}/{len(models)})"
+                loading.show_status(f"Side by side: <b>{html.escape(loading.label(name))}</b> ({len(columns) + 1}/{len(models)})"
                                     f"{'' if together else ' · one model in memory at a time'}")
                 if name == loading.loaded_name or not together:
                     loaded = loading.load(name)  # the previous model goes first when both do not fit
@@ -111,7 +111,7 @@ class SideBySide:
     def _column(self, name: str, loaded: LoadedModel, prompt: str, settings: GenerationSettings, columns: list,
                 count: int) -> GenerationResult:
         text_stream = stream(loaded.model, loaded.tokenizer, prompt, settings, on_step=self._jobs.pump)
-        header, body = W.HTML(f"<b>{html.escape(name)}</b>"), W.HTML()
+        header, body = W.HTML(f"<b>{html.escape(self._models.label(name))}</b>"), W.HTML()
         column = W.VBox([header, body], layout=W.Layout(flex=f"1 1 {max(200, 900 // count)}px", min_width="0",
                                                          padding="4px"))
         column.add_class("opt-column")
@@ -125,7 +125,7 @@ class SideBySide:
         self._jobs.follow(text_stream, draw)
         result = text_stream.result
         t = result.timings
-        header.value = (f"<b>{html.escape(name)}</b><br><small>{t.new_tokens} tokens, {t.tokens_per_second:.1f} "
+        header.value = (f"<b>{html.escape(self._models.label(name))}</b><br><small>{t.new_tokens} tokens, {t.tokens_per_second:.1f} "
                         f"tokens/s, first token {t.time_to_first_token or 0:.2f} s, {t.total_seconds:.2f} s, "
                         f"seed {result.settings.seed}</small>")
         self._record(Run(label=f"side by side {len(columns)}", model=name, prompt_ids=result.prompt_token_ids,

@@ -14,11 +14,12 @@ from .. import environment
 from ..errors import HelpersError
 from ..generation.results import GenerationResult, TokenInfo
 from ..generation.settings import GenerationSettings
+from ..loading.adapters import AdapterInfo, find_adapters, is_adapter, read_adapter
 from ..loading.devices import resolve_device
 from ..loading.sources import size_of
 from ..memory.dtypes import dtype_name, resolve_dtype
 from ..memory.planner import Budget, plain_plan, plan
-from ..opt.sizes import SIZES
+from ..opt.sizes import SIZES, find_size
 from ..serving.urls import is_server_url
 from ..units import human_bytes
 
@@ -93,6 +94,40 @@ class Model:
     label: str
     fits: bool | None  # None: unknown (a folder or hub id)
     needs_bytes: int | None = None
+    base: str | None = None  # for a LoRA adapter (its folder is the name): the base model it loads on
+
+
+def _base_name(info: AdapterInfo) -> str:
+    """The adapter's base as the picker names it: a size, else the folder or hub id peft wrote."""
+    size = find_size(info.base_model) if info.base_model else None
+    return size.name if size is not None else info.base_model or "?"
+
+
+def choice_for(name: str) -> Model:
+    """The choice for a name typed or passed in: a LoRA adapter folder is labelled 'base + adapter'."""
+    if is_adapter(name):
+        try:
+            info = read_adapter(name)
+        except HelpersError:  # listed by its path; picking it says what is wrong
+            return Model(name, name, None)
+        base = _base_name(info)
+        return Model(name, f"{base.rstrip('/').rsplit('/', 1)[-1]} + {info.name}", None, base=base)
+    return Model(name, name, None)
+
+
+def with_adapters(choices: list[Model], folder: str | None) -> list[Model]:
+    """`choices` with the adapters under `folder` (and adapter folders among them), each placed after its base
+    model and taking the base's memory."""
+    found = [choice_for(str(info.path)) for info in find_adapters(folder)] if folder else []
+    out = [c for c in choices if c.base is None]
+    for choice in [c for c in choices if c.base is not None] + [c for c in found if c.name not in
+                                                                {x.name for x in choices}]:
+        at = max((i for i, c in enumerate(out) if choice.base in (c.name, c.base)), default=None)
+        base = next((c for c in out if c.name == choice.base), None)
+        placed = Model(choice.name, choice.label, base.fits if base else None, base.needs_bytes if base else None,
+                       choice.base)
+        out.insert(len(out) if at is None else at + 1, placed)
+    return out
 
 
 def model_choices(extra: list[str], env: environment.Environment | None = None) -> list[Model]:
@@ -116,7 +151,7 @@ def model_choices(extra: list[str], env: environment.Environment | None = None) 
         plain = best.plan in ("fp16", "fp32-cpu")
         label = size.name if plain else f"{size.name} \u00b7 {best.plan} ({best.speed_class})"
         out.append(Model(size.name, label, True, best.needs_bytes))
-    out += [Model(name, name, None) for name in extra]
+    out += [choice_for(name) for name in extra]
     return out
 
 

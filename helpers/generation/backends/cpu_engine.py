@@ -44,10 +44,17 @@ def supported(model: OPTForCausalLM, batch: int) -> bool:
             and not hasattr(model, "hf_device_map") and getattr(model, "hf_quantizer", None) is None
             and model.config.activation_function == "relu" and model.config.enable_bias):
         return False
+    if has_unmerged_adapter(model):  # the engine reads the plain weights, not an adapter's layers beside them
+        return False
     linears = [model.lm_head] + [m for layer in model.model.decoder.layers for m in (
         layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
         layer.fc1, layer.fc2)]
     return all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in linears)
+
+
+def has_unmerged_adapter(model: OPTForCausalLM) -> bool:
+    """Whether peft's layers (a LoRA adapter applied, not merged) are in the model."""
+    return any(type(m).__module__.startswith("peft.") for m in model.modules())
 
 
 def _fingerprint(model: OPTForCausalLM) -> tuple:

@@ -11,7 +11,7 @@ from ...opt.model_state import model_device
 from ...serving.served_model import is_served
 from ..settings import GenerationSettings
 from .base import Backend
-from .cpu_engine import supported
+from .cpu_engine import has_unmerged_adapter, supported
 from .hf import generate_steps, static_cache_steps
 from .loops import cached_steps, engine_steps
 from .served import served_steps, unsupported
@@ -26,6 +26,9 @@ _NO_CONTRASTIVE = {"contrastive": "transformers 5 no longer ships it: it needs r
 def _engine_cannot_run(model: OPTForCausalLM, batch: int) -> str | None:
     if supported(model, batch):
         return None
+    if has_unmerged_adapter(model):
+        return ("it reads the plain weights, and this model has a LoRA adapter applied beside them: load it with "
+                "merge=True (load_model) to run it here")
     return "it runs one prompt of an fp32 model on the CPU (unquantized, in one piece)"
 
 
