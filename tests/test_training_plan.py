@@ -90,3 +90,24 @@ def test_a_plan_that_does_not_fit_says_the_figures_and_what_does():
 def test_impossible_settings_are_refused(kw):
     with pytest.raises(ValueError):
         training_peak_bytes("opt-125m", "lora-fp16", **({"seq_len": 512, "batch_size": 4} | kw))
+
+
+def test_plan_train_command(capsys):
+    from helpers.cli.main import main
+
+    budget = ["--gpu-memory", "15GiB", "--cpu-memory", "12GiB"]
+    assert main(["plan", "--model", "opt-13b", "--train", *budget]) == 0
+    out = capsys.readouterr().out
+    assert "Best: qlora-nf4" in out and "needs 26.5 GiB, more than the GPU's 15.0 GiB" in out
+    assert main(["plan", "--model", "opt-6.7b", "--train", "--seq-len", "256", "--batch", "2", "--json", *budget]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["model"], data["seq_len"], data["batch"], data["rank"]) == ("opt-6.7b", 256, 2, 16)
+    assert [o["plan"] for o in data["options"]] == ["lora-fp16", "lora-int8", "qlora-nf4", "lora-fp32"]
+    assert all({"fits", "peak_bytes", "breakdown", "reason", "predicted_peak_bytes"} <= set(o) for o in data["options"])
+    assert main(["plan", "--train", "--json", *budget]) == 0
+    largest = {r["plan"]: r["option"]["size"] for r in json.loads(capsys.readouterr().out)["largest"]}
+    assert largest == {"lora-fp16": "opt-6.7b", "lora-int8": "opt-6.7b", "qlora-nf4": "opt-13b", "lora-fp32": "opt-1.3b"}
+    assert main(["plan", "--model", "opt-30b", "--train", *budget]) == 1
+    assert "No training plan fits opt-30b" in capsys.readouterr().err
+    assert main(["plan", "--model", "opt-125m", "--train", "--seq-len", "5000"]) == 2
+    assert main(["plan"]) == 2 and "needs --model" in capsys.readouterr().err
