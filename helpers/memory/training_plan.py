@@ -87,6 +87,8 @@ def training_peak_bytes(size: OPTSize | str, plan: str, *, seq_len: int, batch_s
     kept += tokens * size.d_model * act  # the final norm's input
     logits = 3 * tokens * size.vocab_size * 4
     recompute = (layer if gradient_checkpointing else 0) + tokens * (2 * size.ffn + 4 * size.d_model) * act
+    if storage in ("int8", "nf4"):  # bitsandbytes' backward dequantizes a frozen matrix (fc1's, the largest) in fp16
+        recompute += 2 * size.d_model * size.ffn
     breakdown = {
         "weights": _weights(size, storage),
         "lora_parameters": adapter * 4,  # fp32 master copies, whatever the weights' dtype
