@@ -70,6 +70,11 @@ def test_what_a_t4_trains_at_512_tokens_and_batch_4():
     assert largest_trainable(T4, plan_name="lora-int8").size == "opt-6.7b"
     assert largest_trainable(T4, plan_name="qlora-nf4").size == "opt-13b"
     assert choose_training(plan_training("opt-1.3b", T4)).plan == "lora-fp16"
+    six = {o.plan: o for o in plan_training("opt-6.7b", T4)}  # fp16 fits, with 0.35 GiB of 15 to spare
+    assert six["lora-fp16"].fits and not six["lora-fp16"].comfortable and six["lora-int8"].comfortable
+    assert choose_training(list(six.values())).plan == "lora-int8"  # auto: the one that fits with room
+    assert choose_training(list(six.values()), "lora-fp16").plan == "lora-fp16"  # named: fitting is enough
+    assert largest_trainable(T4).plan == "qlora-nf4" and largest_trainable(T4).size == "opt-13b"
     assert choose_training(plan_training("opt-13b", T4)).plan == "qlora-nf4"
 
 
