@@ -285,3 +285,18 @@ def test_a_fit_that_runs_out_of_memory_is_tried_uncompiled_then_shorter(tmp_path
     asked.clear()
     result = check.fit("large", "int8", 64, (2048, 1024))
     assert asked == [(2048, "auto"), (1024, "auto")] and result["fits_with"]["context"] == 1024
+
+
+def test_training_that_runs_out_of_memory_is_a_result(monkeypatch, tmp_path):
+    """The training step's out of memory (on a GPU, under the 15 GiB cap) says "does not fit", with the peak."""
+    import tools.gpu_check.training as training
+
+    def fail(*args):
+        raise MemoryError("out of memory while loading")
+
+    monkeypatch.setattr(training, "_load", fail)
+    result = training.job_train(str(tmp_path), "lora-fp32", None, 32, 2, 16, 3)
+    assert result["fits"] is False and "MemoryError" in result["error"] and result["steps_done"] == 0
+    if not torch.cuda.is_available():
+        with pytest.raises(Unavailable, match="runs on cuda, not cpu"):
+            training.job_train(str(tmp_path), "lora-int8", None, 32, 2, 16, 3)

@@ -1,5 +1,4 @@
-"""The check's steps: the fits on a T4, loading RAM, every decoding method, load/unload cycles, LoRA training,
-the batch sweep."""
+"""The check's steps: T4 fits, loading RAM, each decoding method, load/unload cycles, LoRA training, a sweep."""
 
 from __future__ import annotations
 

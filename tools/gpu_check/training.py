@@ -1,5 +1,4 @@
-"""The check's training job: a few LoRA steps (peft, gradient checkpointing, fp16 autocast on a GPU) under the
-budget; steps/s, tokens/s and the peak against the training planner's prediction."""
+"""The check's training job: a few LoRA steps under the budget, their speed and peak against the planner's."""
 
 from __future__ import annotations
 
