@@ -48,10 +48,12 @@ def test_dry_run_records_every_step_with_the_machine(dry_run):
     out, scratch, summary, seconds = dry_run
     assert summary["schema"] == SCHEMA and summary["dry_run"] and summary["profile"] == "dry-run"
     steps = summary["steps"]
-    assert list(steps) == ["medium-folder", "medium-load-ram", "medium-fit", "large-fit", "small-folder",
-                           *(f"small-{m}" for m in DRY_RUN.methods), "small-leaks", "medium-sweep"]
+    assert list(steps) == ["medium-folder", "medium-load-ram", "medium-fit", "medium-train-lora-int8", "large-fit",
+                           "small-folder", *(f"small-{m}" for m in DRY_RUN.methods), "small-leaks",
+                           "small-train-lora-fp32", "medium-sweep"]
     assert all(r["status"] in STATUSES for r in steps.values())
-    assert {k for k, r in steps.items() if r["status"] != "ok"} == {"large-fit", "small-auto+int8", "small-auto+nf4"}
+    assert {k for k, r in steps.items() if r["status"] != "ok"} == {"large-fit", "small-auto+int8", "small-auto+nf4",
+                                                                    "medium-train-lora-int8"}
     assert 0 < summary["wall_seconds"] <= seconds and summary["wall_seconds"] < summary["budget_seconds"]
     assert {"cpu", "cpu_count", "ram_total_bytes", "torch", "transformers", "gpus", "date"} <= set(summary["hardware"])
     packages = summary["packages"]
@@ -64,7 +66,7 @@ def test_dry_run_records_every_step_with_the_machine(dry_run):
 def test_without_a_gpu_the_8_and_4_bit_steps_say_why(dry_run):
     steps = dry_run[2]["steps"]
     assert steps["large-fit"]["status"] == "unavailable" and "needs a CUDA GPU" in steps["large-fit"]["reason"]
-    for name in ("small-auto+int8", "small-auto+nf4"):
+    for name in ("small-auto+int8", "small-auto+nf4", "medium-train-lora-int8"):
         assert steps[name]["status"] == "unavailable" and steps[name]["reason"] == "runs on cuda, not cpu"
 
 
@@ -128,6 +130,26 @@ def test_the_sweep_and_the_cycles_are_measured(dry_run):
     assert min(leaks["resident_bytes_after_each"]) > 0 and len(set(leaks["threads_after_each"])) == 1
 
 
+def test_lora_training_is_measured_against_the_training_planner(dry_run):
+    """On the CPU the dry run trains the small model with lora-fp32 (the GPU run: OPT-1.3B lora-fp16 and 6.7B
+    lora-int8 under 15 GiB); its peak is recorded against training_peak_bytes (the 10% bar is
+    tests/test_training_plan.py's, in a warmed-up process: this one's growth includes peft's first imports)."""
+    from helpers.memory.training_plan import training_peak_bytes
+    from helpers.opt.sizes import OPTSize
+
+    r = dry_run[2]["steps"]["small-train-lora-fp32"]["result"]
+    assert r["fits"] and r["steps"] == DRY_RUN.train_steps == len(r["losses"]) and r["optimizer"] == "adamw"
+    assert (r["seq_len"], r["batch"], r["rank"]) == (DRY_RUN.train_seq_len, DRY_RUN.train_batch, 16)
+    assert r["tokens_per_second"] == pytest.approx(r["steps_per_second"] * r["seq_len"] * r["batch"])
+    assert r["trainable_parameters"] == DRY_RUN.small.layers * 2 * 16 * 2 * DRY_RUN.small.d_model
+    size = OPTSize("custom", *(getattr(DRY_RUN.small, k) for k in ("layers", "heads", "d_model", "ffn",
+                                                                    "word_embed_proj_dim", "pre_layer_norm")))
+    expected = training_peak_bytes(size, "lora-fp32", seq_len=r["seq_len"], batch_size=r["batch"], rank=16)
+    assert r["planner_breakdown"] == expected and r["predicted_bytes"] == expected["total"] - expected["overhead"]
+    assert r["measured_bytes"] > 0 and r["relative_error"] == pytest.approx(
+        (r["predicted_bytes"] - r["measured_bytes"]) / r["measured_bytes"])
+
+
 def test_the_reports_and_figures_are_written(dry_run):
     out, _, summary, _ = dry_run
     small = Report.read(out / f"gpu-{DRY_RUN.small.name}.json")
@@ -189,7 +211,7 @@ def test_a_zero_budget_skips_every_step_but_writes_the_results(tmp_path, monkeyp
     monkeypatch.setenv("GPU_CHECK_STARTED", str(time.time()))
     assert gpu_check_main(["--dry-run", "--budget", "0", "--out", str(tmp_path / "out"), "--scratch", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
-    assert summary["packages"]["packages"]["torch"] and len(summary["steps"]) == 12
+    assert summary["packages"]["packages"]["torch"] and len(summary["steps"]) == 14
     assert all(r["status"] == "skipped" for r in summary["steps"].values())
     assert "time budget" in summary["steps"]["medium-folder"]["reason"]
     assert "needs small-folder" in summary["steps"]["small-auto"]["reason"]
@@ -263,3 +285,18 @@ def test_a_fit_that_runs_out_of_memory_is_tried_uncompiled_then_shorter(tmp_path
     asked.clear()
     result = check.fit("large", "int8", 64, (2048, 1024))
     assert asked == [(2048, "auto"), (1024, "auto")] and result["fits_with"]["context"] == 1024
+
+
+def test_training_that_runs_out_of_memory_is_a_result(monkeypatch, tmp_path):
+    """The training step's out of memory (on a GPU, under the 15 GiB cap) says "does not fit", with the peak."""
+    import tools.gpu_check.training as training
+
+    def fail(*args):
+        raise MemoryError("out of memory while loading")
+
+    monkeypatch.setattr(training, "_load", fail)
+    result = training.job_train(str(tmp_path), "lora-fp32", None, 32, 2, 16, 3)
+    assert result["fits"] is False and "MemoryError" in result["error"] and result["steps_done"] == 0
+    if not torch.cuda.is_available():
+        with pytest.raises(Unavailable, match="runs on cuda, not cpu"):
+            training.job_train(str(tmp_path), "lora-int8", None, 32, 2, 16, 3)

@@ -21,12 +21,17 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
                     "offload, several GPUs) with its predicted peak GPU and CPU memory and expected speed, best "
                     "first. Budgets default to this machine's.",
     )
-    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="a size (opt-13b) or a model folder")
+    p.add_argument("--model", metavar="NAME_OR_PATH",
+                   help="a size (opt-13b) or a model folder (needed, except with --train: then the largest size per plan)")
     p.add_argument("--gpu-memory", metavar="SIZE", help="memory per GPU, e.g. 15GiB (default: this machine's)")
     p.add_argument("--gpus", type=int, metavar="N", help="number of GPUs (default: this machine's, or 1 with --gpu-memory)")
     p.add_argument("--cpu-memory", metavar="SIZE", help="RAM, e.g. 12GiB (default: what is available here)")
     p.add_argument("--context", type=int, default=2048, metavar="TOKENS", help="tokens per sequence to plan for")
-    p.add_argument("--batch", type=int, default=1, metavar="B", help="sequences at once")
+    p.add_argument("--batch", type=int, metavar="B", help="sequences at once (default 1; with --train 4)")
+    p.add_argument("--train", action="store_true",
+                   help="plan LoRA/QLoRA fine-tuning instead: each training plan's peak memory (gradient checkpointing)")
+    p.add_argument("--seq-len", type=int, default=512, metavar="L", help="with --train: tokens per training block")
+    p.add_argument("--rank", type=int, default=16, metavar="R", help="with --train: LoRA's rank")
     p.add_argument("--json", action="store_true", help="print the ranked options as JSON")
     p.add_argument("--check", action="store_true",
                    help="load the best (or --plan) option with random weights under the budget, generate "
@@ -50,6 +55,13 @@ def _run_plan(args: argparse.Namespace) -> int:
         budget = Budget.of_machine(gpu_bytes=gpu, gpus=gpus, cpu_bytes=cpu)
     except ValueError as exc:
         raise UsageError(f"--gpus: {exc}") from None
+    if args.train:
+        from .plan_training import run_plan_training
+
+        return run_plan_training(args, budget)
+    if args.model is None:
+        raise UsageError("plan needs --model NAME_OR_PATH (or --train, for the largest size each training plan fits)")
+    args.batch = 1 if args.batch is None else args.batch
     if args.check:
         check_outputs((args.out, "--out", False))
         quiet_libraries()

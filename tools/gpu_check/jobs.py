@@ -1,4 +1,4 @@
-"""The check's jobs, each run in a child process: loading RAM, a fit under the budget, a batch sweep."""
+"""The check's jobs, each run in a child process: loading RAM, a fit under the budget, a batch sweep, training."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from helpers.opt.sizes import OPTSize
 
 from .profile import Unavailable
 from .run import error_record, log_line
+from .training import job_train
 
 # ------------------------------------------------------------------------------------------ jobs (child processes)
 
@@ -75,7 +76,8 @@ def job_sweep(size: dict, device: str, dtype: str, batches: list[int], new_token
             "rows": [_speed_row(m.as_dict()) for m in suite.measurements]}
 
 
-JOBS: dict[str, Callable[..., dict]] = {"load-ram": job_load_ram, "fit": job_fit, "sweep": job_sweep}
+JOBS: dict[str, Callable[..., dict]] = {"load-ram": job_load_ram, "fit": job_fit, "sweep": job_sweep,
+                                        "train": job_train}
 
 
 def _speed_row(m: dict) -> dict:

@@ -40,6 +40,10 @@ class Profile:
     sweep_repeats: int
     shard_size: str  # the checkpoint shards, as the hub's
     leak_cycles: int
+    train_plans: tuple[str, str]  # LoRA training: the small model's plan, the medium's
+    train_seq_len: int
+    train_batch: int
+    train_steps: int
     budget_seconds: float
     grace_seconds: float  # past the budget, the hard limit
     estimates: dict[str, float] = field(default_factory=dict)  # seconds a step needs: it starts only if they are left
@@ -52,11 +56,13 @@ GPU = Profile(
     large_new_tokens=64, methods=("auto", "hf", "static", "auto+int8", "auto+nf4"),
     new_tokens=128, repeats=2, sweep_batches=(1, 2, 4, 8, 16, 32, 64), sweep_new_tokens=32, sweep_repeats=2,
     shard_size="10GB",  # transformers' former default: the hub's OPT-6.7B is two shards, 9.96 GB and 3.36 GB
-    leak_cycles=5, budget_seconds=420, grace_seconds=90,
+    leak_cycles=5, train_plans=("lora-fp16", "lora-int8"), train_seq_len=512, train_batch=4, train_steps=4,
+    budget_seconds=450, grace_seconds=90,
     # Guesses before any run (a step starts only if they are left): each run records what its steps took.
     estimates={"medium-folder": 15, "medium-load-ram": 25, "medium-fit": 60, "large-fit": 60, "small-folder": 5,
                "small-auto": 40, "small-hf": 10, "small-static": 25, "small-auto+int8": 20,
-               "small-auto+nf4": 15, "small-leaks": 30, "medium-sweep": 50},
+               "small-auto+nf4": 15, "small-leaks": 30, "medium-sweep": 50, "medium-train-lora-int8": 45,
+               "small-train-lora-fp16": 20},
 )
 DRY_RUN = Profile(
     name="dry-run", device="cpu", dtype="float32",
@@ -65,7 +71,8 @@ DRY_RUN = Profile(
     fit_plan="fp32-cpu", quantized_plan="int8", gpu_memory=None, context=64, fit_new_tokens=8,
     large_new_tokens=8, methods=GPU.methods, new_tokens=8, repeats=2, sweep_batches=(1, 2, 4), sweep_new_tokens=6,
     sweep_repeats=1, shard_size="20MB",  # two shards, like the hub's
-    leak_cycles=5, budget_seconds=900, grace_seconds=300,
+    leak_cycles=5, train_plans=("lora-fp32", "lora-int8"), train_seq_len=32, train_batch=2, train_steps=3,
+    budget_seconds=900, grace_seconds=300,
 )
 
 

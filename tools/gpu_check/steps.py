@@ -1,4 +1,4 @@
-"""The check's steps: the fits on a T4, loading RAM, every decoding method, load/unload cycles, the batch sweep."""
+"""The check's steps: T4 fits, loading RAM, each decoding method, load/unload cycles, LoRA training, a sweep."""
 
 from __future__ import annotations
 
@@ -169,6 +169,12 @@ class Check:
                       cuda_left_after_last_bytes=after[-1] - (before or 0) if after else None)
         return result
 
+    def train(self, role: str, plan: str) -> dict:
+        """A few LoRA steps on the role's folder with `plan` under the budget (a fresh process)."""
+        p = self.p
+        return self.run.child("train", folder=str(self.folders[role]), plan=plan, gpu_memory=p.gpu_memory,
+                              seq_len=p.train_seq_len, batch=p.train_batch, rank=16, steps=p.train_steps)
+
     # ---- the order
 
     def all(self) -> None:
@@ -176,18 +182,23 @@ class Check:
         order in which they answer a Colab user, so a run cut short by its budget loses the least."""
         run, p = self.run, self.p
         run.step("medium-folder", lambda: self._write_folder(p.medium, "medium"), model=p.medium.name,
-                 wanted=run.selected("medium-load-ram") or run.selected("medium-fit"))
+                 wanted=any(run.selected(f"medium-{name}") for name in ("load-ram", "fit", "train")))
         need = ("medium-folder",)
         run.step("medium-load-ram", self.load_ram, requires=need, model=p.medium.name)
         run.step("medium-fit", lambda: self.fit("medium", p.fit_plan, p.fit_new_tokens, (p.context,)),
                  requires=need, model=p.medium.name)
+        small_plan, medium_plan = p.train_plans
+        run.step(f"medium-train-{medium_plan}", lambda: self.train("medium", medium_plan), requires=need,
+                 model=p.medium.name, plan=medium_plan)
         self._remove("medium")  # the disk holds one large checkpoint at a time
         run.step("large-fit", self.large_fit, model=p.large.name)
         run.step("small-folder", lambda: self._write_folder(p.small, "small"), model=p.small.name,
-                 wanted=any(run.selected(f"small-{name}") for name in (*p.methods, "leaks")))
+                 wanted=any(run.selected(f"small-{name}") for name in (*p.methods, "leaks", "train")))
         for name in p.methods:
             run.step(f"small-{name}", lambda name=name: self.method(name), requires=("small-folder",),
                      model=p.small.name, method=name)
         run.step("small-leaks", self.leaks, requires=("small-folder",), model=p.small.name)
+        run.step(f"small-train-{small_plan}", lambda: self.train("small", small_plan), requires=("small-folder",),
+                 model=p.small.name, plan=small_plan)
         self._remove("small")
         run.step("medium-sweep", self.sweep, model=p.medium.name)
