@@ -12,7 +12,9 @@ import torch
 from ..errors import ModelUnloadedError, OutputWriteError, SettingsError
 from ..generation.backends.base import RunControl
 from ..loading.model import LoadedModel, load_model
+from ..loading.sources import size_of
 from ..memory.measure import PeakMemory
+from ..memory.training_plan import choose_training, plan_training
 from .callbacks import StopRequest, TrainingMonitor, ctrl_c_stops
 from .lora import PLAN_CHOICES, TrainingPlan, check_hyperparameters, get_plan, trainable_parameters, with_adapter
 from .output import (
@@ -96,17 +98,10 @@ def _prepare(data, tokenizer, seq_len: int, seed: int):
 def _choose_plan(model: str, plan: str, *, seq_len: int, batch_size: int, rank: int) -> TrainingPlan:
     """The planner's choice ('auto'), or the plan named once the planner says it fits; a plan this machine
     cannot run is refused."""
-    try:
-        from ..memory.training_plan import choose_training, plan_training
-    except ModuleNotFoundError as exc:  # the training planner is a part of its own; without it, CUDA or not decides
-        if exc.name != f"{__package__.rsplit('.', 1)[0]}.memory.training_plan":
-            raise
-        chosen = get_plan(plan if plan != "auto" else "lora-fp16" if torch.cuda.is_available() else "lora-fp32")
-    else:
-        from ..loading.sources import size_of
-
-        options = plan_training(size_of(model), seq_len=seq_len, batch_size=batch_size, rank=rank)
-        chosen = get_plan(choose_training(options, plan, model=model).plan)
+    if plan != "auto":  # a plan this machine cannot run says so before the planner's memory figures
+        _check_runs_here(get_plan(plan))
+    options = plan_training(size_of(model), seq_len=seq_len, batch_size=batch_size, rank=rank)
+    chosen = get_plan(choose_training(options, plan, model=model).plan)
     _check_runs_here(chosen)
     return chosen
 
