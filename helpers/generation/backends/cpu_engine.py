@@ -1,4 +1,4 @@
-"""A lean OPT forward for one sequence on the CPU: the fast path for batch-1 decoding there (fp32, bf16, int8 weights)."""
+"""A lean OPT forward for one sequence on the CPU: the fast path for batch-1 decoding there (fp32, bf16, int8)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8WeightLinear(torch.nn.Module):
     """A Linear whose weight is stored as int8 with a per-row scale; inputs and outputs stay fp32.
-    `weight.float() == q * scale` row by row, so its products are those of that dequantized weight."""
+    Its products are those of the dequantized weight `q * scale` (up to fp32 rounding: the scale is applied to
+    the product, so each block of rows is converted from int8 once, with no fp32 weight kept)."""
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
@@ -59,10 +60,12 @@ class Int8WeightLinear(torch.nn.Module):
         shape = x.shape
         flat = x.reshape(-1, self.in_features).float()
         out = torch.empty(flat.shape[0], self.out_features, dtype=torch.float32)
-        for start in range(0, self.out_features, _ROWS_PER_BLOCK):
+        for start in range(0, self.out_features, _ROWS_PER_BLOCK):  # x @ q.T, then each row's scale
             end = min(start + _ROWS_PER_BLOCK, self.out_features)
-            block = self.q[start:end].float() * self.scale[start:end, None]
-            out[:, start:end] = F.linear(flat, block, None if self.bias is None else self.bias[start:end])
+            out[:, start:end] = F.linear(flat, self.q[start:end].float())
+        out.mul_(self.scale)
+        if self.bias is not None:
+            out.add_(self.bias)
         return out.view(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
