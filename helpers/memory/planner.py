@@ -302,8 +302,9 @@ def _requirements(option: Option, budget: Budget) -> None:
         option.available, option.unavailable_reason = False, "needs torch's dynamic quantization"
 
 
-NO_CPU_BF16 = ("this CPU has no bf16 arithmetic (avx512_bf16/AMX): bf16 would run slower than fp32; use fp32-cpu "
-               "or int8-cpu (set OPT_ALLOW_SLOW_BF16=1 to run it anyway)")
+NO_CPU_BF16 = ("this CPU has no bf16 arithmetic (avx512_bf16/AMX): torch widens each bf16 weight to fp32 as it "
+               "reads it, so bf16 gains little speed over fp32 and rounds more; use fp32-cpu or int8-cpu (set "
+               "OPT_ALLOW_SLOW_BF16=1 to run it anyway)")
 TIERS = ("fp16", "bf16", "fp16-multi-gpu", "int8", "int8-multi-gpu", "nf4", "nf4-multi-gpu", "fp16-cpu-offload",
          "nf4-cpu-offload", "fp32-cpu", "bf16-cpu", "int8-cpu", "int8-weights-cpu", "disk-offload")
 
