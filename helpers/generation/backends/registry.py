@@ -26,7 +26,7 @@ _NO_CONTRASTIVE = {"contrastive": "transformers 5 no longer ships it: it needs r
 def _engine_cannot_run(model: OPTForCausalLM, batch: int) -> str | None:
     if supported(model, batch):
         return None
-    return "it runs one prompt of an fp32 model on the CPU (unquantized, in one piece)"
+    return "it runs one prompt of an fp32 or bf16 model on the CPU (in one piece; quantized only by int8-weights-cpu)"
 
 
 def _on_the_cpu(model: OPTForCausalLM, batch: int) -> bool:
