@@ -37,6 +37,7 @@ class Environment:
     ram_total_bytes: int
     ram_available_bytes: int
     gpus: tuple[GPU, ...] = field(default_factory=tuple)
+    cpu_bf16: bool = False  # the CPU has bf16 arithmetic (avx512_bf16 or AMX): see cpu_supports_bf16
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +60,31 @@ def enable_colab_widgets() -> bool:
 
     output.enable_custom_widget_manager()
     return True
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's flags for bf16 arithmetic on x86
+ALLOW_SLOW_BF16 = "OPT_ALLOW_SLOW_BF16"  # set to 1: the bf16-cpu plan runs on a CPU without them (slowly)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            line = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_supports_bf16() -> bool:
+    """The CPU computes in bf16 (avx512_bf16 or AMX): bf16 weights then halve the bytes a CPU decode reads
+    without slowing its arithmetic. Elsewhere torch converts each bf16 value to fp32 first."""
+    return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
+
+
+def slow_bf16_allowed() -> bool:
+    """The user asked for bf16 on the CPU even without bf16 arithmetic (environment OPT_ALLOW_SLOW_BF16=1)."""
+    return os.environ.get(ALLOW_SLOW_BF16, "") not in ("", "0")
 
 
 def detect_gpus() -> tuple[GPU, ...]:
@@ -87,6 +113,7 @@ def detect() -> Environment:
         ram_total_bytes=mem.total,
         ram_available_bytes=mem.available,
         gpus=detect_gpus(),
+        cpu_bf16=cpu_supports_bf16(),
     )
 
 

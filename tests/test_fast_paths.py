@@ -101,7 +101,8 @@ def test_auto_picks_by_device_and_batch(variant, tokenizer, monkeypatch):
     assert {r.method for r in generate(tiny, tokenizer, ["Hi", "Hello there"], greedy)} == {"cached"}
     assert generate(tiny, tokenizer, "Hi", greedy.replace(num_beams=2)).method == "hf"
     assert generate(tiny, tokenizer, "Hi", greedy.replace(penalty_alpha=0.5, top_k=3)).method == "cached"
-    assert generate(tiny.to(torch.bfloat16), tokenizer, "Hi", greedy).method == "cached"  # the engine is fp32 only
+    assert generate(tiny.to(torch.float16), tokenizer, "Hi", greedy).method == "cached"  # the engine: fp32, bf16
+    assert generate(tiny.to(torch.bfloat16), tokenizer, "Hi", greedy).method == "cpu-fast"  # (the bf16-cpu plan)
     tiny.float()
     assert generate(tiny, tokenizer, "Hi", greedy).token_ids == generate(tiny, tokenizer, "Hi", greedy,
                                                                           method="cached").token_ids

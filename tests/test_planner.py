@@ -197,8 +197,9 @@ def test_disk_offload_loads_generates_and_cleans_up(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plan_name, tolerance", [("fp32-cpu", 0.10), ("disk-offload", 0.30), ("int8-cpu", 0.50)])
-def test_predicted_peak_memory_against_measurement(tmp_path, plan_name, tolerance):
+@pytest.mark.parametrize("plan_name, tolerance", [("fp32-cpu", 0.10), ("disk-offload", 0.30), ("int8-cpu", 0.50),
+                                                 ("int8-weights-cpu", 0.50), ("bf16-cpu", 0.10)])
+def test_predicted_peak_memory_against_measurement(tmp_path, monkeypatch, plan_name, tolerance):
     """In a fresh process (a long test run's freed heap would hide new allocations from resident memory).
     Resident memory also counts the pages of memory-mapped weight files read once (int8 quantization reads
     the fp32 file; disk offload reads its layers from it): reclaimable cache the plans need not reserve,
@@ -210,6 +211,9 @@ def test_predicted_peak_memory_against_measurement(tmp_path, plan_name, toleranc
 
     folder = save_tiny_model(tmp_path / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048,
                              num_hidden_layers=6, word_embed_proj_dim=512)
+    if plan_name == "bf16-cpu":  # from a bf16 folder (an fp32 one's pages, read once to convert, would count)
+        monkeypatch.setenv("OPT_ALLOW_SLOW_BF16", "1")
+        OPTForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(folder)
     out = tmp_path / "check.json"
     budget = ["--cpu-memory", "1.15GiB"] if plan_name == "disk-offload" else []
     done = subprocess.run([sys.executable, "-m", "helpers", "plan", "--model", str(folder), "--check", "--plan",

@@ -313,7 +313,7 @@ def test_model_picker_marks_sizes_that_do_not_fit():
 
     from helpers import environment
 
-    small = replace(environment.detect(), gpus=(), ram_available_bytes=5 * 1024**3)
+    small = replace(environment.detect(), gpus=(), ram_available_bytes=5 * 1024**3, cpu_bf16=False)
     choices = {c.name: c for c in model_choices(["./my-folder"], small)}
     assert choices["opt-125m"].fits and choices["opt-125m"].label == "opt-125m"  # fp32 on the CPU: no mark
     assert "int8-cpu" in choices["opt-1.3b"].label  # fits in 5 GiB only as torch's int8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
 from ..generation.backends.base import Backend
+from ..generation.backends.cpu_int8 import quantize_weights_int8
 from ..generation.backends.registry import BACKENDS
 from ..generation.run import generate
 from ..generation.settings import GenerationSettings
@@ -45,6 +47,14 @@ def _plain_model_generate(model, tokenizer, prompts, new_tokens, **extra):
 
 def _int8_dynamic(context: BenchContext) -> OPTForCausalLM:
     return quantize_dynamic_int8(context.model, inplace=False)
+
+
+def _bf16(context: BenchContext) -> OPTForCausalLM:
+    return copy.deepcopy(context.model).to(torch.bfloat16)
+
+
+def _int8_weights(context: BenchContext) -> OPTForCausalLM:
+    return quantize_weights_int8(copy.deepcopy(context.model))
 
 
 def _bitsandbytes(kind: str) -> Callable[[BenchContext], OPTForCausalLM]:
@@ -99,6 +109,8 @@ def method_rows(backends: dict[str, Backend] = BACKENDS) -> dict[str, Method]:
         *(row(name) for name in backends if name not in (*_FIRST, "static", *_MEASURED_OTHERWISE)),
         described("auto", via_generate("auto")),
         described("auto+int8-cpu", via_generate("auto"), prepare=_int8_dynamic),
+        described("auto+bf16-cpu", via_generate("auto"), prepare=_bf16, default=False),
+        described("auto+int8-weights-cpu", via_generate("auto"), prepare=_int8_weights, default=False),
         described("auto+int8", via_generate("auto"), prepare=_bitsandbytes("int8")),
         described("auto+nf4", via_generate("auto"), prepare=_bitsandbytes("nf4")),
         described("ctranslate2", run_peer, prepare=prepare_peer("float32", "float32"), peer=True),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from transformers import OPTForCausalLM
 
+from ..environment import cpu_supports_bf16, slow_bf16_allowed
 from ..errors import ModelLoadError
+from ..generation.backends.cpu_int8 import quantize_weights_int8
 from ..memory.bytes import parse_bytes
 from ..memory.dtypes import dtype_name, torch_dtype
-from ..memory.planner import Budget, Option, check_fits, choose, plain_method
+from ..memory.planner import NO_CPU_BF16, Budget, Option, check_fits, choose, plain_method
 from ..memory.planner import plan as make_plan
 from ..opt.sizes import find_size
 from .sources import size_of
@@ -32,6 +34,8 @@ def check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtyp
     method = plain_method(device, dtype_name(dtype))
     if method is None:
         return
+    if method == "bf16-cpu" and not (cpu_supports_bf16() or slow_bf16_allowed()):
+        raise ModelLoadError(f"bf16 on the CPU (plan bf16-cpu) is refused: {NO_CPU_BF16}.")
     size = find_size(name) or size_of(source)
     budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
                                cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))
@@ -48,6 +52,15 @@ def quantize_dynamic_int8(model: OPTForCausalLM, inplace: bool = True) -> OPTFor
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=inplace)
+
+
+def quantize_for(option: Option, model: OPTForCausalLM) -> OPTForCausalLM:
+    """The model as `option` computes with it: quantized on the CPU for int8-cpu and int8-weights-cpu."""
+    if option.dtype == "int8-dynamic":
+        return quantize_dynamic_int8(model)
+    if option.dtype == "int8-weights":
+        return quantize_weights_int8(model)
+    return model
 
 
 # ------------------------------------------------------------------------------------------ applying

@@ -28,7 +28,7 @@ from ..serving.served_model import is_served
 from ..serving.urls import is_server_url
 from ..units import human_bytes
 from .adapters import AdapterInfo, adapter_for, attach_adapter
-from .apply_plan import check_plain_load_fits, load_arguments, plan_for, quantize_dynamic_int8
+from .apply_plan import check_plain_load_fits, load_arguments, plan_for, quantize_for
 from .devices import resolve_device
 from .fetch import offline_message
 from .sources import cached_snapshot, check_opt_folder, require_hub, resolve_source
@@ -282,8 +282,8 @@ def _load_weights(source: str, local: bool, revision: str | None, arguments: dic
                 source, revision=revision, local_files_only=local, output_loading_info=True,
                 ignore_mismatched_sizes=True, **arguments)
         damage = _damage(loading_info)
-        if chosen is not None and chosen.dtype == "int8-dynamic" and not damage:
-            model = quantize_dynamic_int8(model)
+        if chosen is not None and not damage:
+            model = quantize_for(chosen, model)
     except (torch.cuda.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:  # safetensors, pickle and hub clients each raise their own types
@@ -338,7 +338,8 @@ def _damage(loading_info: dict) -> str | None:
 
 
 def _dtype_label(model: torch.nn.Module, plan: Option | None) -> str:
-    labels = {"int8": "int8 (bitsandbytes)", "nf4": "nf4 (bitsandbytes)", "int8-dynamic": "int8 (dynamic)"}
+    labels = {"int8": "int8 (bitsandbytes)", "nf4": "nf4 (bitsandbytes)", "int8-dynamic": "int8 (dynamic)",
+              "int8-weights": "int8 (weights)"}
     if plan is not None and plan.dtype in labels:
         return labels[plan.dtype]
     return dtype_name(model.dtype)

@@ -21,7 +21,7 @@ def storage_bytes(matrices: int, rows: int, rest: int, storage: str | torch.dtyp
     (with their output `rows`), `rest` parameters (biases, norms, embeddings) left in the compute dtype."""
     name = dtype_name(storage)
     rest_bytes = rest * compute_bytes(name)
-    if name == "int8":  # LLM.int8(): one byte per weight, one fp32 scale per output row
+    if name in ("int8", "int8-weights"):  # LLM.int8() and the CPU's weight-only int8: a byte per weight, an fp32 scale per row
         return matrices + 4 * rows + rest_bytes
     if name in ("nf4", "fp4"):  # half a byte per weight, one fp32 absmax per block
         return matrices // 2 + 4 * (matrices // _NF4_BLOCK) + rest_bytes

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 # Each way of storing weights -> (the dtype the model computes and caches in, by torch's name, bytes per stored
 # element of the quantized matrices). bitsandbytes' int8/nf4/fp4 compute in fp16; torch's dynamic int8
-# ("int8-dynamic", CPU only) in fp32.
+# ("int8-dynamic", CPU only) in fp32, as does the CPU engine's weight-only int8 ("int8-weights", a scale per row).
 STORAGE: dict[str, tuple[str, float]] = {
     "float32": ("float32", 4), "float16": ("float16", 2), "bfloat16": ("bfloat16", 2),
     "int8": ("float16", 1), "nf4": ("float16", 0.5), "fp4": ("float16", 0.5),
-    "int8-dynamic": ("float32", 1),
+    "int8-dynamic": ("float32", 1), "int8-weights": ("float32", 1),
 }
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")  # what a model can be loaded in without quantizing
 DTYPE_CHOICES = ("auto", *FLOAT_DTYPES)  # what --dtype takes: 'auto' is fp16 on a GPU, fp32 on the CPU

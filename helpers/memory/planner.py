@@ -6,7 +6,7 @@ import importlib.util
 import warnings
 from dataclasses import asdict, dataclass, field
 
-from ..environment import Environment, detect
+from ..environment import Environment, detect, slow_bf16_allowed
 from ..errors import MemoryBudgetError, ModelLoadError
 from ..opt.sizes import OPTSize, get_size
 from ..units import human_bytes
@@ -27,9 +27,11 @@ CPU_BANDWIDTH = 20e9  # what a one-row matrix product reaches on a typical lapto
 PCIE_BANDWIDTH = 12e9  # offloaded weights cross it at every step
 DISK_BANDWIDTH = 1e9
 QUANTIZED_EFFICIENCY = {"int8": 0.25, "nf4": 0.5}  # bitsandbytes' kernels dequantize as they go
+CPU_EFFICIENCY = {"int8-weights": 0.25}  # the CPU engine dequantizes int8 blocks in torch (no fused kernel): docs/speed.md
 SPEED_CLASSES = ((20, "fast"), (5, "interactive"), (1, "slow"), (0, "very slow"))
 QUALITY = {"float16": "exact (fp16)", "bfloat16": "exact (bf16)", "float32": "exact (fp32)",
-           "int8": "near-exact (8-bit)", "nf4": "lossy (4-bit)", "int8-dynamic": "near-exact (8-bit)"}
+           "int8": "near-exact (8-bit)", "nf4": "lossy (4-bit)", "int8-dynamic": "approximate (8-bit activations)",
+           "int8-weights": "near-exact (8-bit weights)"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Budget:
     disk_bytes: int | None = None  # None: enough
     gpu_name: str = ""
     bf16: bool = False  # the GPUs compute in bf16 (compute capability 8.0 and up)
+    cpu_bf16: bool = False  # the CPU computes in bf16 (avx512_bf16 or AMX)
 
     @classmethod
     def of_machine(cls, env: Environment | None = None, gpu_bytes: int | None = None, gpus: int | None = None,
@@ -55,7 +58,8 @@ class Budget:
         per_gpu = gpu_bytes if gpu_bytes is not None else (first.total_bytes if first else 0)
         return cls(gpu_bytes=per_gpu if count else 0, gpus=count if per_gpu else 0,
                    cpu_bytes=cpu_bytes if cpu_bytes is not None else env.ram_available_bytes,
-                   gpu_name=first.name if first else "", bf16=bool(first and first.supports_bf16))
+                   gpu_name=first.name if first else "", bf16=bool(first and first.supports_bf16),
+                   cpu_bf16=env.cpu_bf16)
 
     def describe(self) -> str:
         gpus = f"{self.gpus} GPU(s) of {human_bytes(self.gpu_bytes)}" if self.gpus else "no GPU"
@@ -140,7 +144,7 @@ def check_fits(size: OPTSize, plan_name: str, budget: Budget, *, context: int | 
 
 def plain_plan(device: str, dtype: str) -> str | None:
     """The plan that loading on `device` in `dtype` without a plan amounts to (None: none describes it)."""
-    return {("cpu", "float32"): "fp32-cpu", ("cuda", "float16"): "fp16",
+    return {("cpu", "float32"): "fp32-cpu", ("cpu", "bfloat16"): "bf16-cpu", ("cuda", "float16"): "fp16",
             ("cuda", "bfloat16"): "bf16"}.get((device.split(":")[0], dtype))
 
 
@@ -156,7 +160,7 @@ def _speed(bytes_on: dict[str, int], budget: Budget, storage: str) -> float:
     efficiency = QUANTIZED_EFFICIENCY.get(storage, 1.0)
     seconds = sum(b for dev, b in bytes_on.items() if dev.startswith("cuda")) / (gpu_bw * efficiency)
     cpu_rate = CPU_BANDWIDTH if all(not d.startswith("cuda") for d in bytes_on) else PCIE_BANDWIDTH
-    seconds += bytes_on.get("cpu", 0) / cpu_rate + bytes_on.get("disk", 0) / DISK_BANDWIDTH
+    seconds += bytes_on.get("cpu", 0) / (cpu_rate * CPU_EFFICIENCY.get(storage, 1.0)) + bytes_on.get("disk", 0) / DISK_BANDWIDTH
     return 1.0 / seconds if seconds else 0.0
 
 
@@ -236,8 +240,8 @@ def _stored_bytes(size: OPTSize, piece, kind: str) -> int:
     """A piece's weight bytes stored as `kind`. The token table has no matrices a quantization shrinks, so
     bitsandbytes leaves it (and the tied lm_head) in fp16; torch's dynamic int8 adds lm_head's own copy."""
     weight = piece.weight_bytes(kind)
-    if piece.name == "model.decoder.embed_tokens" and kind == "int8-dynamic":
-        weight += size.vocab_size * size.word_embed_proj_dim  # lm_head's own int8 copy
+    if piece.name == "model.decoder.embed_tokens" and kind in ("int8-dynamic", "int8-weights"):
+        weight += size.vocab_size * (size.word_embed_proj_dim + 4 * (kind == "int8-weights"))  # lm_head's int8 copy
     return weight
 
 
@@ -252,12 +256,13 @@ def _option(name: str, description: str, size: OPTSize, budget: Budget, storage:
     else:
         cpu = (CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"]
                + activation_bytes(size, context, batch, compute_bytes(storage)))
-        if storage == "int8-dynamic":  # quantizing holds one layer in fp32 beside the int8 copies, which fbgemm
+        if storage in ("int8-dynamic", "int8-weights"):  # quantizing holds a layer in fp32 beside the int8 copies
             layers = [p for p in pieces(size) if p.layer]  # packs again (the fp32 file pages it reads once are
-            cpu += layers[0].weight_bytes("float32")  # reclaimable cache, not needed memory)
-            cpu += int(0.4 * (sum(p.matrices for p in layers) + size.vocab_size * size.word_embed_proj_dim))
-        if storage == "float32" and "disk" not in devices:  # the CPU engine packs q/k/v into one new matrix
-            cpu += 3 * size.d_model**2 * 4 * size.layers
+            cpu += layers[0].weight_bytes("float32")  # reclaimable cache, not needed memory); fbgemm packs again
+            cpu += int(0.4 * (sum(p.matrices for p in layers) + size.vocab_size * size.word_embed_proj_dim)
+                       * (storage == "int8-dynamic"))
+        if storage in ("float32", "bfloat16") and "disk" not in devices:  # the engine packs q/k/v in one matrix
+            cpu += 3 * size.d_model**2 * compute_bytes(storage) * size.layers
     disk = stored.get("disk", 0)
     speed = _speed({d: b for d, b in stored.items()}, budget, storage)
     option = Option(
@@ -289,14 +294,19 @@ def _requirements(option: Option, budget: Budget) -> None:
             return
         if not budget.gpus:
             option.available, option.unavailable_reason = False, "needs a CUDA GPU (bitsandbytes' 8/4-bit)"
-    if option.plan.startswith("bf16") and not budget.bf16:
+    if option.plan == "bf16" and not budget.bf16:
         option.available, option.unavailable_reason = False, "needs a GPU with bf16 (compute capability 8.0+)"
+    if option.plan == "bf16-cpu" and not (budget.cpu_bf16 or slow_bf16_allowed()):
+        option.available, option.unavailable_reason = False, NO_CPU_BF16
     if option.dtype == "int8-dynamic" and importlib.util.find_spec("torch.ao.quantization") is None:
         option.available, option.unavailable_reason = False, "needs torch's dynamic quantization"
 
 
+NO_CPU_BF16 = ("this CPU has no bf16 arithmetic (avx512_bf16/AMX): torch widens each bf16 weight to fp32 as it "
+               "reads it, so bf16 gains little speed over fp32 and rounds more; use fp32-cpu or int8-cpu (set "
+               "OPT_ALLOW_SLOW_BF16=1 to run it anyway)")
 TIERS = ("fp16", "bf16", "fp16-multi-gpu", "int8", "int8-multi-gpu", "nf4", "nf4-multi-gpu", "fp16-cpu-offload",
-         "nf4-cpu-offload", "fp32-cpu", "int8-cpu", "disk-offload")
+         "nf4-cpu-offload", "fp32-cpu", "bf16-cpu", "int8-cpu", "int8-weights-cpu", "disk-offload")
 
 
 def plan(size: OPTSize | str, budget: Budget | None = None, *, context: int | None = None,
@@ -336,6 +346,10 @@ def plan(size: OPTSize | str, budget: Budget | None = None, *, context: int | No
     options.append(_option("int8-cpu", "CPU only, torch's dynamic int8 (lm_head included)", *args, "int8-dynamic",
                            ["cpu"], context, batch))
     options.append(_option("fp32-cpu", "CPU only, fp32", *args, "float32", ["cpu"], context, batch))
+    options.append(_option("bf16-cpu", "CPU only, bf16 weights and arithmetic", *args, "bfloat16", ["cpu"], context,
+                           batch))
+    options.append(_option("int8-weights-cpu", "CPU only, int8 weights (a scale per row), fp32 arithmetic", *args,
+                           "int8-weights", ["cpu"], context, batch))
     options.append(_option("disk-offload", "what fits in GPU memory and RAM there, the rest read from disk", *args,
                            "float16" if gpus else "float32", gpus + ["cpu", "disk"], context, batch))
     options = [o for o in options if not _redundant(o)]

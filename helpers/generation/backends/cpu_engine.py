@@ -1,4 +1,4 @@
-"""A lean OPT forward for one sequence on the CPU: the fast path for batch-1 fp32 decoding there."""
+"""A lean OPT forward for one sequence on the CPU: the fast path for batch-1 decoding there (fp32, bf16, int8)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from transformers import OPTForCausalLM
 
 from ...errors import ModelUnloadedError
 from ...opt.sizes import POSITION_OFFSET
+from .cpu_int8 import Int8WeightLinear
 
 _ATTR = "_helpers_cpu_engine"
 _BUILDING = threading.Lock()  # two threads must not repack one model's q/k/v at the same time
@@ -38,9 +39,13 @@ def numpy_blas_is_faster() -> bool:
     return best(lambda: w @ x) < best(lambda: F.linear(tx, tw))
 
 
+ENGINE_DTYPES = (torch.float32, torch.bfloat16)  # bf16 weights compute in bf16, as transformers' bf16 model does
+
+
 def supported(model: OPTForCausalLM, batch: int) -> bool:
-    """The engine runs one fp32 sequence of a plain (unquantized, undispatched) model on the CPU."""
-    if not (batch == 1 and model.device.type == "cpu" and model.dtype == torch.float32
+    """The engine runs one sequence of a plain (undispatched, not bitsandbytes-quantized) fp32 or bf16 model on
+    the CPU, or of an fp32 one whose Linears hold weight-only int8 (`cpu_int8`)."""
+    if not (batch == 1 and model.device.type == "cpu" and model.dtype in ENGINE_DTYPES
             and not hasattr(model, "hf_device_map") and getattr(model, "hf_quantizer", None) is None
             and model.config.activation_function == "relu" and model.config.enable_bias):
         return False
@@ -49,7 +54,9 @@ def supported(model: OPTForCausalLM, batch: int) -> bool:
     linears = [model.lm_head] + [m for layer in model.model.decoder.layers for m in (
         layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
         layer.fc1, layer.fc2)]
-    return all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in linears)
+    if all(type(m) is Int8WeightLinear for m in linears):
+        return model.dtype == torch.float32
+    return all(type(m) is torch.nn.Linear and m.weight.dtype == model.dtype for m in linears)
 
 
 def has_unmerged_adapter(model: OPTForCausalLM) -> bool:
@@ -86,20 +93,47 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
+def _product(weight: torch.Tensor, bias: torch.Tensor | None, numpy_blas: bool):
+    """x [t, in] -> x @ weight.T (+ bias): numpy's BLAS for fp32 where it is faster (a single row as a
+    matrix-vector product), else torch's (bf16 weights: bf16 in, bf16 out, as transformers computes)."""
+    if not (numpy_blas and weight.dtype == torch.float32):
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+        return lambda x: F.linear(x, weight, bias)
+    w, b = _np(weight), None if bias is None else _np(bias)
+
+    def product(x: torch.Tensor) -> torch.Tensor:
+        a = x.numpy()
+        y = w @ a[0] if a.shape[0] == 1 else a @ w.T
+        if b is not None:
+            y += b
+        return torch.from_numpy(y).view(x.shape[0], -1)
+    return product
+
+
+def _packed_qkv(attn, d: int, numpy_blas: bool):
+    """q, k, v as one product ([3d, d]: one matrix read instead of three), the modules' own weights pointed
+    at its slices, so transformers' forward keeps working on the same memory."""
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    if isinstance(attn.q_proj, Int8WeightLinear):
+        return Int8WeightLinear.packed(projections)
+    qkv_w = torch.cat([p.weight for p in projections]).detach().contiguous()
+    qkv_b = torch.cat([p.bias for p in projections]).detach().contiguous()
+    for i, proj in enumerate(projections):
+        proj.weight.data = qkv_w[i * d:(i + 1) * d]
+        proj.bias.data = qkv_b[i * d:(i + 1) * d]
+    return _product(qkv_w, qkv_b, numpy_blas)
+
+
+def _of(module: torch.nn.Module, numpy_blas: bool):
+    """The product a Linear (or an `Int8WeightLinear`, itself callable) computes."""
+    return module if isinstance(module, Int8WeightLinear) else _product(module.weight, module.bias, numpy_blas)
+
+
 class _Layer:
-    def __init__(self, layer, d: int):
+    def __init__(self, layer, d: int, numpy_blas: bool):
         attn = layer.self_attn
-        # Pack q, k, v into one [3d, d] matrix (one product instead of three) and point the module's
-        # parameters at its slices, so transformers' own forward keeps working on the same memory.
-        qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach().contiguous()
-        qkv_b = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach().contiguous()
-        for i, proj in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):
-            proj.weight.data = qkv_w[i * d:(i + 1) * d]
-            proj.bias.data = qkv_b[i * d:(i + 1) * d]
-        self.qkv = (_np(qkv_w), _np(qkv_b))
-        self.out = (_np(attn.out_proj.weight), _np(attn.out_proj.bias))
-        self.fc1 = (_np(layer.fc1.weight), _np(layer.fc1.bias))
-        self.fc2 = (_np(layer.fc2.weight), _np(layer.fc2.bias))
+        self.qkv = _packed_qkv(attn, d, numpy_blas)
+        self.out, self.fc1, self.fc2 = (_of(m, numpy_blas) for m in (attn.out_proj, layer.fc1, layer.fc2))
         self.norm1 = (layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias)
         self.norm2 = (layer.final_layer_norm.weight, layer.final_layer_norm.bias)
 
@@ -115,15 +149,17 @@ class CpuEngine:
         self.pre_norm = config.do_layer_norm_before
         self.eps = decoder.layers[0].self_attn_layer_norm.eps
         self.max_positions = config.max_position_embeddings
+        self.dtype = model.dtype  # of the activations and the cache: fp32, or bf16 for a bf16 model
         self.embed = decoder.embed_tokens.weight.detach()
         self.positions = decoder.embed_positions.weight.detach()
-        self.project_in = _np(decoder.project_in.weight) if decoder.project_in is not None else None
-        self.project_out = _np(decoder.project_out.weight) if decoder.project_out is not None else None
+        int8 = isinstance(model.lm_head, Int8WeightLinear)  # torch computes its products: it keeps torch's threads
+        blas = self.numpy_blas = model.dtype == torch.float32 and not int8 and numpy_blas_is_faster()
+        self.project_in = _of(decoder.project_in, blas) if decoder.project_in is not None else None
+        self.project_out = _of(decoder.project_out, blas) if decoder.project_out is not None else None
         norm = decoder.final_layer_norm
         self.final_norm = (norm.weight, norm.bias) if norm is not None else None
-        self.lm_head = _np(model.lm_head.weight)
-        self.layers = [_Layer(layer, self.d) for layer in decoder.layers]
-        self.numpy_blas = numpy_blas_is_faster()
+        self.lm_head = _of(model.lm_head, blas)
+        self.layers = [_Layer(layer, self.d, blas) for layer in decoder.layers]
         self.dropped = False  # set when the model is unloaded: its sequences refuse to go on
 
     def __deepcopy__(self, memo: dict) -> None:
@@ -133,22 +169,12 @@ class CpuEngine:
 
     # -- pieces
 
-    def _linear(self, x: torch.Tensor, weight: np.ndarray, bias: np.ndarray | None = None) -> torch.Tensor:
-        """x [t, in] @ weight.T (+ bias) with the faster BLAS; a single row is a matrix-vector product."""
-        if self.numpy_blas:
-            a = x.numpy()
-            y = weight @ a[0] if a.shape[0] == 1 else a @ weight.T
-            if bias is not None:
-                y += bias
-            return torch.from_numpy(y).view(x.shape[0], -1)
-        return F.linear(x, torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias))
-
     def _norm(self, x: torch.Tensor, params) -> torch.Tensor:
         return F.layer_norm(x, (self.d,), params[0], params[1], self.eps)
 
     def _attention(self, layer: _Layer, i: int, h: torch.Tensor, start: int, cache: torch.Tensor) -> torch.Tensor:
         t = h.shape[0]
-        qkv = self._linear(h, *layer.qkv)  # [t, 3d]
+        qkv = layer.qkv(h)  # [t, 3d]
         q, k, v = (qkv[:, j * self.d:(j + 1) * self.d].view(t, self.heads, self.head_dim).transpose(0, 1)
                    for j in range(3))
         end = start + t
@@ -157,14 +183,14 @@ class CpuEngine:
         keys, values = cache[i, 0, :, :end], cache[i, 1, :, :end]
         out = F.scaled_dot_product_attention((q * self.scaling)[None], keys[None], values[None],
                                              is_causal=t > 1, scale=1.0)[0]
-        return self._linear(out.transpose(0, 1).reshape(t, self.d), *layer.out)
+        return layer.out(out.transpose(0, 1).reshape(t, self.d))
 
     @torch.inference_mode()
     def forward(self, ids: list[int], start: int, cache: torch.Tensor) -> torch.Tensor:
         """The logits after `ids`, placed from position `start` on, their keys and values written to `cache`."""
         x = self.embed[torch.tensor(ids)]
         if self.project_in is not None:
-            x = self._linear(x.contiguous(), self.project_in)
+            x = self.project_in(x.contiguous())
         x = x + self.positions[start + POSITION_OFFSET: start + POSITION_OFFSET + len(ids)]
         for i, layer in enumerate(self.layers):
             residual = x
@@ -174,16 +200,16 @@ class CpuEngine:
                 x = self._norm(x, layer.norm1)
             residual = x
             h = self._norm(x, layer.norm2) if self.pre_norm else x
-            h = torch.relu_(self._linear(h.contiguous(), *layer.fc1))
-            x = residual + self._linear(h, *layer.fc2)
+            h = torch.relu_(layer.fc1(h.contiguous()))
+            x = residual + layer.fc2(h)
             if not self.pre_norm:
                 x = self._norm(x, layer.norm2)
         last = x[-1:]
         if self.final_norm is not None:
             last = self._norm(last, self.final_norm)
         if self.project_out is not None:
-            last = self._linear(last.contiguous(), self.project_out)
-        return self._linear(last.contiguous(), self.lm_head)  # [1, vocab]
+            last = self.project_out(last.contiguous())
+        return self.lm_head(last.contiguous()).float()  # [1, vocab]
 
     # -- the loop's interface
 
@@ -198,7 +224,7 @@ class EngineSequence:
 
     def __init__(self, engine: CpuEngine, room: int):
         self.engine, self.length = engine, 0
-        self.cache = torch.empty((len(engine.layers), 2, engine.heads, room, engine.head_dim), dtype=torch.float32)
+        self.cache = torch.empty((len(engine.layers), 2, engine.heads, room, engine.head_dim), dtype=engine.dtype)
 
     def _forward(self, ids: list[int]) -> torch.Tensor:
         if self.engine.dropped:

@@ -29,7 +29,7 @@ def _engine_cannot_run(model: OPTForCausalLM, batch: int) -> str | None:
     if has_unmerged_adapter(model):
         return ("it reads the plain weights, and this model has a LoRA adapter applied beside them: load it with "
                 "merge=True (load_model) to run it here")
-    return "it runs one prompt of an fp32 model on the CPU (unquantized, in one piece)"
+    return "it runs one prompt of an fp32 or bf16 model on the CPU (in one piece; quantized only by int8-weights-cpu)"
 
 
 def _on_the_cpu(model: OPTForCausalLM, batch: int) -> bool:
