@@ -92,7 +92,7 @@ bench: install
 	$(PY) -m helpers bench --model opt-125m --device cpu --dtype float32 --new-tokens 128 \
 	  --json benchmarks/cpu-opt-125m.json --plot benchmarks/cpu-opt-125m.png
 	$(PY) -m helpers bench --model opt-350m --device cpu --dtype float32 --new-tokens 128 \
-	  --methods hf,auto,auto+int8-cpu,ctranslate2,ctranslate2+int8 --json benchmarks/cpu-opt-350m.json --plot benchmarks/cpu-opt-350m.png
+	  --methods hf,auto,auto+int8-cpu,auto+bf16-cpu,auto+int8-weights-cpu,ctranslate2,ctranslate2+int8 --json benchmarks/cpu-opt-350m.json --plot benchmarks/cpu-opt-350m.png
 
 # The playground streaming with its page open in Chromium, against `python -m helpers generate` on the same model.
 bench-playground: install system-packages

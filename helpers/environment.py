@@ -63,7 +63,6 @@ def enable_colab_widgets() -> bool:
 
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's flags for bf16 arithmetic on x86
-ALLOW_SLOW_BF16 = "OPT_ALLOW_SLOW_BF16"  # set to 1: the bf16-cpu plan runs on a CPU without them (slowly)
 
 
 def cpu_flags() -> frozenset[str]:
@@ -81,10 +80,6 @@ def cpu_supports_bf16() -> bool:
     without slowing its arithmetic. Elsewhere torch converts each bf16 value to fp32 first."""
     return any(flag in cpu_flags() for flag in CPU_BF16_FLAGS)
 
-
-def slow_bf16_allowed() -> bool:
-    """The user asked for bf16 on the CPU even without bf16 arithmetic (environment OPT_ALLOW_SLOW_BF16=1)."""
-    return os.environ.get(ALLOW_SLOW_BF16, "") not in ("", "0")
 
 
 def detect_gpus() -> tuple[GPU, ...]:

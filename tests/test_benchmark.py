@@ -102,7 +102,8 @@ def test_default_methods_depend_on_the_device_and_keep_their_order():
     """The rows the benchmark's JSON, plots and README figures have always had, in their order: the
     tutorial's loop first (on a GPU it also takes the process's one-off start-up cost)."""
     shared = ["tutorial", "cached", "hf", "static", "auto"]
-    assert default_methods("cpu") == [*shared, "auto+int8-cpu", "ctranslate2", "ctranslate2+int8"]  # peers last
+    ours_quantized = ["auto+int8-cpu", "auto+bf16-cpu", "auto+int8-weights-cpu"]
+    assert default_methods("cpu") == [*shared, *ours_quantized, "ctranslate2", "ctranslate2+int8"]  # peers last
     assert default_methods("cuda") == [*shared, "auto+int8", "auto+nf4"]
 
 

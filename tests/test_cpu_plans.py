@@ -10,7 +10,6 @@ from tiny_models import tiny_model
 
 from helpers import environment
 from helpers.analysis.bench_methods import METHODS, BenchContext
-from helpers.errors import ModelLoadError
 from helpers.generation.backends.cpu_engine import CpuEngine, supported
 from helpers.generation.backends.cpu_int8 import Int8WeightLinear, quantize_rows, quantize_weights_int8
 from helpers.generation.backends.registry import choose_backend
@@ -98,23 +97,21 @@ def test_generate_runs_the_new_plans_and_its_automatic_choice_stays_fp32(tokeniz
     assert choose(auto).plan == "fp32-cpu"  # exact unless the user asks
 
 
-def test_bf16_is_refused_on_a_cpu_without_bf16_arithmetic(monkeypatch, tiny_pre_folder):
+def test_bf16_on_a_cpu_without_bf16_arithmetic_runs_and_says_what_it_costs(monkeypatch, tiny_pre_folder):
+    """Measured on an AVX2 EPYC: bf16 there runs as fast as fp32 (torch widens each weight as it reads it), so
+    an explicit request runs; the plan's note and a warning say it gains nothing and rounds more."""
     monkeypatch.setattr(environment, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    monkeypatch.delenv(environment.ALLOW_SLOW_BF16, raising=False)
     assert not environment.detect().cpu_bf16
     option = next(o for o in plan("opt-125m", Budget.of_machine()) if o.plan == "bf16-cpu")
-    assert option.fits and not option.available and option.unavailable_reason == NO_CPU_BF16
+    assert option.usable and NO_CPU_BF16 in option.notes
     for kwargs in ({"device": "cpu", "dtype": "bfloat16"}, {"plan": "bf16-cpu"}):
-        with pytest.raises(ModelLoadError, match=r"no bf16 arithmetic \(avx512_bf16/AMX\).*fp32-cpu or int8-cpu"):
-            load_model(str(tiny_pre_folder), **kwargs)
-    monkeypatch.setenv(environment.ALLOW_SLOW_BF16, "1")  # the documented override
-    loaded = load_model(str(tiny_pre_folder), device="cpu", dtype="bfloat16")
-    assert loaded.model.dtype == torch.bfloat16 and loaded.info.dtype == "bfloat16"
+        with pytest.warns(UserWarning, match=r"no bf16 arithmetic \(avx512_bf16/AMX\).*no faster than fp32"):
+            loaded = load_model(str(tiny_pre_folder), **kwargs)
+        assert loaded.model.dtype == torch.bfloat16 and loaded.info.dtype == "bfloat16"
 
 
 def test_bf16_is_planned_on_a_cpu_with_it(monkeypatch, tiny_pre_folder):
     monkeypatch.setattr(environment, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    monkeypatch.delenv(environment.ALLOW_SLOW_BF16, raising=False)
     assert environment.detect().cpu_bf16
     loaded = load_model(str(tiny_pre_folder), plan="bf16-cpu")
     assert loaded.info.plan.plan == "bf16-cpu" and loaded.model.dtype == torch.bfloat16
@@ -142,7 +139,7 @@ def test_planner_entries_for_the_cpu_plans():
     assert options["int8-weights-cpu"].cpu_bytes < options["fp32-cpu"].cpu_bytes
     assert options["int8-weights-cpu"].quality != options["int8-cpu"].quality
     without = {o.plan: o for o in plan(size, Budget(cpu_bytes=16 * 1024**3))}
-    assert not without["bf16-cpu"].available or environment.slow_bf16_allowed()
+    assert without["bf16-cpu"].available and NO_CPU_BF16 in without["bf16-cpu"].notes
 
 
 def test_bench_rows_prepare_the_new_plans(tokenizer):
@@ -151,4 +148,4 @@ def test_bench_rows_prepare_the_new_plans(tokenizer):
     int8 = METHODS["auto+int8-weights-cpu"].prepare(context)
     assert bf16.dtype == torch.bfloat16 and isinstance(int8.lm_head, Int8WeightLinear)
     assert context.model.dtype == torch.float32 and type(context.model.lm_head) is torch.nn.Linear  # untouched
-    assert not METHODS["auto+bf16-cpu"].default and METHODS["auto+int8-weights-cpu"].devices == ("cpu",)
+    assert METHODS["auto+bf16-cpu"].default and METHODS["auto+int8-weights-cpu"].devices == ("cpu",)

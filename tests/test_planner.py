@@ -212,7 +212,6 @@ def test_predicted_peak_memory_against_measurement(tmp_path, monkeypatch, plan_n
     folder = save_tiny_model(tmp_path / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048,
                              num_hidden_layers=6, word_embed_proj_dim=512)
     if plan_name == "bf16-cpu":  # from a bf16 folder (an fp32 one's pages, read once to convert, would count)
-        monkeypatch.setenv("OPT_ALLOW_SLOW_BF16", "1")
         OPTForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(folder)
     out = tmp_path / "check.json"
     budget = ["--cpu-memory", "1.15GiB"] if plan_name == "disk-offload" else []

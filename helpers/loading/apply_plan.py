@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import OPTForCausalLM
 
-from ..environment import cpu_supports_bf16, slow_bf16_allowed
+from ..environment import cpu_supports_bf16
 from ..errors import ModelLoadError
 from ..generation.backends.cpu_int8 import quantize_weights_int8
 from ..memory.bytes import parse_bytes
@@ -26,7 +26,18 @@ def plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_m
         options = make_plan(size, budget, context=context, batch=batch)
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None
-    return choose(options, method, model=size.name, budget=budget)
+    chosen = choose(options, method, model=size.name, budget=budget)
+    if chosen.plan == "bf16-cpu":
+        warn_without_cpu_bf16()
+    return chosen
+
+
+def warn_without_cpu_bf16() -> None:
+    """bf16 on a CPU without bf16 arithmetic runs, as asked, with a warning that says what it costs."""
+    if not cpu_supports_bf16():
+        import warnings
+
+        warnings.warn(f"bf16 on the CPU (plan bf16-cpu): {NO_CPU_BF16}.", UserWarning, stacklevel=4)
 
 
 def check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtype, gpu_memory, cpu_memory,
@@ -34,8 +45,8 @@ def check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtyp
     method = plain_method(device, dtype_name(dtype))
     if method is None:
         return
-    if method == "bf16-cpu" and not (cpu_supports_bf16() or slow_bf16_allowed()):
-        raise ModelLoadError(f"bf16 on the CPU (plan bf16-cpu) is refused: {NO_CPU_BF16}.")
+    if method == "bf16-cpu":
+        warn_without_cpu_bf16()
     size = find_size(name) or size_of(source)
     budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
                                cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))
