@@ -6,7 +6,6 @@ import errno
 import json
 import random
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,15 @@ import torch
 
 from helpers.errors import OutputWriteError, SettingsError
 from helpers.finetune import finetune
+from helpers.finetune.data import TrainingData
 from helpers.finetune.output import MARK
 from helpers.generation.backends.base import RunControl
 
 VOCAB = 512  # a small vocabulary keeps a step cheap; the corpus's ids are below it
 
 
-@dataclass(frozen=True)
-class Blocks:
-    """Packed token blocks as `helpers.finetune.data.TrainingData` holds them (built here from ids)."""
 
-    train: torch.Tensor
-    held_out: torch.Tensor
-    seq_len: int
-    tokens: int
-    documents: int = 1
-    source: str = "a made-up grammar"
-
-
-def grammar_corpus(seq_len: int = 64, tokens: int = 12000, seed: int = 0) -> Blocks:
+def grammar_corpus(seq_len: int = 64, tokens: int = 12000, seed: int = 0) -> TrainingData:
     """Sentences of four slots, each one of six phrases of 1-3 random ids, drawn at random: repetitive (about
     0.7 nats per token can be learnt) but not a loop a model could copy."""
     rng = random.Random(seed)
@@ -44,7 +33,8 @@ def grammar_corpus(seq_len: int = 64, tokens: int = 12000, seed: int = 0) -> Blo
             ids += rng.choice(slot)
     n = len(ids) // seq_len
     blocks = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-    return Blocks(train=blocks[:-8], held_out=blocks[-8:], seq_len=seq_len, tokens=n * seq_len)
+    return TrainingData(train=blocks[:-8], held_out=blocks[-8:], seq_len=seq_len, tokens=n * seq_len,
+                        documents=1, source="a made-up grammar")
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +54,7 @@ def base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def corpus() -> Blocks:
+def corpus() -> TrainingData:
     return grammar_corpus()
 
 
@@ -290,11 +280,11 @@ def test_the_command_prints_the_json_fields(base, corpus, tmp_path, monkeypatch,
     text.write_text("some text\n")
     seen = {}
 
-    def prepared(data, tokenizer, seq_len, seed):  # the data part (prepare_data) is tested with it
-        seen.update(data=data, seq_len=seq_len)
+    def prepared(data, tokenizer, *, seq_len, seed):  # test_finetune_data.py tests prepare_data itself; the
+        seen.update(data=data, seq_len=seq_len)      # tiny model's 512-word vocabulary needs the grammar corpus
         return corpus
 
-    monkeypatch.setattr(training, "_prepare", prepared)
+    monkeypatch.setattr(training, "prepare_data", prepared)
     code = main(["finetune", str(base), str(text), "--out", str(tmp_path / "out"), "--plan", "lora-fp32",
                  "--steps", "3", "--rank", "4", "--lr", "1e-3", "--seq-len", "64", "--json"])
     assert code == 0

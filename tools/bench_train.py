@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ import torch
 from helpers.analysis.benchmark import hardware_facts
 from helpers.files import write_atomically
 from helpers.finetune import finetune
+from helpers.finetune.data import TrainingData
 from helpers.finetune.lora import PLANS
 from helpers.opt.random_weights import save_random_model
 from helpers.opt.sizes import OPTSize, get_size
@@ -24,20 +24,12 @@ TINY = OPTSize("tiny", layers=2, heads=4, d_model=64, ffn=256, word_embed_proj_d
 SHAPES = {"tiny": TINY, "opt-125m": get_size("opt-125m")}
 
 
-@dataclass(frozen=True)
-class Blocks:
-    """Random token blocks (the speed of a step does not depend on the text), shaped as `TrainingData`."""
 
-    train: torch.Tensor
-    held_out: torch.Tensor
-    seq_len: int
-    tokens: int
-
-
-def random_blocks(seq_len: int, batch_size: int, steps: int, seed: int = 0) -> Blocks:
+def random_blocks(seq_len: int, batch_size: int, steps: int, seed: int = 0) -> TrainingData:
     generator = torch.Generator().manual_seed(seed)
     blocks = torch.randint(3, 50000, (batch_size * steps + batch_size, seq_len), generator=generator)
-    return Blocks(train=blocks[batch_size:], held_out=blocks[:batch_size], seq_len=seq_len, tokens=blocks.numel())
+    return TrainingData(train=blocks[batch_size:], held_out=blocks[:batch_size], seq_len=seq_len,
+                        tokens=blocks.numel(), documents=1, source="random token ids")
 
 
 def plans_here() -> list[str]:

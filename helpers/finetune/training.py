@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +15,7 @@ from ..loading.sources import size_of
 from ..memory.measure import PeakMemory
 from ..memory.training_plan import choose_training, plan_training
 from .callbacks import StopRequest, TrainingMonitor, ctrl_c_stops
+from .data import TrainingData, prepare_data
 from .lora import PLAN_CHOICES, TrainingPlan, check_hyperparameters, get_plan, trainable_parameters, with_adapter
 from .output import (
     CHECKPOINTS,
@@ -29,9 +29,6 @@ from .output import (
 )
 from .result import FinetuneResult, TrainingProgress, perplexity
 from .trainer import Blocks, make_trainer, resumed_settings
-
-if TYPE_CHECKING:
-    from .data import TrainingData
 
 
 def finetune(model: str | os.PathLike | LoadedModel, data: str | os.PathLike | Sequence[str] | TrainingData,
@@ -81,18 +78,12 @@ def finetune(model: str | os.PathLike | LoadedModel, data: str | os.PathLike | S
                             "adapter into the model loaded in fp16 (helpers.finetune.adapters.merge_adapter).")
     loaded = given if given is not None else load_model(str(model), plan=chosen.load_plan)
     try:
-        blocks = data if hasattr(data, "held_out") else _prepare(data, loaded.tokenizer, seq_len, seed)
+        blocks = data if isinstance(data, TrainingData) else prepare_data(data, loaded.tokenizer, seq_len=seq_len, seed=seed)
         return _train(loaded, blocks, out, chosen, settings, steps=steps, lr=lr, resume=resume, merge=merge,
                       on_progress=on_progress, control=control)
     finally:
         if given is None:
             loaded.unload()
-
-
-def _prepare(data, tokenizer, seq_len: int, seed: int):
-    from .data import prepare_data  # ftdata's part: imported where data must be read
-
-    return prepare_data(data, tokenizer, seq_len=seq_len, seed=seed)
 
 
 def _choose_plan(model: str, plan: str, *, seq_len: int, batch_size: int, rank: int) -> TrainingPlan:
