@@ -296,6 +296,19 @@ def test_the_command_prints_the_json_fields(base, corpus, tmp_path, monkeypatch,
     assert fields["adapter_dir"] == str(tmp_path / "out")
 
 
+def test_bad_data_is_refused_before_the_weights_load(base, tmp_path, monkeypatch):
+    from helpers.errors import TrainingDataError
+    from helpers.finetune import training
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(training, "load_model", no_loading)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(TrainingDataError, match="empty"):
+        finetune(str(base), tmp_path / "empty.txt", tmp_path / "out", plan="lora-fp32", steps=2)
+
+
 def test_the_command_refuses_a_bad_rate_with_one_line(base, tmp_path, capsys):
     from helpers.cli.main import main
 

@@ -14,6 +14,7 @@ from ..loading.model import LoadedModel, load_model
 from ..loading.sources import size_of
 from ..memory.measure import PeakMemory
 from ..memory.training_plan import choose_training, plan_training
+from ..opt.tokenizer import opt_tokenizer
 from .callbacks import StopRequest, TrainingMonitor, ctrl_c_stops
 from .data import TrainingData, prepare_data
 from .lora import PLAN_CHOICES, TrainingPlan, check_hyperparameters, get_plan, trainable_parameters, with_adapter
@@ -76,10 +77,12 @@ def finetune(model: str | os.PathLike | LoadedModel, data: str | os.PathLike | S
         raise SettingsError(f"merge needs the base model's full weights, and {chosen.name} holds them in "
                             f"{'8' if chosen.name == 'lora-int8' else '4'} bits: train with merge off, then merge the "
                             "adapter into the model loaded in fp16 (helpers.finetune.adapters.merge_adapter).")
+    if not isinstance(data, TrainingData):  # before the weights load: a bad file is found at once
+        tokenizer = given.tokenizer if given is not None else opt_tokenizer()  # every OPT size shares it
+        data = prepare_data(data, tokenizer, seq_len=seq_len, seed=seed)
     loaded = given if given is not None else load_model(str(model), plan=chosen.load_plan)
     try:
-        blocks = data if isinstance(data, TrainingData) else prepare_data(data, loaded.tokenizer, seq_len=seq_len, seed=seed)
-        return _train(loaded, blocks, out, chosen, settings, steps=steps, lr=lr, resume=resume, merge=merge,
+        return _train(loaded, data, out, chosen, settings, steps=steps, lr=lr, resume=resume, merge=merge,
                       on_progress=on_progress, control=control)
     finally:
         if given is None:
