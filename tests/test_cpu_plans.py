@@ -103,7 +103,8 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_runs_and_says_what_it_costs(monke
     monkeypatch.setattr(environment, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert not environment.detect().cpu_bf16
     option = next(o for o in plan("opt-125m", Budget.of_machine()) if o.plan == "bf16-cpu")
-    assert option.usable and NO_CPU_BF16 in option.notes
+    assert option.fits and option.available and NO_CPU_BF16 in option.notes
+    assert not option.usable and option.auto_skips == NO_CPU_BF16  # auto never picks it here
     for kwargs in ({"device": "cpu", "dtype": "bfloat16"}, {"plan": "bf16-cpu"}):
         with pytest.warns(UserWarning, match=r"no bf16 arithmetic \(avx512_bf16/AMX\).*no faster than fp32"):
             loaded = load_model(str(tiny_pre_folder), **kwargs)

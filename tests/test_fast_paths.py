@@ -114,7 +114,7 @@ def test_auto_picks_by_device_and_batch(variant, tokenizer, monkeypatch):
 def test_cpu_fast_refuses_what_it_cannot_do(tiny, tokenizer):
     from helpers.errors import SettingsError
 
-    with pytest.raises(SettingsError, match="one prompt of an fp32 model"):
+    with pytest.raises(SettingsError, match="one prompt of an fp32 or bf16 model"):
         generate(tiny, tokenizer, ["a", "b"], GenerationSettings.greedy(max_new_tokens=2), method="cpu-fast")
     assert not supported(torch.ao.quantization.quantize_dynamic(tiny_model("pre-ln"), {torch.nn.Linear}), 1)
 

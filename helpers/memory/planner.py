@@ -85,10 +85,12 @@ class Option:
     available: bool = True
     unavailable_reason: str = ""
     notes: list[str] = field(default_factory=list)
+    auto_skips: str = ""  # why `auto` never picks it here, though a request by name may
 
     @property
     def usable(self) -> bool:
-        return self.fits and self.available
+        """`auto` may pick it: it fits, runs here, and has no reason to be asked for by name only."""
+        return self.fits and self.available and not self.auto_skips
 
     @property
     def needs_bytes(self) -> int:
@@ -297,6 +299,7 @@ def _requirements(option: Option, budget: Budget) -> None:
     if option.plan == "bf16" and not budget.bf16:
         option.available, option.unavailable_reason = False, "needs a GPU with bf16 (compute capability 8.0+)"
     if option.plan == "bf16-cpu" and not budget.cpu_bf16:
+        option.auto_skips = NO_CPU_BF16
         option.notes.append(NO_CPU_BF16)
     if option.dtype == "int8-dynamic" and importlib.util.find_spec("torch.ao.quantization") is None:
         option.available, option.unavailable_reason = False, "needs torch's dynamic quantization"
@@ -389,7 +392,7 @@ def choose(options: list[Option], plan_name: str = "auto", *, model: str = "the 
         raise ModelLoadError(f"Plan {plan_name} cannot be used for {model}: it {why}.{fallback}")
     if named is None:
         raise ModelLoadError(f"'{plan_name}' is not a plan. Plans: {', '.join(TIERS)}.")
-    if named.usable:
+    if named.fits and named.available:  # what auto skips, a request by name may still have
         return named
     why = named.unavailable_reason if not named.available else (
         f"does not fit this budget (it needs {human_bytes(named.cpu_bytes)} of RAM{_and_gpu(named)})")

@@ -31,6 +31,7 @@ class ServedInfo:
     device: str
     load_seconds: float
     dtype: str = "as served"
+    adapter: None = None  # a served model takes no adapter here: the server applies its own (vLLM's --lora-modules)
 
     def summary(self) -> str:
         return (f"{self.model} served at {self.source}: context {self.context} positions, "
