@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -35,22 +37,65 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class HeldInterrupt:
+    """What `interrupt_after` yields: whether a Ctrl-C has arrived and is being held."""
+
+    def __init__(self, again_raises: bool):
+        self._count = 0
+        self._again_raises = again_raises
+
+    @property
+    def arrived(self) -> bool:
+        return self._count > 0
+
+    def _receive(self, signum, frame) -> None:
+        self._count += 1
+        if self._again_raises and self._count > 1:  # a second Ctrl-C: the user will not wait for the step to end
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def interrupt_after() -> Iterator[None]:
+def interrupt_after(again_raises: bool = False) -> Iterator[HeldInterrupt]:
     """Hold a Ctrl-C (SIGINT) that arrives inside until the block ends, then raise `KeyboardInterrupt`:
     for imports of torch and transformers, which an interrupt in the middle can leave half-initialised
-    (a traceback from deep inside them, or an abort). Outside the main thread it does nothing."""
+    (a traceback from deep inside them, or an abort), and for decoding loops, which read `arrived`
+    between steps and stop there (raised wherever it lands, an interrupt can fall inside a library's
+    `__del__`, where Python prints it and drops it). With `again_raises`, a second Ctrl-C raises at once.
+    Outside the main thread it does nothing."""
+    held = HeldInterrupt(again_raises)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield held
         return
-    held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    previous = signal.signal(signal.SIGINT, held._receive)
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held.arrived:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_never_dropped() -> Iterator[None]:
+    """While inside, a Ctrl-C or SIGTERM that lands inside some library's `__del__` (a finalizer run by the
+    garbage collector, in the middle of anything) is delivered again to the main thread instead of being
+    printed as "Exception ignored" and dropped, which would leave the command running on."""
+    previous = sys.unraisablehook
+
+    def redeliver(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()):
+            previous(unraisable)
+            return
+        signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        later = threading.Timer(0.05, _thread.interrupt_main, (signum,))  # from here it would land in this hook
+        later.daemon = True
+        later.start()
+
+    sys.unraisablehook = redeliver
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        raise KeyboardInterrupt
+        sys.unraisablehook = previous
 
 
 def interrupt_thread(ident: int) -> None:

@@ -350,6 +350,31 @@ def test_a_ctrl_c_during_imports_is_held_until_they_end():
     assert reached and signal.getsignal(signal.SIGINT) is before
 
 
+def test_an_interrupt_dropped_inside_a_finalizer_is_delivered_again():
+    from helpers.signals import interrupts_never_dropped
+
+    class Finalized:
+        def __del__(self):
+            raise KeyboardInterrupt  # as a Ctrl-C landing while the garbage collector runs it would
+
+    class Failing:
+        def __del__(self):
+            raise ValueError("an ordinary error in a finalizer")
+
+    seen = []
+    before = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        with interrupts_never_dropped():
+            Failing()  # not an interrupt: passed on to the hook that was there
+            with pytest.raises(KeyboardInterrupt):
+                Finalized()  # dropped at once: Python would print the interrupt and go on
+                time.sleep(5)
+    finally:
+        sys.unraisablehook = before
+    assert [type(u.exc_value) for u in seen] == [ValueError]
+
+
 def test_sigterm_during_plan_check_removes_its_temporary_folder(tmp_path):
     proc = _cli("plan", "--model", "opt-125m", "--check", "--new-tokens", "2000", stdout=subprocess.DEVNULL,
                 env={"TMPDIR": str(tmp_path)})

@@ -140,7 +140,12 @@ def _run_generate(args: argparse.Namespace) -> int:
         print_json({**result.as_dict(), "model": args.model, "source": info.source, "device": info.device,
                      "dtype": info.dtype, "adapter": str(info.adapter.path) if info.adapter else None})
         return 0
-    result = _stream_to_terminal(stream(model, tokenizer, prompt, settings, **common), prompt)
+    from ..signals import interrupt_after
+
+    with interrupt_after(again_raises=True) as ctrl_c:  # a Ctrl-C stops the run at the end of a step
+        text_stream = stream(model, tokenizer, prompt, settings, **common,
+                             on_step=lambda: text_stream.stop() if ctrl_c.arrived else None)
+        result = _stream_to_terminal(text_stream, prompt)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"[{result.summary()}]", file=sys.stderr)

@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..signals import interrupts_never_dropped
+
+    with interrupts_never_dropped():
+        return _run_command(argv)
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     if sys.stderr is None:  # started with its error output closed: messages go nowhere, but nothing fails
         sys.stderr = open(os.devnull, "w")
     if sys.stdout is None:
