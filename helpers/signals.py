@@ -48,7 +48,8 @@ class HeldInterrupt:
     def arrived(self) -> bool:
         return self._count > 0
 
-    def _receive(self, signum, frame) -> None:
+    def receive(self, signum, frame) -> None:
+        """The SIGINT handler while it is held."""
         self._count += 1
         if self._again_raises and self._count > 1:  # a second Ctrl-C: the user will not wait for the step to end
             raise KeyboardInterrupt
@@ -66,7 +67,7 @@ def interrupt_after(again_raises: bool = False) -> Iterator[HeldInterrupt]:
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
-    previous = signal.signal(signal.SIGINT, held._receive)
+    previous = signal.signal(signal.SIGINT, held.receive)
     try:
         yield held
     finally:

@@ -18,9 +18,7 @@ CPU_PROCESS_BYTES = GiB  # Python, torch and transformers themselves
 CPU_PROCESS_BYTES_CUDA = 2 * GiB  # ... plus CUDA's host-side libraries
 LOAD_SHARD_BYTES = 2 * GiB  # loading reads at most about one checkpoint shard into RAM at a time
 TOKENIZER_BYTES = 32 * 1024**2  # OPT's BPE tokenizer in memory
-# bf16 arithmetic on a CPU holds more beside the weights than fp32 does: measured 8-9 MiB over what this
-# planner predicts, the same at 44M and 125M parameters (2-core EPYC, AVX2), so a constant
-CPU_BF16_WORKING_BYTES = 8 * 1024**2
+CPU_BF16_WORKING_BYTES = 8 * 1024**2  # bf16 arithmetic's extra on a CPU: measured, the same at 44M and 125M parameters
 
 # Memory bandwidth by GPU name (vendor datasheets), for the speed estimate only.
 GPU_BANDWIDTH = {"T4": 320e9, "L4": 300e9, "A10": 600e9, "V100": 900e9, "A100": 1800e9, "L40": 864e9,
@@ -259,8 +257,7 @@ def _option(name: str, description: str, size: OPTSize, budget: Budget, storage:
     if gpus:
         cpu = CPU_PROCESS_BYTES_CUDA + peak["cpu"] + min(LOAD_SHARD_BYTES, weight_bytes(size, "float16"))
     else:
-        cpu = (CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"]
-               + activation_bytes(size, context, batch, compute_bytes(storage)))
+        cpu = CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"] + activation_bytes(size, context, batch, compute_bytes(storage))
         if storage in ("int8-dynamic", "int8-weights"):  # quantizing holds a layer in fp32 beside the int8 copies
             layers = [p for p in pieces(size) if p.layer]  # packs again (the fp32 file pages it reads once are
             cpu += layers[0].weight_bytes("float32")  # reclaimable cache, not needed memory); fbgemm packs again
@@ -268,8 +265,7 @@ def _option(name: str, description: str, size: OPTSize, budget: Budget, storage:
                        * (storage == "int8-dynamic"))
         if storage in ("float32", "bfloat16") and "disk" not in devices:  # the engine packs q/k/v in one matrix
             cpu += 3 * size.d_model**2 * compute_bytes(storage) * size.layers
-        if storage == "bfloat16":
-            cpu += CPU_BF16_WORKING_BYTES
+        cpu += CPU_BF16_WORKING_BYTES * (storage == "bfloat16")
     disk = stored.get("disk", 0)
     speed = _speed({d: b for d, b in stored.items()}, budget, storage)
     option = Option(
