@@ -38,9 +38,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 class HeldInterrupt:
-    """What `interrupt_after` yields: whether a Ctrl-C has arrived and is being held."""
+    """Ctrl-Cs counted instead of raised where they land (see `ctrl_c_held`): work reads `arrived` between its
+    steps and stops there. Counting only, no lock, so the signal handler cannot block on anything."""
 
-    def __init__(self, again_raises: bool):
+    def __init__(self, again_raises: bool = False):
         self._count = 0
         self._again_raises = again_raises
 
@@ -56,14 +57,10 @@ class HeldInterrupt:
 
 
 @contextlib.contextmanager
-def interrupt_after(again_raises: bool = False) -> Iterator[HeldInterrupt]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside until the block ends, then raise `KeyboardInterrupt`:
-    for imports of torch and transformers, which an interrupt in the middle can leave half-initialised
-    (a traceback from deep inside them, or an abort), and for decoding loops, which read `arrived`
-    between steps and stop there (raised wherever it lands, an interrupt can fall inside a library's
-    `__del__`, where Python prints it and drops it). With `again_raises`, a second Ctrl-C raises at once.
-    Outside the main thread it does nothing."""
-    held = HeldInterrupt(again_raises)
+def ctrl_c_held(held: HeldInterrupt) -> Iterator[HeldInterrupt]:
+    """While inside, a Ctrl-C (SIGINT) is counted in `held` rather than raised wherever it lands (inside a
+    library's half-done import, or its `__del__`, where Python prints it and drops it); with `again_raises`,
+    a second one raises at once. Outside the main thread it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
@@ -72,6 +69,15 @@ def interrupt_after(again_raises: bool = False) -> Iterator[HeldInterrupt]:
         yield held
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def interrupt_after(again_raises: bool = False) -> Iterator[HeldInterrupt]:
+    """Hold a Ctrl-C that arrives inside until the block ends, then raise `KeyboardInterrupt`: for imports of
+    torch and transformers, which an interrupt in the middle can leave half-initialised (a traceback from deep
+    inside them, or an abort), and for decoding loops, which read `arrived` between steps and stop there."""
+    with ctrl_c_held(HeldInterrupt(again_raises)) as held:
+        yield held
     if held.arrived:
         raise KeyboardInterrupt
 

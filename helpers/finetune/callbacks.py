@@ -1,25 +1,26 @@
-"""Stop, Ctrl-C and progress during training: a `TrainerCallback` and the SIGINT handler that feeds it."""
+"""Stop, Ctrl-C and progress during training: what asks it to stop, and the `TrainerCallback` that does."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from transformers import TrainerCallback
 
 from ..generation.backends.base import RunControl
+from ..signals import HeldInterrupt
 from .result import TrainingProgress
 
 
 class StopRequest:
-    """Why training should stop at the next step boundary: the caller's `RunControl` (Stop), a first Ctrl-C,
-    or a KeyboardInterrupt raised by the progress hook."""
+    """Why training should stop at the next step boundary: the caller's `RunControl` (Stop), a first Ctrl-C
+    (counted in `ctrl_c` while `helpers.signals.ctrl_c_held` holds it; a second one raises at once), or a
+    KeyboardInterrupt raised by the progress hook."""
 
     def __init__(self, control: RunControl | None = None):
         self.control = control
+        self.ctrl_c = HeldInterrupt(again_raises=True)
         self.interrupted = threading.Event()
 
     def request(self) -> None:
@@ -27,28 +28,8 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
-        return self.interrupted.is_set() or (self.control is not None and self.control.stopped)
-
-
-@contextlib.contextmanager
-def ctrl_c_stops(stop: StopRequest) -> Iterator[None]:
-    """While inside, a first Ctrl-C (SIGINT: a terminal's, or Jupyter's "Interrupt execution") asks training to
-    stop after the step under way, so that a checkpoint is written; a second one raises KeyboardInterrupt at once.
-    Outside the main thread (where Python cannot install handlers) it does nothing: Stop is the way there."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame) -> None:
-        if stop.interrupted.is_set():
-            raise KeyboardInterrupt
-        stop.request()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        return (self.ctrl_c.arrived or self.interrupted.is_set()
+                or (self.control is not None and self.control.stopped))
 
 
 class TrainingMonitor(TrainerCallback):

@@ -15,7 +15,8 @@ from ..loading.sources import size_of
 from ..memory.measure import PeakMemory
 from ..memory.training_plan import choose_training, plan_training
 from ..opt.tokenizer import opt_tokenizer
-from .callbacks import StopRequest, TrainingMonitor, ctrl_c_stops
+from ..signals import ctrl_c_held
+from .callbacks import StopRequest, TrainingMonitor
 from .data import TrainingData, prepare_data
 from .lora import PLAN_CHOICES, TrainingPlan, check_hyperparameters, get_plan, trainable_parameters, with_adapter
 from .output import (
@@ -154,7 +155,7 @@ def _train(loaded: LoadedModel, data, out: Path, plan: TrainingPlan, settings: d
         loss_before = trainer.evaluate()["eval_loss"]
         with PeakMemory(device) as peak:
             try:
-                with ctrl_c_stops(stop):
+                with ctrl_c_held(stop.ctrl_c):  # a first Ctrl-C stops after the step under way, with a checkpoint
                     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
             except KeyboardInterrupt:  # a second Ctrl-C: the adapter so far is saved below, the last checkpoint kept
                 interrupted = True
