@@ -259,8 +259,6 @@ def apply_adapter(model, path: str | Path | AdapterInfo):
                            "unquantized (another plan, or --dtype float32) and try again.") from None
 
 
-
-
 def merge_adapter(model):
     """Merge the adapter into the weights (peft's `merge_and_unload`): a plain model again, which generates the
     adapter's tokens and runs on every backend (the CPU engine's included). `model` is the `PeftModel`."""
