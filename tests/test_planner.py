@@ -198,12 +198,13 @@ def test_disk_offload_loads_generates_and_cleans_up(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("plan_name, tolerance", [("fp32-cpu", 0.10), ("disk-offload", 0.30), ("int8-cpu", 0.50),
-                                                 ("int8-weights-cpu", 0.50), ("bf16-cpu", 0.10)])
+                                                 ("int8-weights-cpu", 0.10), ("bf16-cpu", 0.10)])
 def test_predicted_peak_memory_against_measurement(tmp_path, monkeypatch, plan_name, tolerance):
     """In a fresh process (a long test run's freed heap would hide new allocations from resident memory).
-    Resident memory also counts the pages of memory-mapped weight files read once (int8 quantization reads
-    the fp32 file; disk offload reads its layers from it): reclaimable cache the plans need not reserve,
-    hence the wider tolerances there. On a GPU, allocated memory has no such pages (10% is the bar)."""
+    Resident memory also counts the pages of memory-mapped weight files read once (torch's int8 quantization
+    reads the fp32 file; disk offload reads its layers from it): reclaimable cache the plans need not reserve,
+    hence the wider tolerances there. int8-weights-cpu reads its file a block at a time and keeps none of it
+    mapped, so 10% is its bar, as on a GPU, where allocated memory has no such pages."""
     import subprocess
     import sys
 

@@ -14,6 +14,7 @@ from ..memory.planner import NO_CPU_BF16, Budget, Option, check_fits, choose, pl
 from ..memory.planner import plan as make_plan
 from ..opt.sizes import find_size
 from .sources import size_of
+from .weight_files import SafetensorsRows
 
 
 def plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_memory, context: int | None,
@@ -65,12 +66,14 @@ def quantize_dynamic_int8(model: OPTForCausalLM, inplace: bool = True) -> OPTFor
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=inplace)
 
 
-def quantize_for(option: Option, model: OPTForCausalLM) -> OPTForCausalLM:
-    """The model as `option` computes with it: quantized on the CPU for int8-cpu and int8-weights-cpu."""
+def quantize_for(option: Option, model: OPTForCausalLM, folder: str | None = None) -> OPTForCausalLM:
+    """The model as `option` computes with it: quantized on the CPU for int8-cpu and int8-weights-cpu (reading
+    its weights again from `folder`'s safetensors files, where it has them, a block of rows at a time)."""
     if option.dtype == "int8-dynamic":
         return quantize_dynamic_int8(model)
     if option.dtype == "int8-weights":
-        return quantize_weights_int8(model)
+        stored = None if folder is None else SafetensorsRows.of_folder(folder)
+        return quantize_weights_int8(model) if stored is None else quantize_weights_int8(model, stored.reader)
     return model
 
 
@@ -85,7 +88,9 @@ def device_map(option: Option) -> dict[str, int | str]:
 
 def load_arguments(option: Option, offload_folder: str | None = None) -> dict:
     """Keyword arguments for `OPTForCausalLM.from_pretrained` that apply `option`."""
-    kwargs: dict = {"dtype": torch_dtype(option.dtype)}
+    # int8-weights-cpu loads in the file's own dtype (lazily, from safetensors): its weights are read again, a
+    # block at a time, to quantize them, so an fp16 file is never converted whole to fp32
+    kwargs: dict = {"dtype": "auto" if option.dtype == "int8-weights" else torch_dtype(option.dtype)}
     devices = set(option.placement.values())
     if devices != {"cpu"}:
         kwargs["device_map"] = device_map(option)

@@ -283,7 +283,7 @@ def _load_weights(source: str, local: bool, revision: str | None, arguments: dic
                 ignore_mismatched_sizes=True, **arguments)
         damage = _damage(loading_info)
         if chosen is not None and not damage:
-            model = quantize_for(chosen, model)
+            model = quantize_for(chosen, model, source if local else cached_snapshot(source, revision))
     except (torch.cuda.OutOfMemoryError, MemoryError):
         raise
     except Exception as exc:  # safetensors, pickle and hub clients each raise their own types

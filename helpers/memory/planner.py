@@ -19,6 +19,7 @@ CPU_PROCESS_BYTES_CUDA = 2 * GiB  # ... plus CUDA's host-side libraries
 LOAD_SHARD_BYTES = 2 * GiB  # loading reads at most about one checkpoint shard into RAM at a time
 TOKENIZER_BYTES = 32 * 1024**2  # OPT's BPE tokenizer in memory
 CPU_BF16_WORKING_BYTES = 8 * 1024**2  # bf16 arithmetic's extra on a CPU: measured, the same at 44M and 125M parameters
+INT8_WEIGHTS_WORKING_BYTES = 16 * 1024**2  # int8-weights-cpu's quantizing blocks, heap they leave, its kernel: measured
 
 # Memory bandwidth by GPU name (vendor datasheets), for the speed estimate only.
 GPU_BANDWIDTH = {"T4": 320e9, "L4": 300e9, "A10": 600e9, "V100": 900e9, "A100": 1800e9, "L40": 864e9,
@@ -258,14 +259,13 @@ def _option(name: str, description: str, size: OPTSize, budget: Budget, storage:
         cpu = CPU_PROCESS_BYTES_CUDA + peak["cpu"] + min(LOAD_SHARD_BYTES, weight_bytes(size, "float16"))
     else:
         cpu = CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"] + activation_bytes(size, context, batch, compute_bytes(storage))
-        if storage in ("int8-dynamic", "int8-weights"):  # quantizing holds a layer in fp32 beside the int8 copies
-            layers = [p for p in pieces(size) if p.layer]  # packs again (the fp32 file pages it reads once are
-            cpu += layers[0].weight_bytes("float32")  # reclaimable cache, not needed memory); fbgemm packs again
-            cpu += int(0.4 * (sum(p.matrices for p in layers) + size.vocab_size * size.word_embed_proj_dim)
-                       * (storage == "int8-dynamic"))
+        if storage == "int8-dynamic":  # quantizing holds a layer in fp32 beside the int8 copies; fbgemm packs again
+            layers = [p for p in pieces(size) if p.layer]
+            cpu += layers[0].weight_bytes("float32")
+            cpu += int(0.4 * (sum(p.matrices for p in layers) + size.vocab_size * size.word_embed_proj_dim))
         if storage in ("float32", "bfloat16") and "disk" not in devices:  # the engine packs q/k/v in one matrix
             cpu += 3 * size.d_model**2 * compute_bytes(storage) * size.layers
-        cpu += CPU_BF16_WORKING_BYTES * (storage == "bfloat16")
+        cpu += CPU_BF16_WORKING_BYTES * (storage == "bfloat16") + INT8_WEIGHTS_WORKING_BYTES * (storage == "int8-weights")
     disk = stored.get("disk", 0)
     speed = _speed({d: b for d, b in stored.items()}, budget, storage)
     option = Option(
