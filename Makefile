@@ -75,11 +75,14 @@ lab: install
 	$(VENV)/bin/jupyter lab --ip=$(HOST) --port=$(PORT) --no-browser --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # System packages the tests use: Debian's Chromium for the browser tests (Playwright's own browser download
-# does not work everywhere) and git-lfs for the seed's route (cloning metaseq checkpoints).
+# does not work everywhere), git-lfs for the seed's route (cloning metaseq checkpoints), g++ and ninja to build
+# int8-weights-cpu's kernel.
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	git lfs version >/dev/null 2>&1 || missing="$$missing git-lfs"; \
+	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	command -v ninja >/dev/null 2>&1 || missing="$$missing ninja-build"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \

@@ -2,6 +2,7 @@
 the greedy-prefix metric, and the rows left out with one line where ctranslate2 is not installed."""
 
 import json
+import os
 import statistics
 import sys
 
@@ -96,6 +97,21 @@ def test_ctranslate2_greedy_tokens_are_model_generate_s(tmp_path, tokenizer, var
     quality = quality_against(peer, model, tokenizer, prompts[0], got[0], got[0])
     assert quality.max_logit_error < 1e-3 and quality.greedy_agreement == 1 and quality.greedy_prefix_fraction == 1
     assert peer.bytes_per_decode_step(0, 1) == (path / "model.bin").stat().st_size
+    assert peer.process.pid != os.getpid() and peer.process.poll() is None  # CTranslate2 runs in a process of its own
+    peer.close()
+    assert peer.process.poll() is not None
+
+
+def test_a_peer_process_that_ends_is_reported_on_each_request(tmp_path, tokenizer):
+    folder = save_tiny_model(tmp_path / "model", "pre-ln", seed=6)
+    path, _ = converted(folder, "float32", tokenizer, root=tmp_path / "cache")
+    peer = PeerModel(path, "float32", size_from_config(tiny_model("pre-ln", seed=6).config))
+    assert len(peer.greedy([["</s>", "Hello"]], 3)[0]) == 3
+    peer.process.kill()
+    peer.process.wait()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="CTranslate2's process for .* ended"):
+            peer.greedy([["</s>", "Hello"]], 3)
 
 
 def test_bench_adds_the_peer_rows_labelled_as_a_peer(tiny_pre_folder, tmp_path, monkeypatch, capsys):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -87,34 +91,93 @@ def converted(folder: str | Path, quantization: str, tokenizer: PreTrainedTokeni
 
 
 class PeerModel:
-    """A CTranslate2 Generator on the CPU, with what the benchmark asks of a model: greedy tokens, logits, bytes."""
+    """A CTranslate2 Generator on the CPU, with what the benchmark asks of a model: greedy tokens, logits, bytes.
+    The Generator lives in a child process (`serve_generator`): in ours, once CTranslate2 had run, its OpenMP
+    runtime (a second libgomp, bundled in its wheel) and torch's competed for the cores and every row of ours
+    that ran after it slowed (measured: int8-weights-cpu 105 -> 66 tokens/s), while CTranslate2 ran as fast alone."""
 
     def __init__(self, path: Path, compute_type: str, size: OPTSize, threads: int | None = None, origin: str = ""):
-        import ctranslate2
-
         self.path, self.compute_type, self.size = path, compute_type, size
         self.origin = origin  # where the converted model came from, for the bench's progress lines
         self.label = peer_label()
         self.device = torch.device("cpu")
-        self.generator = ctranslate2.Generator(str(path), device="cpu", compute_type=compute_type,
-                                               intra_threads=threads or torch.get_num_threads())
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from helpers.analysis.peer_ctranslate2 import serve_generator; serve_generator()",
+             str(path), compute_type, str(threads or torch.get_num_threads())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        weakref.finalize(self, _stop, self.process)
+        self._ask({"op": "ready"})
+
+    def _ask(self, request: dict) -> dict:
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except (BrokenPipeError, ValueError):  # it ended before (a closed pipe raises ValueError once closed here)
+            line = ""
+        if not line:
+            raise RuntimeError(f"CTranslate2's process for {self.path} ended (exit code {self.process.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"CTranslate2 ({self.path}): {answer['error']}")
+        return answer
 
     def greedy(self, prompts_tokens: list[list[str]], new_tokens: int) -> list[list[int]]:
         """Exactly `new_tokens` greedy token ids after each prompt (given as the tokenizer's token strings, as
         CTranslate2 takes them); the end token held back until then, as in our rows."""
-        results = self.generator.generate_batch(prompts_tokens, max_length=new_tokens, min_length=new_tokens,
-                                                sampling_topk=1, include_prompt_in_result=False)
-        return [r.sequences_ids[0] for r in results]
+        return self._ask({"op": "greedy", "prompts": prompts_tokens, "new": new_tokens})["ids"]
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         """The logits at every position of `ids` in one forward pass (teacher-forced), float32 [len(ids), vocab]."""
-        return torch.from_numpy(np.array(self.generator.forward_batch([ids]), dtype=np.float32)[0])
+        with tempfile.TemporaryDirectory(prefix="ct2-logits-") as folder:
+            out = os.path.join(folder, "logits.npy")
+            self._ask({"op": "logits", "ids": ids, "out": out})
+            return torch.from_numpy(np.load(out))
+
+    def close(self) -> None:
+        _stop(self.process)
 
     def bytes_per_decode_step(self, context: float, batch: int) -> int:
         """The converted weights once (the size of model.bin), plus the float32 key/value cache of `context` tokens
         for each of the `batch` sequences."""
         weights = (self.path / "model.bin").stat().st_size
         return int(weights + kv_cache_bytes_per_token(self.size, "float32") * context * batch)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.stdin.close()  # the child ends at the end of its input
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def serve_generator() -> None:
+    """The child process: a Generator for argv's folder, compute type and threads, answering one JSON request
+    per line of standard input (ready, greedy, logits) with one JSON line."""
+    import ctranslate2
+
+    path, compute_type, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    generator = ctranslate2.Generator(path, device="cpu", compute_type=compute_type, intra_threads=threads)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if request["op"] == "greedy":
+                results = generator.generate_batch(request["prompts"], max_length=request["new"],
+                                                   min_length=request["new"], sampling_topk=1,
+                                                   include_prompt_in_result=False)
+                answer = {"ids": [r.sequences_ids[0] for r in results]}
+            elif request["op"] == "logits":
+                np.save(request["out"], np.array(generator.forward_batch([request["ids"]]), dtype=np.float32)[0])
+                answer = {"ok": True}
+            else:
+                answer = {"ok": True}
+        except Exception as exc:  # CTranslate2 raises its own types; the parent reports them
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
 
 
 # ------------------------------------------------------------------------------------------ the bench's rows

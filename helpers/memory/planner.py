@@ -29,7 +29,6 @@ CPU_BANDWIDTH = 20e9  # what a one-row matrix product reaches on a typical lapto
 PCIE_BANDWIDTH = 12e9  # offloaded weights cross it at every step
 DISK_BANDWIDTH = 1e9
 QUANTIZED_EFFICIENCY = {"int8": 0.25, "nf4": 0.5}  # bitsandbytes' kernels dequantize as they go
-CPU_EFFICIENCY = {"int8-weights": 0.25}  # the CPU engine dequantizes int8 blocks in torch (no fused kernel): docs/speed.md
 SPEED_CLASSES = ((20, "fast"), (5, "interactive"), (1, "slow"), (0, "very slow"))
 QUALITY = {"float16": "exact (fp16)", "bfloat16": "exact (bf16)", "float32": "exact (fp32)",
            "int8": "near-exact (8-bit)", "nf4": "lossy (4-bit)", "int8-dynamic": "approximate (8-bit activations)",
@@ -164,7 +163,7 @@ def _speed(bytes_on: dict[str, int], budget: Budget, storage: str) -> float:
     efficiency = QUANTIZED_EFFICIENCY.get(storage, 1.0)
     seconds = sum(b for dev, b in bytes_on.items() if dev.startswith("cuda")) / (gpu_bw * efficiency)
     cpu_rate = CPU_BANDWIDTH if all(not d.startswith("cuda") for d in bytes_on) else PCIE_BANDWIDTH
-    seconds += bytes_on.get("cpu", 0) / (cpu_rate * CPU_EFFICIENCY.get(storage, 1.0)) + bytes_on.get("disk", 0) / DISK_BANDWIDTH
+    seconds += bytes_on.get("cpu", 0) / cpu_rate + bytes_on.get("disk", 0) / DISK_BANDWIDTH  # int8 too: a fused kernel
     return 1.0 / seconds if seconds else 0.0
 
 

@@ -1,6 +1,8 @@
 // Weight-only int8 products for decoding on a CPU: y = (x @ q.T) * scale + bias, reading each int8 weight once.
 // torch's own _weight_int8pack_mm has no vector path on AVX2 CPUs (measured 5x slower than fp32), so this is
-// hand-written: each output row converts its int8 weights to fp32 in registers, never in memory.
+// hand-written: each output row converts its int8 weights to fp32 in registers, never in memory. One row at a time
+// with eight running sums measured fastest here (3.2-3.7x fp32's product at one input row, AVX2 EPYC); two rows at
+// once ran out of registers and was half as fast.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -14,34 +16,25 @@ inline float horizontal_sum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-inline __m256 widen(__m128i eight_bytes) {  // the low 8 int8 of a 128-bit lane as 8 fp32
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight_bytes));
+inline __m256 load8(const int8_t* p) {  // 8 int8 from memory as 8 fp32 (vpmovsxbd reads them itself)
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-// Dot products of ROWS consecutive int8 rows with one fp32 input: 4 independent sums per row keep the FMA units
-// busy (one chain would wait on each FMA's latency), and each load of x serves every row.
-template <int ROWS>
-inline void dot_rows(const int8_t* w, const float* x, int64_t k, float* out) {
-    __m256 acc[ROWS][4];
-    for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm256_setzero_ps();
+// The dot product of one int8 row with one fp32 input: 8 independent sums keep the FMA units busy.
+inline float dot_row(const int8_t* w, const float* x, int64_t k) {
+    __m256 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
-        const __m256 x2 = _mm256_loadu_ps(x + i + 16), x3 = _mm256_loadu_ps(x + i + 24);
-        for (int r = 0; r < ROWS; ++r) {
-            const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * k + i));
-            const __m128i lo = _mm256_castsi256_si128(bytes), hi = _mm256_extracti128_si256(bytes, 1);
-            acc[r][0] = _mm256_fmadd_ps(widen(lo), x0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(widen(_mm_srli_si128(lo, 8)), x1, acc[r][1]);
-            acc[r][2] = _mm256_fmadd_ps(widen(hi), x2, acc[r][2]);
-            acc[r][3] = _mm256_fmadd_ps(widen(_mm_srli_si128(hi, 8)), x3, acc[r][3]);
-        }
+    for (; i + 64 <= k; i += 64) {
+        for (int j = 0; j < 8; ++j)
+            acc[j] = _mm256_fmadd_ps(load8(w + i + 8 * j), _mm256_loadu_ps(x + i + 8 * j), acc[j]);
     }
-    for (int r = 0; r < ROWS; ++r) {
-        float sum = horizontal_sum(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
-        for (int64_t j = i; j < k; ++j) sum += static_cast<float>(w[r * k + j]) * x[j];
-        out[r] = sum;
-    }
+    for (; i + 8 <= k; i += 8) acc[0] = _mm256_fmadd_ps(load8(w + i), _mm256_loadu_ps(x + i), acc[0]);
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
+                             _mm256_add_ps(_mm256_add_ps(acc[4], acc[5]), _mm256_add_ps(acc[6], acc[7])));
+    float sum = horizontal_sum(s);
+    for (; i < k; ++i) sum += static_cast<float>(w[i]) * x[i];
+    return sum;
 }
 
 }  // namespace
@@ -64,20 +57,9 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale,
     const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-        float out[2];
-        int64_t row = begin;
-        for (; row + 2 <= end; row += 2) {  // each pair of weight rows is read from memory once, for every input
-            for (int64_t r = 0; r < m; ++r) {
-                dot_rows<2>(qp + row * k, xp + r * k, k, out);
-                yp[r * n + row] = out[0] * sp[row] + (has_bias ? bp[row] : 0.0f);
-                yp[r * n + row + 1] = out[1] * sp[row + 1] + (has_bias ? bp[row + 1] : 0.0f);
-            }
-        }
-        for (; row < end; ++row) {
-            for (int64_t r = 0; r < m; ++r) {
-                dot_rows<1>(qp + row * k, xp + r * k, k, out);
-                yp[r * n + row] = out[0] * sp[row] + (has_bias ? bp[row] : 0.0f);
-            }
+        for (int64_t row = begin; row < end; ++row) {  // a weight row is read from memory once, for every input
+            const float add = has_bias ? bp[row] : 0.0f;
+            for (int64_t r = 0; r < m; ++r) yp[r * n + row] = dot_row(qp + row * k, xp + r * k, k) * sp[row] + add;
         }
     });
     return y;
