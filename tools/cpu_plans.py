@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import torch
 
 from helpers.analysis.comparison import TUTORIAL_PROMPTS
+from helpers.analysis.peer_ctranslate2 import PeerModel
 from helpers.generation.backends.cpu_int8 import quantize_weights_int8
 from helpers.generation.run import generate
 from helpers.generation.settings import GenerationSettings
 from helpers.loading.apply_plan import quantize_dynamic_int8
 from helpers.opt.random_weights import random_model
+from helpers.opt.sizes import size_from_config
 from helpers.opt.tokenizer import opt_tokenizer
 
 
@@ -31,22 +34,9 @@ def ours(model, tokenizer, prompt: str, new: int) -> tuple[list[int], float]:
     return result.token_ids, result.timings.tokens_per_second
 
 
-# CTranslate2 runs in a child process of its own for each run: in ours, once CTranslate2 had run, its OpenMP
-# runtime (a second libgomp, bundled in its wheel) and torch's competed for the cores, and our int8 rows ran at
-# two thirds of their speed (measured: 105 -> 66 tokens/s; CTranslate2 ran as fast alone as beside us).
-CTRANSLATE2_RUN = """
-import json, sys, time
-import ctranslate2
-folder, kind, threads, tokens, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5])
-generator = ctranslate2.Generator(folder, device="cpu", compute_type=kind, intra_threads=threads)
-start = time.perf_counter()
-out = generator.generate_batch([tokens], max_length=new, min_length=new, sampling_topk=1, beam_size=1,
-                               include_prompt_in_result=False)
-print(json.dumps([out[0].sequences_ids[0], new / (time.perf_counter() - start)]))
-"""
-
-
 def ctranslate2_rows(model, tokenizer, folder: str) -> dict:
+    """CTranslate2 fp32 and int8, converted with its own converter, each run by the bench's `PeerModel` (in a
+    process of its own, so that its OpenMP runtime and torch's do not compete: see its docstring)."""
     model.save_pretrained(f"{folder}/hf")
     tokenizer.save_pretrained(f"{folder}/hf")
     rows = {}
@@ -54,13 +44,12 @@ def ctranslate2_rows(model, tokenizer, folder: str) -> dict:
         converter = os.path.join(os.path.dirname(sys.executable), "ct2-transformers-converter")
         subprocess.run([converter, "--model", f"{folder}/hf", "--output_dir", f"{folder}/{kind}", "--quantization",
                         kind, "--force"], check=True, capture_output=True)
+        peer = PeerModel(Path(folder) / kind, kind, size_from_config(model.config))
 
-        def run(m, tok, prompt, new, kind=kind):
-            tokens = json.dumps(tok.convert_ids_to_tokens(tok(prompt).input_ids))
-            done = subprocess.run([sys.executable, "-c", CTRANSLATE2_RUN, f"{folder}/{kind}", kind,
-                                   str(torch.get_num_threads()), tokens, str(new)], check=True, capture_output=True,
-                                  text=True)
-            return json.loads(done.stdout.strip().splitlines()[-1])
+        def run(m, tok, prompt, new, peer=peer):
+            start = time.perf_counter()
+            ids = peer.greedy([tok.convert_ids_to_tokens(tok(prompt).input_ids)], new)[0]
+            return ids, new / (time.perf_counter() - start)
         rows[f"CTranslate2 {'fp32' if kind == 'float32' else 'int8'}"] = (None, run)
     return rows
 
