@@ -9,6 +9,7 @@ import torch
 from accelerate.utils import check_device_map, compute_module_sizes
 from transformers import OPTForCausalLM
 
+from helpers import environment
 from helpers.cli.main import main
 from helpers.errors import ModelLoadError
 from helpers.loading.apply_plan import device_map, load_arguments
@@ -180,9 +181,11 @@ def test_auto_plan_on_a_cpu_loads_fp32_and_int8_cpu_loads_quantized(tiny_pre_fol
     assert text and auto.generate("Hello", max_new_tokens=4, do_sample=False).text
 
 
-def test_disk_offload_loads_generates_and_cleans_up(tmp_path):
+def test_disk_offload_loads_generates_and_cleans_up(tmp_path, monkeypatch):
     from tiny_models import save_tiny_model
 
+    # where bf16 weights would be fast (AVX2 and FMA), auto takes bf16-cpu first: half the RAM, no disk
+    monkeypatch.setattr(environment, "cpu_flags", lambda: frozenset({"sse4_2"}))
     folder = save_tiny_model(tmp_path / "mid", "pre-ln", seed=3, hidden_size=512, ffn_dim=2048,
                              num_hidden_layers=6, word_embed_proj_dim=512)
     loaded = load_model(str(folder), plan="auto", cpu_memory="1.15GiB", context=256)

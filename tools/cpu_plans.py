@@ -56,6 +56,8 @@ def ctranslate2_rows(model, tokenizer, folder: str) -> dict:
 
 def logit_difference(model, reference, ids: list[int]) -> float:
     """The largest difference of next-token logits from the reference's, teacher-forced along `ids`."""
+    if model.dtype == torch.bfloat16:  # what the engine computes: fp32 arithmetic over the bf16 weights
+        model = copy.deepcopy(model).float()
     with torch.inference_mode():
         a = model(torch.tensor([ids])).logits.float()
         b = reference(torch.tensor([ids])).logits.float()

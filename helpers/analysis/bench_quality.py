@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
+from ..generation.backends.cpu_engine import engine_for, supported
 from ..memory.dtypes import dtype_name
 from ..opt.model_state import model_device
 from ..opt.tokenizer import encode_prompt
@@ -44,9 +45,13 @@ def prefix_text(quality: Quality) -> str:
 
 
 def logits_of(subject, ids: list[int]) -> torch.Tensor:
-    """Float32 logits at every position of `ids`, on the CPU: a transformers model, or a peer (its `logits`)."""
+    """Float32 logits at every position of `ids`, on the CPU: a transformers model (by the CPU engine where it runs
+    the model's decode, as it computes them: bf16 weights in fp32 arithmetic), or a peer (its `logits`)."""
     if not isinstance(subject, torch.nn.Module):
         return subject.logits(ids)
+    if supported(subject, 1):
+        sequence = engine_for(subject).sequence(len(ids), 0)
+        return torch.cat([sequence.prefill(ids[:1])] + [sequence.step(token) for token in ids[1:]])
     with torch.inference_mode():
         return subject(torch.tensor([ids], device=model_device(subject))).logits[0].float().cpu()
 

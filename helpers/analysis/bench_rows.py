@@ -17,7 +17,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "static": ("model.generate with a static cache, compiled on CUDA", BOTH),
     "auto": ("helpers' generate(): the fastest correct backend for the device", BOTH),
     "auto+int8-cpu": ("plan int8-cpu: torch dynamic int8 quantization of every Linear, lm_head included", ("cpu",)),
-    "auto+bf16-cpu": ("plan bf16-cpu: bf16 weights and arithmetic (no faster than fp32 without avx512_bf16/AMX)", ("cpu",)),
+    "auto+bf16-cpu": ("plan bf16-cpu: bf16 weights (half the bytes), fp32 arithmetic, a fused kernel", ("cpu",)),
     "auto+int8-weights-cpu": ("plan int8-weights-cpu: int8 weights, a scale per row, fp32 arithmetic", ("cpu",)),
     "auto+int8": ("plan int8: bitsandbytes LLM.int8()", ("cuda",)),
     "auto+nf4": ("plan nf4: bitsandbytes 4-bit NF4", ("cuda",)),

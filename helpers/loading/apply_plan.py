@@ -10,7 +10,7 @@ from ..errors import ModelLoadError
 from ..generation.backends.cpu_int8 import quantize_weights_int8
 from ..memory.bytes import parse_bytes
 from ..memory.dtypes import dtype_name, torch_dtype
-from ..memory.planner import NO_CPU_BF16, Budget, Option, check_fits, choose, plain_method
+from ..memory.planner import NO_CPU_BF16, Budget, Option, check_fits, choose, plain_plan
 from ..memory.planner import plan as make_plan
 from ..opt.sizes import find_size
 from .sources import size_of
@@ -34,7 +34,7 @@ def plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_m
 
 
 def warn_without_cpu_bf16() -> None:
-    """bf16 on a CPU without bf16 arithmetic runs, as asked, with a warning that says what it costs."""
+    """bf16 on a CPU the fused bf16 kernel cannot run on runs, as asked, with a warning that says what it costs."""
     if not cpu_supports_bf16():
         import warnings
 
@@ -43,7 +43,7 @@ def warn_without_cpu_bf16() -> None:
 
 def check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtype, gpu_memory, cpu_memory,
                            context: int | None, batch: int) -> None:
-    method = plain_method(device, dtype_name(dtype))
+    method = plain_plan(device, dtype_name(dtype))
     if method is None:
         return
     if method == "bf16-cpu":

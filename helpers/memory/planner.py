@@ -18,7 +18,7 @@ CPU_PROCESS_BYTES = GiB  # Python, torch and transformers themselves
 CPU_PROCESS_BYTES_CUDA = 2 * GiB  # ... plus CUDA's host-side libraries
 LOAD_SHARD_BYTES = 2 * GiB  # loading reads at most about one checkpoint shard into RAM at a time
 TOKENIZER_BYTES = 32 * 1024**2  # OPT's BPE tokenizer in memory
-CPU_BF16_WORKING_BYTES = 8 * 1024**2  # bf16 arithmetic's extra on a CPU: measured, the same at 44M and 125M parameters
+CPU_BF16_WORKING_BYTES = 8 * 1024**2  # bf16-cpu's extra (the kernel, fp32 layer norms): measured, at 44M and 125M
 INT8_WEIGHTS_WORKING_BYTES = 16 * 1024**2  # int8-weights-cpu's quantizing blocks, heap they leave, its kernel: measured
 
 # Memory bandwidth by GPU name (vendor datasheets), for the speed estimate only.
@@ -45,7 +45,7 @@ class Budget:
     disk_bytes: int | None = None  # None: enough
     gpu_name: str = ""
     bf16: bool = False  # the GPUs compute in bf16 (compute capability 8.0 and up)
-    cpu_bf16: bool = False  # the CPU computes in bf16 (avx512_bf16 or AMX)
+    cpu_bf16: bool = False  # bf16 weights decode faster than fp32 on the CPU (the fused kernel: AVX2, FMA)
 
     @classmethod
     def of_machine(cls, env: Environment | None = None, gpu_bytes: int | None = None, gpus: int | None = None,
@@ -102,9 +102,7 @@ class Option:
     def predicted_peak_bytes(self) -> int:
         """The peak a measurement sees: memory allocated on the first GPU when it uses one, else the RAM
         the process grows by (the process itself, Python, torch and transformers, is not counted)."""
-        if self.gpu_bytes_each:
-            return self.gpu_bytes_each[0]
-        return self.cpu_bytes - CPU_PROCESS_BYTES
+        return self.gpu_bytes_each[0] if self.gpu_bytes_each else self.cpu_bytes - CPU_PROCESS_BYTES
 
     @property
     def method(self) -> str:
@@ -147,11 +145,9 @@ def check_fits(size: OPTSize, plan_name: str, budget: Budget, *, context: int | 
 
 def plain_plan(device: str, dtype: str) -> str | None:
     """The plan that loading on `device` in `dtype` without a plan amounts to (None: none describes it)."""
-    return {("cpu", "float32"): "fp32-cpu", ("cpu", "bfloat16"): "bf16-cpu", ("cuda", "float16"): "fp16",
-            ("cuda", "bfloat16"): "bf16"}.get((device.split(":")[0], dtype))
+    plans = {("cpu", "float32"): "fp32-cpu", ("cpu", "bfloat16"): "bf16-cpu", ("cuda", "float16"): "fp16"}
+    return {**plans, ("cuda", "bfloat16"): "bf16"}.get((device.split(":")[0], dtype))
 
-
-plain_method = plain_plan  # its first name, still imported by some modules
 
 
 def _and_gpu(option: Option) -> str:
@@ -184,8 +180,8 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
     module and every layer's cache up front. Only bitsandbytes' fp32 CPU offload runs its modules on the
     CPU, caches included.
     """
-    working = activation_bytes(size, context, batch, compute_bytes(storage))
-    kv_per_layer = kv_cache_bytes_per_token(size, storage) // size.layers * context * batch
+    working = activation_bytes(size, context, batch, compute_bytes(_computed_as(storage, devices)))
+    kv_per_layer = kv_cache_bytes_per_token(size, _computed_as(storage, devices)) // size.layers * context * batch
     gpus = [d for d in devices if d.startswith("cuda")]
     runs_on_cpu = not gpus or offload_storage == "float32"
     streams = bool(gpus) and ("disk" in devices or ("cpu" in devices and not runs_on_cpu))
@@ -227,6 +223,11 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
     return placement, stored, peak
 
 
+def _computed_as(storage: str, devices: list[str]) -> str:
+    """The dtype of the activations and the cache: the CPU engine computes bf16 weights in fp32."""
+    return "float32" if storage == "bfloat16" and devices == ["cpu"] else storage
+
+
 def _capacities(budget: Budget, gpus: list[str], working: int) -> dict[str, float]:
     """What each place can hold for weights and caches: the budget less the CUDA context, this process and
     the working memory of wherever the model runs; the disk without limit."""
@@ -257,7 +258,8 @@ def _option(name: str, description: str, size: OPTSize, budget: Budget, storage:
     if gpus:
         cpu = CPU_PROCESS_BYTES_CUDA + peak["cpu"] + min(LOAD_SHARD_BYTES, weight_bytes(size, "float16"))
     else:
-        cpu = CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"] + activation_bytes(size, context, batch, compute_bytes(storage))
+        working = activation_bytes(size, context, batch, compute_bytes(_computed_as(storage, devices)))
+        cpu = CPU_PROCESS_BYTES + TOKENIZER_BYTES + peak["cpu"] + working
         if storage == "int8-dynamic":  # quantizing holds a layer in fp32 beside the int8 copies; fbgemm packs again
             layers = [p for p in pieces(size) if p.layer]
             cpu += layers[0].weight_bytes("float32")
@@ -305,9 +307,8 @@ def _requirements(option: Option, budget: Budget) -> None:
         option.available, option.unavailable_reason = False, "needs torch's dynamic quantization"
 
 
-NO_CPU_BF16 = ("this CPU has no bf16 arithmetic (avx512_bf16/AMX): torch widens each bf16 weight to fp32 as it "
-               "reads it, so bf16 runs no faster than fp32 here (1.0x on a 2-core AVX2 EPYC) and rounds more; "
-               "fp32-cpu keeps the text exact, int8-cpu is faster")
+NO_CPU_BF16 = ("this CPU lacks AVX2 and FMA, which the fused bf16 kernel needs: its weights are widened in memory instead, "
+               "so bf16 runs no faster than fp32 here and rounds; fp32-cpu keeps the text exact, int8-cpu is faster")
 TIERS = ("fp16", "bf16", "fp16-multi-gpu", "int8", "int8-multi-gpu", "nf4", "nf4-multi-gpu", "fp16-cpu-offload",
          "nf4-cpu-offload", "fp32-cpu", "bf16-cpu", "int8-cpu", "int8-weights-cpu", "disk-offload")
 
@@ -349,7 +350,7 @@ def plan(size: OPTSize | str, budget: Budget | None = None, *, context: int | No
     options.append(_option("int8-cpu", "CPU only, torch's dynamic int8 (lm_head included)", *args, "int8-dynamic",
                            ["cpu"], context, batch))
     options.append(_option("fp32-cpu", "CPU only, fp32", *args, "float32", ["cpu"], context, batch))
-    options.append(_option("bf16-cpu", "CPU only, bf16 weights and arithmetic", *args, "bfloat16", ["cpu"], context,
+    options.append(_option("bf16-cpu", "CPU only, bf16 weights, fp32 arithmetic", *args, "bfloat16", ["cpu"], context,
                            batch))
     options.append(_option("int8-weights-cpu", "CPU only, int8 weights (a scale per row), fp32 arithmetic", *args,
                            "int8-weights", ["cpu"], context, batch))

@@ -15,6 +15,7 @@ from transformers import OPTForCausalLM
 from ...errors import ModelUnloadedError
 from ...opt.sizes import POSITION_OFFSET
 from .cpu_int8 import Int8WeightLinear
+from .matvec_kernel import FUSED_MAX_ROWS, matvec_kernel, widened_product
 
 _ATTR = "_helpers_cpu_engine"
 _BUILDING = threading.Lock()  # two threads must not repack one model's q/k/v at the same time
@@ -39,7 +40,7 @@ def numpy_blas_is_faster() -> bool:
     return best(lambda: w @ x) < best(lambda: F.linear(tx, tw))
 
 
-ENGINE_DTYPES = (torch.float32, torch.bfloat16)  # bf16 weights compute in bf16, as transformers' bf16 model does
+ENGINE_DTYPES = (torch.float32, torch.bfloat16)  # the weights' dtypes; the engine computes in fp32 for both
 
 
 def supported(model: OPTForCausalLM, batch: int) -> bool:
@@ -94,9 +95,11 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _product(weight: torch.Tensor, bias: torch.Tensor | None, numpy_blas: bool):
-    """x [t, in] -> x @ weight.T (+ bias): numpy's BLAS for fp32 where it is faster (a single row as a
-    matrix-vector product), else torch's (bf16 weights: bf16 in, bf16 out, as transformers computes)."""
-    if not (numpy_blas and weight.dtype == torch.float32):
+    """x [t, in] fp32 -> x @ weight.T (+ bias), fp32: numpy's BLAS for fp32 where it is faster (a single row as a
+    matrix-vector product), else torch's; bf16 weights through `_bf16_product`."""
+    if weight.dtype == torch.bfloat16:
+        return _bf16_product(weight.detach(), None if bias is None else bias.detach().float())
+    if not numpy_blas:
         weight, bias = weight.detach(), None if bias is None else bias.detach()
         return lambda x: F.linear(x, weight, bias)
     w, b = _np(weight), None if bias is None else _np(bias)
@@ -107,6 +110,18 @@ def _product(weight: torch.Tensor, bias: torch.Tensor | None, numpy_blas: bool):
         if b is not None:
             y += b
         return torch.from_numpy(y).view(x.shape[0], -1)
+    return product
+
+
+def _bf16_product(weight: torch.Tensor, bias: torch.Tensor | None):
+    """The product of a bf16 weight in fp32 arithmetic, reading the weight's two bytes per value once: the fused
+    kernel widens them in registers (a prompt's many rows widen blocks of rows instead)."""
+    kernel = matvec_kernel()
+
+    def product(x: torch.Tensor) -> torch.Tensor:
+        if kernel.module is not None and x.shape[0] <= FUSED_MAX_ROWS:
+            return kernel.bf16_linear(x, weight, bias)
+        return widened_product(x, weight, None, bias)
     return product
 
 
@@ -124,6 +139,11 @@ def _packed_qkv(attn, d: int, numpy_blas: bool):
     return _product(qkv_w, qkv_b, numpy_blas)
 
 
+def _fp32(norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer norm's parameters in fp32 (the model's own tensors where they are fp32 already)."""
+    return norm.weight.detach().float(), norm.bias.detach().float()
+
+
 def _of(module: torch.nn.Module, numpy_blas: bool):
     """The product a Linear (or an `Int8WeightLinear`, itself callable) computes."""
     return module if isinstance(module, Int8WeightLinear) else _product(module.weight, module.bias, numpy_blas)
@@ -134,12 +154,13 @@ class _Layer:
         attn = layer.self_attn
         self.qkv = _packed_qkv(attn, d, numpy_blas)
         self.out, self.fc1, self.fc2 = (_of(m, numpy_blas) for m in (attn.out_proj, layer.fc1, layer.fc2))
-        self.norm1 = (layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias)
-        self.norm2 = (layer.final_layer_norm.weight, layer.final_layer_norm.bias)
+        self.norm1, self.norm2 = _fp32(layer.self_attn_layer_norm), _fp32(layer.final_layer_norm)
 
 
 class CpuEngine:
-    """OPT's decoder for one sequence: `prefill(ids)` then `step(token)`, each returning next-token logits."""
+    """OPT's decoder for one sequence: `prefill(ids)` then `step(token)`, each returning next-token logits.
+    Its arithmetic is fp32 whatever the weights' dtype (fp32, bf16, or int8 with scales): bf16 and int8 weights
+    are widened as they are read, so they cost fewer bytes per token and round only the weights."""
 
     def __init__(self, model: OPTForCausalLM):
         config, decoder = model.config, model.model.decoder
@@ -149,7 +170,7 @@ class CpuEngine:
         self.pre_norm = config.do_layer_norm_before
         self.eps = decoder.layers[0].self_attn_layer_norm.eps
         self.max_positions = config.max_position_embeddings
-        self.dtype = model.dtype  # of the activations and the cache: fp32, or bf16 for a bf16 model
+        self.dtype = torch.float32  # of the activations and the cache
         self.embed = decoder.embed_tokens.weight.detach()
         self.positions = decoder.embed_positions.weight.detach()
         int8 = isinstance(model.lm_head, Int8WeightLinear)  # torch computes its products: it keeps torch's threads
@@ -157,7 +178,7 @@ class CpuEngine:
         self.project_in = _of(decoder.project_in, blas) if decoder.project_in is not None else None
         self.project_out = _of(decoder.project_out, blas) if decoder.project_out is not None else None
         norm = decoder.final_layer_norm
-        self.final_norm = (norm.weight, norm.bias) if norm is not None else None
+        self.final_norm = _fp32(norm) if norm is not None else None
         self.lm_head = _of(model.lm_head, blas)
         self.layers = [_Layer(layer, self.d, blas) for layer in decoder.layers]
         self.dropped = False  # set when the model is unloaded: its sequences refuse to go on
@@ -188,10 +209,10 @@ class CpuEngine:
     @torch.inference_mode()
     def forward(self, ids: list[int], start: int, cache: torch.Tensor) -> torch.Tensor:
         """The logits after `ids`, placed from position `start` on, their keys and values written to `cache`."""
-        x = self.embed[torch.tensor(ids)]
+        x = self.embed[torch.tensor(ids)].float()
         if self.project_in is not None:
             x = self.project_in(x.contiguous())
-        x = x + self.positions[start + POSITION_OFFSET: start + POSITION_OFFSET + len(ids)]
+        x = x + self.positions[start + POSITION_OFFSET: start + POSITION_OFFSET + len(ids)].float()
         for i, layer in enumerate(self.layers):
             residual = x
             h = self._norm(x, layer.norm1) if self.pre_norm else x
@@ -209,7 +230,7 @@ class CpuEngine:
             last = self._norm(last, self.final_norm)
         if self.project_out is not None:
             last = self.project_out(last.contiguous())
-        return self.lm_head(last.contiguous()).float()  # [1, vocab]
+        return self.lm_head(last.contiguous())  # [1, vocab]
 
     # -- the loop's interface
 

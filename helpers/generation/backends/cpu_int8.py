@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from transformers import OPTForCausalLM
 
-from .int8_kernel import FUSED_MAX_ROWS, int8_kernel
+from .matvec_kernel import FUSED_MAX_ROWS, matvec_kernel, widened_product
 
-_ROWS_PER_BLOCK = 2048  # rows converted at a time: a block of fp32 stays small (lm_head has 50272 rows)
 _READ_BLOCK_BYTES = 1 << 20  # fp32 bytes quantized or copied at a time: larger blocks left heap behind (measured)
 
 
@@ -79,24 +77,12 @@ class Int8WeightLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.in_features).float()
-        kernel = int8_kernel()
+        kernel = matvec_kernel()
         if kernel.module is not None and flat.shape[0] <= FUSED_MAX_ROWS:
-            out = kernel.linear(flat, self.q, self.scale, self.bias)
+            out = kernel.int8_linear(flat, self.q, self.scale, self.bias)
         else:
-            out = self._dequantizing_product(flat)
+            out = widened_product(flat, self.q, self.scale, self.bias)
         return out.view(*shape[:-1], self.out_features).to(x.dtype)
-
-    def _dequantizing_product(self, flat: torch.Tensor) -> torch.Tensor:
-        """The same product with torch's fp32 matrix multiply, a block of rows converted at a time (long prompts,
-        where a matrix product beats the kernel, and CPUs the kernel cannot be built for)."""
-        out = torch.empty(flat.shape[0], self.out_features, dtype=torch.float32)
-        for start in range(0, self.out_features, _ROWS_PER_BLOCK):  # x @ q.T, then each row's scale
-            end = min(start + _ROWS_PER_BLOCK, self.out_features)
-            out[:, start:end] = F.linear(flat, self.q[start:end].float())
-        out.mul_(self.scale)
-        if self.bias is not None:
-            out.add_(self.bias)
-        return out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, fp32 scale per row"
@@ -123,7 +109,7 @@ def quantize_weights_int8(model: OPTForCausalLM,
     a weight from its file where it can: its pages are then never held, which matters where the model was
     loaded lazily (safetensors) or in a smaller dtype. lm_head's tie to the token table is broken: the table
     stays fp32 for the lookup, lm_head gets its own int8 copy."""
-    int8_kernel()  # built now, while loading, rather than in the middle of the first reply
+    matvec_kernel()  # built now, while loading, rather than in the middle of the first reply
     for weight_name, parent, name in _linears(model):
         linear = getattr(parent, name)
         if isinstance(linear, torch.nn.Linear):

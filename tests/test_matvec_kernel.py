@@ -1,5 +1,5 @@
-"""int8-weights-cpu's fused kernel against torch's product of the dequantized weights, its fallback and the
-messages where it cannot be built, and quantizing from the files (fp16, sharded, unprefixed) as from the model."""
+"""The fused int8 and bf16 kernels against torch's products of the same weights in fp64, their fallback and the
+messages where they cannot be built, and quantizing from the files (fp16, sharded, unprefixed) as from the model."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from safetensors.torch import save_file
 from tiny_models import save_tiny_model, tiny_model
 
 from helpers.environment import cpu_flags
-from helpers.generation.backends import cpu_int8, int8_kernel
+from helpers.generation.backends import cpu_engine, cpu_int8, matvec_kernel
+from helpers.generation.backends.cpu_engine import CpuEngine
 from helpers.generation.backends.cpu_int8 import Int8WeightLinear, quantize_rows, quantize_weights_int8
-from helpers.generation.backends.int8_kernel import FUSED_MAX_ROWS, NEEDED_FLAGS, Int8Kernel
+from helpers.generation.backends.matvec_kernel import FUSED_MAX_ROWS, NEEDED_FLAGS, MatvecKernel
 from helpers.loading.model import load_model
 from helpers.loading.weight_files import SafetensorsRows
 
@@ -29,7 +30,7 @@ def _reference(layer: Int8WeightLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_kernel_builds_on_a_cpu_with_avx2_and_fma():
-    kernel = int8_kernel.int8_kernel()
+    kernel = matvec_kernel.matvec_kernel()
     if set(NEEDED_FLAGS) <= cpu_flags():
         assert kernel.module is not None, kernel.why_not
     else:
@@ -53,25 +54,84 @@ def test_without_the_kernel_the_layers_give_the_same_products(monkeypatch):
     layer, x = _layer(96, 200, bias=True), torch.randn(3, 4, 200)  # batch and sequence dimensions kept
     with torch.inference_mode():
         fused = layer(x)
-        monkeypatch.setattr(cpu_int8, "int8_kernel", lambda: Int8Kernel(None, "switched off by the test"))
+        monkeypatch.setattr(cpu_int8, "matvec_kernel", lambda: MatvecKernel(None, "switched off by the test"))
         fallback = layer(x)
     assert fused.shape == fallback.shape == (3, 4, 96)
     assert torch.allclose(fused, fallback, rtol=1e-5, atol=1e-5 * fallback.abs().max().item())
 
 
+def _bf16_product(weight: torch.Tensor, bias: torch.Tensor | None):
+    """The engine's product for a bf16 Linear (the kernel for a few rows, widened blocks for more)."""
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return cpu_engine._of(linear, numpy_blas=False)
+
+
+@pytest.mark.parametrize("shape", [(7, 70), (64, 96), (33, 512), (300, 40), (2100, 64)])  # tails; over one block
+@pytest.mark.parametrize("rows", [1, 3, FUSED_MAX_ROWS, FUSED_MAX_ROWS + 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_weights_give_their_product_in_fp32_arithmetic(shape, rows, bias):
+    torch.manual_seed(1)
+    weight = torch.randn(shape).to(torch.bfloat16)
+    b = torch.randn(shape[0]).to(torch.bfloat16) if bias else None
+    x = torch.randn(rows, shape[1])
+    got = _bf16_product(weight, b)(x)
+    want = F.linear(x.double(), weight.double(), None if b is None else b.double())  # the bf16 values, exactly
+    assert got.dtype == torch.float32 and got.shape == (rows, shape[0])
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_bf16_products_without_the_kernel_are_the_same(monkeypatch):
+    weight, x = torch.randn(300, 200).to(torch.bfloat16), torch.randn(2, 200)
+    fused = _bf16_product(weight, None)(x)
+    monkeypatch.setattr(cpu_engine, "matvec_kernel", lambda: MatvecKernel(None, "switched off by the test"))
+    fallback = _bf16_product(weight, None)(x)
+    assert torch.allclose(fused, fallback, rtol=1e-5, atol=1e-5 * fallback.abs().max().item())
+
+
+def test_the_kernel_refuses_what_it_cannot_compute():
+    kernel = matvec_kernel.matvec_kernel()
+    if kernel.module is None:
+        pytest.skip(f"no kernel on this CPU: {kernel.why_not}")  # the test above covers the fallback there
+    x = torch.randn(2, 16)
+    with pytest.raises(RuntimeError, match="shapes"):
+        kernel.bf16_linear(x, torch.randn(4, 15).to(torch.bfloat16), None)
+    with pytest.raises(RuntimeError, match="w is bf16"):
+        kernel.bf16_linear(x, torch.randn(4, 16), None)
+    with pytest.raises(RuntimeError, match="one per output row"):
+        kernel.bf16_linear(x, torch.randn(4, 16).to(torch.bfloat16), torch.zeros(3))
+    with pytest.raises(RuntimeError, match="scale per output row"):
+        kernel.int8_linear(x, torch.zeros(4, 16, dtype=torch.int8), torch.ones(3), None)
+
+
+def test_a_bf16_model_keeps_its_weights_and_its_engine_reads_them_in_place():
+    model = tiny_model("pre-ln", seed=5).to(torch.bfloat16)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    engine = CpuEngine(model)
+    assert engine.dtype == torch.float32
+    sequence = engine.sequence(3, 2)
+    assert sequence.cache.dtype == torch.float32 and sequence.prefill([2, 100, 200]).dtype == torch.float32
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.bfloat16 and torch.equal(p, before[name]), name
+
+
 def _unbuilt(monkeypatch, **patches) -> str:
-    """The warning int8_kernel() gives with `patches` applied to the kernel module (the cache cleared around)."""
+    """The warning matvec_kernel() gives with `patches` applied to the kernel module (the cache cleared around)."""
     for name, value in patches.items():
-        monkeypatch.setattr(int8_kernel, name, value)
-    int8_kernel.int8_kernel.cache_clear()
+        monkeypatch.setattr(matvec_kernel, name, value)
+    matvec_kernel.matvec_kernel.cache_clear()
     try:
         with pytest.warns(UserWarning) as caught:
-            kernel = int8_kernel.int8_kernel()
+            kernel = matvec_kernel.matvec_kernel()
     finally:
-        int8_kernel.int8_kernel.cache_clear()
+        matvec_kernel.matvec_kernel.cache_clear()
     assert kernel.module is None
     message = str(caught[0].message)
-    assert "int8-weights-cpu" in message and "the same text, slower" in message and kernel.why_not in message
+    assert "int8-weights-cpu and bf16-cpu" in message and "the same text, slower" in message
+    assert kernel.why_not in message
     return kernel.why_not
 
 
@@ -85,7 +145,7 @@ def test_a_failing_build_is_told_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache: a build is needed
 
     def failing(**_):
-        raise RuntimeError("Error building extension 'opt_notebooks_int8_matvec'\ng++: not found")
+        raise RuntimeError("Error building extension 'opt_notebooks_weight_matvec'\ng++: not found")
 
     monkeypatch.setattr(cpp_extension, "load", failing)
     why = _unbuilt(monkeypatch, cpu_flags=lambda: frozenset(NEEDED_FLAGS))
