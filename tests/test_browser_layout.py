@@ -17,9 +17,10 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server_env(models, tmp_path_factory):
-    """test_browser's, with a cache of its own for the random-weight model."""
+    """test_browser's, with a cache of its own for the random-weight model, and the device left to the app (the CPU
+    here), as `make playground` leaves it: the plan picker shows."""
     home = tmp_path_factory.mktemp("jupyter-home")
-    return {**os.environ, "OPT_MODEL": models["mid"], "OPT_EXTRA_MODELS": models["tiny"], "OPT_DEVICE": "cpu",
+    return {**os.environ, "OPT_MODEL": models["mid"], "OPT_EXTRA_MODELS": models["tiny"],
             "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_DATA_DIR": str(home / "data"),
             "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(home / "cache")}
 
@@ -87,6 +88,10 @@ def test_the_first_screen_at_1280x800_has_the_prompt_generate_and_the_streaming_
         assert 0 <= b["top"] and b["bottom"] <= 800 and 0 <= b["left"] and b["right"] <= 1280, (selector, b)
     settings = box(page, ".opt-settings-panel")
     assert settings["left"] >= box(page, ".opt-output")["right"]  # the settings in a column beside the output
+    model, plan = box(page, ".opt-model select"), box(page, ".opt-plan select")
+    assert abs(plan["top"] - model["top"]) < 2 and plan["left"] > model["right"]  # beside the model picker
+    plans = [o.replace("\xa0", " ") for o in page.eval_on_selector(".opt-plan select", "s => [...s.options].map(o => o.textContent)")]
+    assert plans[0] == "auto (fp32-cpu)" and any(p.startswith("int8-weights-cpu · ") for p in plans), plans
     page.fill(".opt-prompt textarea", "The first screen")
     page.click("button.opt-generate")
     page.wait_for_function("() => document.querySelector('.opt-output').innerText.length > 20", timeout=60_000)
@@ -216,6 +221,22 @@ def test_random_weights_and_the_docs_screenshots(page_of, voila):
     page.wait_for_timeout(500)
     assert page.evaluate(OUTSIDE, 400) == []
     page.screenshot(path=str(ARTIFACTS / "docs-playground-narrow.png"))
+
+
+def test_picking_a_plan_in_the_browser_reloads_the_model_with_it(page_of, voila):
+    """The plan picker as a user meets it: bf16-cpu picked, the model loads again in bf16 and generates."""
+    page = open_app(page_of, voila, 1280, 800)
+    labels = [o.replace("\xa0", " ") for o in page.eval_on_selector(".opt-plan select",
+                                                                      "s => [...s.options].map(o => o.textContent)")]
+    page.select_option(".opt-plan select", index=next(i for i, label in enumerate(labels)
+                                                       if label.startswith("bf16-cpu ")))
+    page.wait_for_function("() => /bfloat16.*loaded in/.test(document.querySelector('.opt-model-status').innerText)",
+                           timeout=120_000)
+    page.fill(".opt-prompt textarea", "In bf16")
+    page.click("button.opt-generate")
+    wait_finished(page)
+    assert page.inner_text(".opt-output").startswith("In bf16") and "bf16-cpu" in page.inner_text(".opt-plan")
+    shot(page, "plan-bf16-1280x800")
 
 
 def test_ctrl_enter_in_jupyterlab_generates_without_running_the_cell_again(page_of, lab):

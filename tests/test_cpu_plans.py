@@ -17,7 +17,7 @@ from helpers.generation.run import generate
 from helpers.generation.settings import GenerationSettings
 from helpers.loading.model import load_model
 from helpers.memory.bytes import weight_bytes
-from helpers.memory.planner import NO_CPU_BF16, TIERS, Budget, choose, plan
+from helpers.memory.planner import NO_CPU_BF16, NO_CPU_INT8_KERNEL, TIERS, Budget, choose, plan
 from helpers.opt.sizes import get_size, layer_parameters, parameter_breakdown
 
 PROMPT = [2, 1437, 16, 10, 1296, 9, 5, 232]  # token ids: no tokenizer needed
@@ -146,6 +146,18 @@ def test_planner_entries_for_the_cpu_plans():
     assert options["int8-weights-cpu"].quality != options["int8-cpu"].quality
     without = {o.plan: o for o in plan(size, Budget(cpu_bytes=16 * 1024**3))}
     assert without["bf16-cpu"].available and NO_CPU_BF16 in without["bf16-cpu"].notes
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_where_only_int8_fits_auto_takes_the_int8_the_cpu_runs_best(kernel):
+    """With the fused kernel, int8-weights-cpu (faster, and more of fp32's text: docs/speed.md) before torch's
+    dynamic int8; without it, its weights would be widened in memory, so the dynamic int8 goes first."""
+    size = get_size("opt-6.7b")
+    budget = Budget(cpu_bytes=14 * 1024**3, cpu_bf16=kernel)  # fp32 (27 GB of weights) and bf16 (13 GB) do not fit
+    options = {o.plan: o for o in plan(size, budget)}
+    assert not options["bf16-cpu"].fits and options["int8-weights-cpu"].fits and options["int8-cpu"].fits
+    assert choose(list(options.values())).plan == ("int8-weights-cpu" if kernel else "int8-cpu")
+    assert (NO_CPU_INT8_KERNEL in options["int8-weights-cpu"].notes) != kernel
 
 
 def test_bench_rows_prepare_the_new_plans(tokenizer):

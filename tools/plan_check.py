@@ -43,7 +43,9 @@ def check_plan(model: str, plan_name: str = "auto", *, gpu_memory: str | int | N
     folder, tmp = model, None
     try:  # the temporary folder goes however this ends (an error, Ctrl-C, SIGTERM through helpers.signals)
         if find_size(model) is not None:
-            tmp = _random_weights_folder(size, torch.float16 if uses_gpu else torch.float32, progress)
+            # stored as the plan keeps them (bf16-cpu from an fp32 file would count the file's pages, read to convert)
+            stored = torch.float16 if uses_gpu else torch.bfloat16 if option.dtype == "bfloat16" else torch.float32
+            tmp = _random_weights_folder(size, stored, progress)
             folder = tmp.name
         _warm_up_imports()
         release_freed_memory()  # freed heap pages go back to the OS, so new allocations show in RSS

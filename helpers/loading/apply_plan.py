@@ -8,6 +8,7 @@ from transformers import OPTForCausalLM
 from ..environment import cpu_supports_bf16
 from ..errors import ModelLoadError
 from ..generation.backends.cpu_int8 import quantize_weights_int8
+from ..generation.backends.matvec_kernel import matvec_kernel
 from ..memory.bytes import parse_bytes
 from ..memory.dtypes import dtype_name, torch_dtype
 from ..memory.planner import NO_CPU_BF16, Budget, Option, check_fits, choose, plain_plan
@@ -29,16 +30,19 @@ def plan_for(name: str, source: str, local: bool, method: str, gpu_memory, cpu_m
         raise ModelLoadError(str(exc)) from None
     chosen = choose(options, method, model=size.name, budget=budget)
     if chosen.plan == "bf16-cpu":
-        warn_without_cpu_bf16()
+        prepare_cpu_bf16()
     return chosen
 
 
-def warn_without_cpu_bf16() -> None:
-    """bf16 on a CPU the fused bf16 kernel cannot run on runs, as asked, with a warning that says what it costs."""
+def prepare_cpu_bf16() -> None:
+    """bf16-cpu's kernel built now, while loading, rather than in the middle of the first reply; on a CPU it
+    cannot run on, bf16 runs as asked, with a warning that says what it costs."""
     if not cpu_supports_bf16():
         import warnings
 
         warnings.warn(f"bf16 on the CPU (plan bf16-cpu): {NO_CPU_BF16}.", UserWarning, stacklevel=4)
+        return
+    matvec_kernel()
 
 
 def check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtype, gpu_memory, cpu_memory,
@@ -47,7 +51,7 @@ def check_plain_load_fits(name: str, source: str, device: str, dtype: torch.dtyp
     if method is None:
         return
     if method == "bf16-cpu":
-        warn_without_cpu_bf16()
+        prepare_cpu_bf16()
     size = find_size(name) or size_of(source)
     budget = Budget.of_machine(gpu_bytes=None if gpu_memory is None else parse_bytes(gpu_memory),
                                cpu_bytes=None if cpu_memory is None else parse_bytes(cpu_memory))

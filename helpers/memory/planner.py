@@ -45,7 +45,7 @@ class Budget:
     disk_bytes: int | None = None  # None: enough
     gpu_name: str = ""
     bf16: bool = False  # the GPUs compute in bf16 (compute capability 8.0 and up)
-    cpu_bf16: bool = False  # bf16 weights decode faster than fp32 on the CPU (the fused kernel: AVX2, FMA)
+    cpu_bf16: bool = False  # the fused bf16/int8 kernel runs on the CPU (AVX2, FMA): bf16-cpu beats fp32
 
     @classmethod
     def of_machine(cls, env: Environment | None = None, gpu_bytes: int | None = None, gpus: int | None = None,
@@ -112,11 +112,8 @@ class Option:
         return self.plan
 
     def as_dict(self) -> dict:
-        data = asdict(self)
-        data["method"] = self.plan  # plan --json's first name for it, still written
-        data.pop("placement")
-        data["devices"] = sorted(set(self.placement.values()))
-        return data
+        data = {key: value for key, value in asdict(self).items() if key != "placement"}
+        return {**data, "method": self.plan, "devices": sorted(set(self.placement.values()))}  # method: its first name
 
     def row(self) -> dict:
         """A table row for people."""
@@ -282,12 +279,10 @@ def _option(name: str, description: str, size: OPTSize, budget: Budget, storage:
 
 def _redundant(option: Option) -> bool:
     """A split or an offload that moves nothing is the plain option under another name."""
+    places = set(option.placement.values())
     if "offload" in option.plan:
-        offloaded = {"disk"} if option.plan == "disk-offload" else {"cpu"}
-        return not offloaded & set(option.placement.values())
-    if "multi-gpu" in option.plan:
-        return len(set(option.placement.values())) < 2
-    return False
+        return not ({"disk"} if option.plan == "disk-offload" else {"cpu"}) & places
+    return "multi-gpu" in option.plan and len(places) < 2
 
 
 def _requirements(option: Option, budget: Budget) -> None:
@@ -300,17 +295,20 @@ def _requirements(option: Option, budget: Budget) -> None:
             option.available, option.unavailable_reason = False, "needs a CUDA GPU (bitsandbytes' 8/4-bit)"
     if option.plan == "bf16" and not budget.bf16:
         option.available, option.unavailable_reason = False, "needs a GPU with bf16 (compute capability 8.0+)"
-    if option.plan == "bf16-cpu" and not budget.cpu_bf16:
-        option.auto_skips = NO_CPU_BF16
-        option.notes.append(NO_CPU_BF16)
+    slow_here = {"bf16-cpu": NO_CPU_BF16, "int8-weights-cpu": NO_CPU_INT8_KERNEL}.get(option.plan)
+    if slow_here and not budget.cpu_bf16:  # without the fused kernel: runs when asked, never picked by auto
+        option.auto_skips = slow_here
+        option.notes.append(slow_here)
     if option.dtype == "int8-dynamic" and importlib.util.find_spec("torch.ao.quantization") is None:
         option.available, option.unavailable_reason = False, "needs torch's dynamic quantization"
 
 
 NO_CPU_BF16 = ("this CPU lacks AVX2 and FMA, which the fused bf16 kernel needs: its weights are widened in memory instead, "
                "so bf16 runs no faster than fp32 here and rounds; fp32-cpu keeps the text exact, int8-cpu is faster")
+NO_CPU_INT8_KERNEL = ("this CPU lacks AVX2 and FMA, which the fused int8 kernel needs: its weights are widened in memory "
+                      "instead, no faster than fp32; int8-cpu (torch's dynamic int8) is faster here, and rounds more")
 TIERS = ("fp16", "bf16", "fp16-multi-gpu", "int8", "int8-multi-gpu", "nf4", "nf4-multi-gpu", "fp16-cpu-offload",
-         "nf4-cpu-offload", "fp32-cpu", "bf16-cpu", "int8-cpu", "int8-weights-cpu", "disk-offload")
+         "nf4-cpu-offload", "fp32-cpu", "bf16-cpu", "int8-weights-cpu", "int8-cpu", "disk-offload")
 
 
 def plan(size: OPTSize | str, budget: Budget | None = None, *, context: int | None = None,

@@ -100,7 +100,7 @@ class Playground:
         models = self.models
         self.widget = arrange(
             style_widget(),
-            [W.HBox([models.picker, models.path, models.progress], layout=ROW), models.status],
+            [W.HBox([models.picker, models.plan, models.path, models.progress], layout=ROW), models.status],
             [self.prompt, self.prompt_count, buttons, self.messages.status, self.messages.message, self.tabs],
             [settings_panel(self.controls.panel)])
 
@@ -136,6 +136,7 @@ class Playground:
 
     model_picker, model_status, progress = (_forward("models", n) for n in ("picker", "status", "progress"))
     loaded, loaded_name, choices = (_forward("models", n) for n in ("loaded", "loaded_name", "choices"))
+    plan_picker, loaded_plan = _forward("models", "plan"), _forward("models", "loaded_plan")
     status, message, last_error = (_forward("messages", n) for n in ("status", "message", "last_error"))
     busy, _stream = _forward("jobs", "busy"), _forward("jobs", "stream")
     preset, max_new_tokens, do_sample = (_forward("controls", n) for n in ("preset", "max_new_tokens", "do_sample"))

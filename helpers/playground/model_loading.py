@@ -14,6 +14,7 @@ from ..errors import ModelLoadError
 from ..loading.model import LoadedModel
 from ..units import human_bytes
 from .jobs import Jobs
+from .plans import AUTO, plan_choices
 from .quiet import Quiet
 from .random_model import RANDOM, RANDOM_LABEL, random_folder
 from .state import Model, choice_for, free_bytes, needs_bytes, with_adapters
@@ -25,14 +26,16 @@ OFFLINE_HINT = ("In the playground: type that folder in the box beside the model
 
 
 class ModelLoading:
-    """Owns the model picker (the sizes, any folder or hub id typed beside it, random weights), the loading
-    progress and the model's status line, and the model loaded (`loaded`, `loaded_name`)."""
+    """Owns the model picker (the sizes, any folder or hub id typed beside it, random weights), the plan picker
+    (how the model is held in memory), the loading progress and the model's status line, and the model loaded
+    (`loaded`, `loaded_name`, `loaded_plan`)."""
 
     def __init__(self, model: str, choices: list[Model], device: str, dtype: str,
                  loader: Callable[..., LoadedModel], jobs: Jobs):
         self.choices, self.device, self.dtype, self._loader, self._jobs = choices, device, dtype, loader, jobs
         self.loaded: LoadedModel | None = None
         self.loaded_name: str | None = None
+        self.loaded_plan: str = AUTO
         self._quiet = Quiet()
         self.picker = W.Dropdown(options=self.options(), value=model, description="Model", style={"description_width": "50px"},
                                  layout=W.Layout(width="auto", flex="1 1 260px", min_width="0", max_width="560px"))
@@ -44,12 +47,22 @@ class ModelLoading:
         self.path.add_class("opt-model-path")
         explain(self.path, "A model folder on this machine (./my-opt), or a hub id (facebook/opt-1.3b) or its "
                            "https://huggingface.co/ address; Enter adds it to the picker and loads it.")
+        self.plan = W.Dropdown(options=plan_choices(model), value=AUTO, description="Plan",
+                               style={"description_width": "50px"},
+                               layout=W.Layout(width="auto", flex="1 1 220px", min_width="0", max_width="420px"))
+        self.plan.add_class("opt-plan")
+        explain(self.plan, "How the model is held in memory, with the planner's figures for this machine: auto is "
+                           "exact (fp32 on a CPU, fp16 on a GPU) whenever it fits; bf16-cpu and int8-weights-cpu "
+                           "read fewer bytes per token, faster, and round the weights. Changing it reloads the model.")
+        if device != "auto" or dtype != "auto":  # a device and dtype asked for: they, not a plan, decide
+            self.plan.layout.display = "none"
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="auto", flex="0 1 160px",
                                                                              display="none"))
         self.status = W.HTML()
         self.status.add_class("opt-model-status")
         self.picker.observe(self._on_pick, names="value")
         self.path.observe(self._on_path, names="value")
+        self.plan.observe(self._on_plan, names="value")
 
     def options(self) -> list[tuple[str, str]]:
         return [(c.label, c.name) for c in self.choices] + [(RANDOM_LABEL, RANDOM)]
@@ -63,6 +76,14 @@ class ModelLoading:
             self.show_picked(self.loaded_name or change["old"])
             return
         self._jobs.start(self.load, change["new"])
+
+    def _on_plan(self, change) -> None:
+        if self._quiet:
+            return
+        if self._jobs.refused():  # the plan picker keeps showing the plan loaded
+            self.show_picked(self.loaded_name or self.picker.value)
+            return
+        self._jobs.start(self.load, self.picker.value)
 
     def _on_path(self, change) -> None:
         name = change["new"].strip().removeprefix("https://huggingface.co/").rstrip("/") if change["new"] else ""
@@ -83,10 +104,19 @@ class ModelLoading:
         """The model status line (HTML), for jobs that load several models (side by side)."""
         self.status.value = text
 
-    def show_picked(self, name: str) -> None:
-        """Put the picker back on `name` without loading anything."""
+    def show_picked(self, name: str, plan: str | None = None) -> None:
+        """Put the picker back on `name` (and the plan picker on `plan`, by default the one loaded, where `name`
+        has it; else auto) without loading anything."""
+        plan = self.loaded_plan if plan is None else plan
+        choices = plan_choices(name)
         with self._quiet:
             self.picker.value = name
+            self.plan.options = choices
+            self.plan.value = plan if plan in {value for _, value in choices} else AUTO
+
+    def use_plan(self, plan: str) -> None:
+        """Pick a memory plan as a user would (the model loads again with it, unless a job runs)."""
+        self.plan.value = plan
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -98,8 +128,11 @@ class ModelLoading:
     def load(self, name: str) -> LoadedModel:
         """Load `name` as the playground's model. The working model stays loaded while the new one loads
         when both fit, else it goes first; if the new one fails, the old one is what is left (loaded back
-        when it had gone), the picker shows it and the status says what happened."""
-        if self.loaded is not None and self.loaded_name == name and self.loaded.model is not None:
+        when it had gone), the picker shows it and the status says what happened. It loads with the plan
+        picker's plan where `name` can have it, else with auto."""
+        plan = self._plan_for(name)
+        if (self.loaded is not None and self.loaded_name == name and self.loaded_plan == plan
+                and self.loaded.model is not None):
             return self.loaded
         previous, previous_name = self.loaded, self.loaded_name
         if previous is not None and previous.model is None:
@@ -108,7 +141,7 @@ class ModelLoading:
             previous.unload()
             self.loaded = None
         try:
-            new = self.load_one(name)
+            new = self.load_one(name, plan)
         except BaseException as exc:
             if previous_name is None:
                 self.status.value = (f"<b>{html.escape(self.label(name))}</b> did not load: no model is loaded. "
@@ -116,7 +149,7 @@ class ModelLoading:
                 raise
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             if previous.model is None:  # it made room for the new one: load it back
-                self.loaded = self.load_one(previous_name)
+                self.loaded = self.load_one(previous_name, self.loaded_plan)
                 kept = "loaded back"
             else:
                 self.loaded = previous
@@ -128,10 +161,14 @@ class ModelLoading:
             raise
         if previous is not None and previous.model is not None:
             previous.unload()
-        self.loaded, self.loaded_name = new, name
+        self.loaded, self.loaded_name, self.loaded_plan = new, name, plan
         self.show_picked(name)
         self.status.value = f"<b>{html.escape(self.label(name))}</b>: {self._facts(new)}; {self.memory_text()}"
         return new
+
+    def _plan_for(self, name: str) -> str:
+        """The plan picker's plan where `name` can load with it here, else auto."""
+        return self.plan.value if self.plan.value in {value for _, value in plan_choices(name)} else AUTO
 
     @staticmethod
     def _facts(loaded: LoadedModel) -> str:
@@ -143,8 +180,9 @@ class ModelLoading:
         return self._loader(str(random_folder()) if name == RANDOM else name, device=self.device, dtype=self.dtype,
                             **self._adapter_arguments(name))
 
-    def load_one(self, name: str) -> LoadedModel:
-        """Call the loader (random weights built first), the progress bar and the status line following it."""
+    def load_one(self, name: str, plan: str = AUTO) -> LoadedModel:
+        """Call the loader (random weights built first) with `plan` (auto: the loader's own choice), the progress
+        bar and the status line following it."""
         self.status.value = f"Loading <b>{html.escape(self.label(name))}</b> \u2026 ({self.memory_text()} before)"
         self.progress.value, self.progress.max = 0, 1
         self.progress.layout.display = "flex"
@@ -158,8 +196,9 @@ class ModelLoading:
 
         try:
             source = str(random_folder(lambda: report("building random weights", 0, None))) if name == RANDOM else name
+            planned = {} if plan == AUTO else {"plan": plan}  # a plan is asked for only with device and dtype auto
             return self._loader(source, device=self.device, dtype=self.dtype, progress=report,
-                                **self._adapter_arguments(name))
+                                **planned, **self._adapter_arguments(name))
         except ModelLoadError as exc:
             if str(exc).startswith("Could not get"):  # offline: say how to use a folder here
                 raise ModelLoadError(f"{exc} {OFFLINE_HINT}") from None
