@@ -58,7 +58,7 @@ def widened_product(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor |
 
 
 def build_directory() -> Path:
-    """~/.cache/opt-notebooks/int8-kernel/<digest> (or under $XDG_CACHE_HOME): one build per source, torch and
+    """~/.cache/opt-notebooks/matvec-kernel/<digest> (or under $XDG_CACHE_HOME): one build per source, torch and
     Python version, so an upgrade builds again instead of loading a stale library."""
     identity = f"{torch.__version__} {sys.version} {COMPILER_FLAGS}".encode()
     digest = hashlib.sha256(SOURCE.read_bytes() + identity).hexdigest()[:16]
