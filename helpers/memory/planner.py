@@ -18,7 +18,7 @@ CPU_PROCESS_BYTES = GiB  # Python, torch and transformers themselves
 CPU_PROCESS_BYTES_CUDA = 2 * GiB  # ... plus CUDA's host-side libraries
 LOAD_SHARD_BYTES = 2 * GiB  # loading reads at most about one checkpoint shard into RAM at a time
 TOKENIZER_BYTES = 32 * 1024**2  # OPT's BPE tokenizer in memory
-CPU_BF16_WORKING_BYTES = 8 * 1024**2  # bf16-cpu's extra (the kernel, fp32 layer norms): measured, at 44M and 125M
+CPU_BF16_WORKING_BYTES = 16 * 1024**2  # bf16-cpu's extra (the kernel loaded, fp32 norms): measured at 44M and 125M
 INT8_WEIGHTS_WORKING_BYTES = 16 * 1024**2  # int8-weights-cpu's quantizing blocks, heap they leave, its kernel: measured
 
 # Memory bandwidth by GPU name (vendor datasheets), for the speed estimate only.
