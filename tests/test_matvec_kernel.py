@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from tiny_models import save_tiny_model, tiny_model
 
 from helpers.environment import cpu_flags
-from helpers.generation.backends import cpu_engine, cpu_int8, matvec_kernel
+from helpers.generation.backends import cpu_engine, matvec_kernel
 from helpers.generation.backends.cpu_engine import CpuEngine
 from helpers.generation.backends.cpu_int8 import Int8WeightLinear, quantize_rows, quantize_weights_int8
 from helpers.generation.backends.matvec_kernel import FUSED_MAX_ROWS, NEEDED_FLAGS, MatvecKernel
@@ -54,7 +54,7 @@ def test_without_the_kernel_the_layers_give_the_same_products(monkeypatch):
     layer, x = _layer(96, 200, bias=True), torch.randn(3, 4, 200)  # batch and sequence dimensions kept
     with torch.inference_mode():
         fused = layer(x)
-        monkeypatch.setattr(cpu_int8, "matvec_kernel", lambda: MatvecKernel(None, "switched off by the test"))
+        monkeypatch.setattr(matvec_kernel, "matvec_kernel", lambda: MatvecKernel(None, "switched off by the test"))
         fallback = layer(x)
     assert fused.shape == fallback.shape == (3, 4, 96)
     assert torch.allclose(fused, fallback, rtol=1e-5, atol=1e-5 * fallback.abs().max().item())
@@ -87,7 +87,7 @@ def test_bf16_weights_give_their_product_in_fp32_arithmetic(shape, rows, bias):
 def test_bf16_products_without_the_kernel_are_the_same(monkeypatch):
     weight, x = torch.randn(300, 200).to(torch.bfloat16), torch.randn(2, 200)
     fused = _bf16_product(weight, None)(x)
-    monkeypatch.setattr(cpu_engine, "matvec_kernel", lambda: MatvecKernel(None, "switched off by the test"))
+    monkeypatch.setattr(matvec_kernel, "matvec_kernel", lambda: MatvecKernel(None, "switched off by the test"))
     fallback = _bf16_product(weight, None)(x)
     assert torch.allclose(fused, fallback, rtol=1e-5, atol=1e-5 * fallback.abs().max().item())
 

@@ -57,11 +57,11 @@ def main() -> int:
     fp32 = random_model(args.model, dtype=torch.float32).eval()
     models = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16)}
     print(f"{args.model} (random weights), one decode step of the CPU engine, torch threads {torch.get_num_threads()}")
+    read = {name: sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                      if p.dim() == 2 and "embed_positions" not in n) for name, model in models.items()}
     for round_number in range(1, args.rounds + 1):  # interleaved: a busy spell of the machine falls on both
         for name, model in models.items():
-            read = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
-                       if p.dim() == 2 and "embed_positions" not in n)
-            print(f"round {round_number}, {name}: {measure(model, read)}")
+            print(f"round {round_number}, {name}: {measure(model, read[name])}")
     return 0
 
 

@@ -142,8 +142,8 @@ def check_fits(size: OPTSize, plan_name: str, budget: Budget, *, context: int | 
 
 def plain_plan(device: str, dtype: str) -> str | None:
     """The plan that loading on `device` in `dtype` without a plan amounts to (None: none describes it)."""
-    plans = {("cpu", "float32"): "fp32-cpu", ("cpu", "bfloat16"): "bf16-cpu", ("cuda", "float16"): "fp16"}
-    return {**plans, ("cuda", "bfloat16"): "bf16"}.get((device.split(":")[0], dtype))
+    return {("cpu", "float32"): "fp32-cpu", ("cpu", "bfloat16"): "bf16-cpu", ("cuda", "float16"): "fp16",
+            ("cuda", "bfloat16"): "bf16"}.get((device.split(":")[0], dtype))
 
 
 
@@ -177,8 +177,9 @@ def _place(size: OPTSize, storage: str, budget: Budget, devices: list[str], cont
     module and every layer's cache up front. Only bitsandbytes' fp32 CPU offload runs its modules on the
     CPU, caches included.
     """
-    working = activation_bytes(size, context, batch, compute_bytes(_computed_as(storage, devices)))
-    kv_per_layer = kv_cache_bytes_per_token(size, _computed_as(storage, devices)) // size.layers * context * batch
+    computed = _computed_as(storage, devices)
+    working = activation_bytes(size, context, batch, compute_bytes(computed))
+    kv_per_layer = kv_cache_bytes_per_token(size, computed) // size.layers * context * batch
     gpus = [d for d in devices if d.startswith("cuda")]
     runs_on_cpu = not gpus or offload_storage == "float32"
     streams = bool(gpus) and ("disk" in devices or ("cpu" in devices and not runs_on_cpu))

@@ -104,19 +104,14 @@ class ModelLoading:
         """The model status line (HTML), for jobs that load several models (side by side)."""
         self.status.value = text
 
-    def show_picked(self, name: str, plan: str | None = None) -> None:
-        """Put the picker back on `name` (and the plan picker on `plan`, by default the one loaded, where `name`
-        has it; else auto) without loading anything."""
-        plan = self.loaded_plan if plan is None else plan
+    def show_picked(self, name: str) -> None:
+        """Put the picker back on `name`, and the plan picker on the plan loaded where `name` has it (else auto),
+        without loading anything."""
         choices = plan_choices(name)
         with self._quiet:
             self.picker.value = name
             self.plan.options = choices
-            self.plan.value = plan if plan in {value for _, value in choices} else AUTO
-
-    def use_plan(self, plan: str) -> None:
-        """Pick a memory plan as a user would (the model loads again with it, unless a job runs)."""
-        self.plan.value = plan
+            self.plan.value = self.loaded_plan if self.loaded_plan in {value for _, value in choices} else AUTO
 
     # ------------------------------------------------------------------------------------- loading
 

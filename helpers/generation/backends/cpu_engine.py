@@ -15,7 +15,7 @@ from transformers import OPTForCausalLM
 from ...errors import ModelUnloadedError
 from ...opt.sizes import POSITION_OFFSET
 from .cpu_int8 import Int8WeightLinear
-from .matvec_kernel import FUSED_MAX_ROWS, matvec_kernel, widened_product
+from .matvec_kernel import fused_product
 
 _ATTR = "_helpers_cpu_engine"
 _BUILDING = threading.Lock()  # two threads must not repack one model's q/k/v at the same time
@@ -96,9 +96,10 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _product(weight: torch.Tensor, bias: torch.Tensor | None, numpy_blas: bool):
     """x [t, in] fp32 -> x @ weight.T (+ bias), fp32: numpy's BLAS for fp32 where it is faster (a single row as a
-    matrix-vector product), else torch's; bf16 weights through `_bf16_product`."""
-    if weight.dtype == torch.bfloat16:
-        return _bf16_product(weight.detach(), None if bias is None else bias.detach().float())
+    matrix-vector product), else torch's; bf16 weights through the fused kernel (`fused_product`)."""
+    if weight.dtype == torch.bfloat16:  # read as it is, two bytes a weight, widened in registers by the kernel
+        weight, bias = weight.detach(), None if bias is None else bias.detach().float()
+        return lambda x: fused_product(x, weight, None, bias)
     if not numpy_blas:
         weight, bias = weight.detach(), None if bias is None else bias.detach()
         return lambda x: F.linear(x, weight, bias)
@@ -110,18 +111,6 @@ def _product(weight: torch.Tensor, bias: torch.Tensor | None, numpy_blas: bool):
         if b is not None:
             y += b
         return torch.from_numpy(y).view(x.shape[0], -1)
-    return product
-
-
-def _bf16_product(weight: torch.Tensor, bias: torch.Tensor | None):
-    """The product of a bf16 weight in fp32 arithmetic, reading the weight's two bytes per value once: the fused
-    kernel widens them in registers (a prompt's many rows widen blocks of rows instead)."""
-    kernel = matvec_kernel()
-
-    def product(x: torch.Tensor) -> torch.Tensor:
-        if kernel.module is not None and x.shape[0] <= FUSED_MAX_ROWS:
-            return kernel.bf16_linear(x, weight, bias)
-        return widened_product(x, weight, None, bias)
     return product
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import torch
 from transformers import OPTForCausalLM
 
-from .matvec_kernel import FUSED_MAX_ROWS, matvec_kernel, widened_product
+from .matvec_kernel import fused_product, matvec_kernel
 
 _READ_BLOCK_BYTES = 1 << 20  # fp32 bytes quantized or copied at a time: larger blocks left heap behind (measured)
 
@@ -76,12 +76,7 @@ class Int8WeightLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        flat = x.reshape(-1, self.in_features).float()
-        kernel = matvec_kernel()
-        if kernel.module is not None and flat.shape[0] <= FUSED_MAX_ROWS:
-            out = kernel.int8_linear(flat, self.q, self.scale, self.bias)
-        else:
-            out = widened_product(flat, self.q, self.scale, self.bias)
+        out = fused_product(x.reshape(-1, self.in_features).float(), self.q, self.scale, self.bias)
         return out.view(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

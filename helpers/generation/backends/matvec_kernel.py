@@ -41,6 +41,18 @@ class MatvecKernel:
         return self.module.bf16_linear(x, w, torch.empty(0) if bias is None else bias)
 
 
+def fused_product(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """(x @ weight.T) * scale + bias for x (rows, in_features) fp32 and an int8 (with its scale) or bf16 weight, fp32
+    arithmetic: the fused kernel for up to FUSED_MAX_ROWS rows, else `widened_product`."""
+    kernel = matvec_kernel()
+    if kernel.module is None or x.shape[0] > FUSED_MAX_ROWS:
+        return widened_product(x, weight, scale, bias)
+    if weight.dtype == torch.int8:
+        return kernel.int8_linear(x, weight, scale, bias)
+    return kernel.bf16_linear(x, weight, bias)
+
+
 def widened_product(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
                     bias: torch.Tensor | None) -> torch.Tensor:
     """The kernels' product, (x @ weight.T) * scale + bias with x fp32, by torch's fp32 matrix product, a block of
